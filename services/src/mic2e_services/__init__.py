@@ -1,0 +1,1 @@
+"""mic2e_services."""
