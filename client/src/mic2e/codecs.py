@@ -1,0 +1,184 @@
+"""Image and mask codecs shared by the client and the servers (numpy + Pillow, no torch).
+
+Images: PNG, JPEG and WebP in; EXIF orientation applied; every mode normalised to 8-bit
+RGB; the pixel count is checked from the header BEFORE any pixel is decoded, so a
+decompression bomb costs nothing. Masks: 1-bit PNG and COCO-style uncompressed RLE
+(column-major, runs of 0s first), always at the image's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Input formats accepted (Pillow format names).
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+#: Default limit on decoded pixels (about 40 megapixels, e.g. 8000x5000).
+DEFAULT_MAX_PIXELS = 40_000_000
+_OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+class CodecError(ValueError):
+    """An image or mask could not be decoded or is not acceptable."""
+
+
+def sha256_hex(data: bytes) -> str:
+    """The lowercase hex SHA-256 used as an image reference."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header only, EXIF orientation applied."""
+    with _open(data) as img:
+        w, h = img.size
+        if _exif_swaps_axes(img):
+            w, h = h, w
+        return w, h
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode to an 8-bit RGB image, upright per EXIF; refuse oversize images unread."""
+    with _open(data, max_pixels) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise CodecError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+        try:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CodecError(f"image data is corrupt or truncated: {exc}") from None
+        return _to_rgb(img)
+
+
+def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    if not data:
+        raise CodecError("image data is empty")
+    try:
+        # Our own limit is checked right after open; Pillow's bomb warning would only
+        # duplicate it, and its error would fire before we could name the size.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+    except Image.DecompressionBombError as exc:
+        raise CodecError(f"image is over the limit of {max_pixels} pixels: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CodecError(f"not a PNG, JPEG or WebP image: {exc}") from None
+    if img.width < 1 or img.height < 1:
+        raise CodecError("image has no pixels")
+    return img
+
+
+def _exif_swaps_axes(img: Image.Image) -> bool:
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block must not make a valid image unreadable
+        return False
+    return orientation in (5, 6, 7, 8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: keep the full range rather than clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def encode_image(img: Image.Image, fmt: str = "png") -> bytes:
+    """Encode as ``png`` (lossless), ``jpeg`` (quality 95) or ``webp`` (lossless)."""
+    name = _OUTPUT_FORMATS.get(fmt.lower())
+    if name is None:
+        raise CodecError(f"unknown output format {fmt!r}; use one of {sorted(_OUTPUT_FORMATS)}")
+    buf = io.BytesIO()
+    if name == "JPEG":
+        img.convert("RGB").save(buf, "JPEG", quality=95)
+    elif name == "WEBP":
+        img.save(buf, "WEBP", lossless=True)
+    else:
+        img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A boolean HxW mask as a 1-bit PNG."""
+    mask = _as_bool_mask(mask)
+    buf = io.BytesIO()
+    Image.fromarray(mask).convert("1").save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def decode_mask_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A PNG mask of any mode -> boolean HxW (a pixel is on when its grey value > 127)."""
+    with _open(data, max_pixels) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise CodecError(f"mask is {w}x{h}, over the limit of {max_pixels} pixels")
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CodecError(f"mask data is corrupt or truncated: {exc}") from None
+        if img.mode == "1":
+            return np.asarray(img, dtype=bool).copy()
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = _to_rgb(img)
+        grey = np.asarray(img.convert("L"))
+        return grey > 127
+
+
+def rle_encode(mask: np.ndarray) -> list[int]:
+    """COCO-style uncompressed RLE counts (column-major, zeros first)."""
+    flat = _as_bool_mask(mask).ravel(order="F")
+    if flat.size == 0:
+        return []
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts.insert(0, 0)
+    return counts
+
+
+def rle_decode(counts: list[int] | tuple[int, ...], width: int, height: int) -> np.ndarray:
+    """Counts -> boolean HxW mask; the counts must sum to width * height."""
+    if width < 1 or height < 1:
+        raise CodecError(f"mask size {width}x{height} is empty")
+    arr = np.asarray(counts, dtype=np.int64)
+    if arr.size and arr.min() < 0:
+        raise CodecError("RLE counts must not be negative")
+    total = int(arr.sum())
+    if total != width * height:
+        raise CodecError(f"RLE counts sum to {total}, expected {width}x{height} = {width * height}")
+    values = np.zeros(arr.size, dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, arr)
+    return flat.reshape((height, width), order="F")
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight box (x0, y0, x1, y1), x1/y1 exclusive; (0, 0, 0, 0) for an empty mask."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if ys.size == 0:
+        return (0, 0, 0, 0)
+    return (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
+
+
+def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise CodecError(f"a mask must be 2-D (HxW), got shape {mask.shape}")
+    return mask.astype(bool, copy=False)

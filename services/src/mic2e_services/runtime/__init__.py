@@ -1,0 +1,1 @@
+"""The shared server runtime: bootstrap, worker, codecs, status mapping."""

@@ -1,0 +1,50 @@
+"""Running a servicer call on the model worker: deadline in, cancellation out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from mic2e_services.runtime.worker import Job, ModelWorker, ProgressEvent
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of `run_streaming`: the model's result and its job (for timings)."""
+
+    result: Any
+    job: Job
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as a `time.monotonic()` instant (None: no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def run_unary(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext
+                    ) -> tuple[Any, Job]:
+    """Submit `request`; its result and job (for timings). A caller who leaves cancels it."""
+    job = worker.submit(request, deadline=deadline_of(context))
+    try:
+        return await job.result(), job
+    finally:
+        # No-op once finished; when the handler is cancelled (client gone, deadline), this
+        # drops the queued job or tells the running model to stop at its next step.
+        job.cancel()
+
+
+async def run_streaming(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[ProgressEvent | Finished]:
+    """Yield the job's progress events, then `Finished` with its result (always last)."""
+    job = worker.submit(request, deadline=deadline_of(context))
+    try:
+        async for event in job.events():
+            yield event
+        yield Finished(await job.result(), job)
+    finally:
+        job.cancel()

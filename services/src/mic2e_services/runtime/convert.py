@@ -1,0 +1,130 @@
+"""Protobuf <-> plain-value conversions shared by the servicers (no torch here).
+
+Each service's own `convert.py` builds on these; model code never sees a protobuf.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from google.protobuf import duration_pb2
+from mic2e import codecs
+from mic2e.v1 import common_pb2
+from PIL import Image
+
+from mic2e_services.errors import InvalidArgument
+from mic2e_services.runtime.images import ImageStore, StoredImage
+from mic2e_services.runtime.worker import ProgressEvent
+
+_IMAGE_FORMATS = {
+    common_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
+    common_pb2.IMAGE_FORMAT_PNG: "png",
+    common_pb2.IMAGE_FORMAT_JPEG: "jpeg",
+    common_pb2.IMAGE_FORMAT_WEBP: "webp",
+}
+_FORMAT_ENUM = {"png": common_pb2.IMAGE_FORMAT_PNG, "jpeg": common_pb2.IMAGE_FORMAT_JPEG,
+                "webp": common_pb2.IMAGE_FORMAT_WEBP}
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+async def image_from_proto(store: ImageStore, image: common_pb2.Image, field: str = "image"
+                           ) -> StoredImage:
+    """Resolve an `Image` (bytes or reference) through the server's store."""
+    source = image.WhichOneof("source")
+    if source == "data":
+        return await store.resolve(image.data, None, field)
+    if source == "sha256":
+        return await store.resolve(None, image.sha256, field)
+    raise InvalidArgument(field, "an image is required (data or sha256)")
+
+
+def image_format(value: int, field: str) -> str:
+    """An `ImageFormat` enum value -> codec name; unknown values name the field."""
+    try:
+        return _IMAGE_FORMATS[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown image format {value}") from None
+
+
+def encoded_image(img: Image.Image, fmt: str) -> common_pb2.EncodedImage:
+    data = codecs.encode_image(img, fmt)
+    return common_pb2.EncodedImage(data=data, format=_FORMAT_ENUM[fmt], width=img.width,
+                                   height=img.height, sha256=codecs.sha256_hex(data))
+
+
+def mask_format(value: int, field: str) -> str:
+    if value in (common_pb2.MASK_FORMAT_UNSPECIFIED, common_pb2.MASK_FORMAT_PNG):
+        return "png"
+    if value == common_pb2.MASK_FORMAT_RLE:
+        return "rle"
+    raise InvalidArgument(field, f"unknown mask format {value}")
+
+
+def mask_to_proto(mask: np.ndarray, fmt: str) -> common_pb2.Mask:
+    h, w = mask.shape
+    if fmt == "rle":
+        return common_pb2.Mask(width=w, height=h,
+                               rle=common_pb2.Rle(counts=codecs.rle_encode(mask)))
+    return common_pb2.Mask(width=w, height=h, png=codecs.encode_mask_png(mask))
+
+
+def mask_from_proto(mask: common_pb2.Mask, field: str, *, size: tuple[int, int],
+                    max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A `Mask` -> bool HxW, checked against the image `size` (width, height)."""
+    width, height = size
+    encoding = mask.WhichOneof("encoding")
+    try:
+        if encoding == "png":
+            arr = codecs.decode_mask_png(mask.png, max_pixels=max_pixels)
+        elif encoding == "rle":
+            if mask.width * mask.height > max_pixels:
+                raise codecs.CodecError(f"mask size {mask.width}x{mask.height} is too large")
+            arr = codecs.rle_decode(list(mask.rle.counts), mask.width, mask.height)
+        else:
+            raise InvalidArgument(field, "a mask needs png or rle data")
+    except codecs.CodecError as exc:
+        raise InvalidArgument(field, str(exc)) from None
+    if arr.shape != (height, width):
+        raise InvalidArgument(
+            field, f"mask is {arr.shape[1]}x{arr.shape[0]}, the image is {width}x{height}")
+    return arr
+
+
+def masks_from_proto(masks: Sequence[common_pb2.Mask], field: str, *, size: tuple[int, int],
+                     max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
+    return [mask_from_proto(m, f"{field}[{i}]", size=size, max_pixels=max_pixels)
+            for i, m in enumerate(masks)]
+
+
+def instance_to_proto(mask: np.ndarray, score: float, box: Sequence[float], fmt: str
+                      ) -> common_pb2.Instance:
+    x0, y0, x1, y1 = box
+    return common_pb2.Instance(mask=mask_to_proto(mask, fmt), score=float(score),
+                               box=common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
+
+
+def finite(value: float, field: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(field, f"must be a finite number, got {value}")
+    return value
+
+
+def progress_to_proto(event: ProgressEvent) -> common_pb2.Progress:
+    return common_pb2.Progress(stage=event.stage, step=event.step, total_steps=event.total,
+                               elapsed=duration(event.elapsed_s))
+
+
+def provenance(*, server: str, model_id: str, revision: str, dtype: str, device: str,
+               steps: int = 0, seed: int = 0, timings: Iterable[tuple[str, float]] = ()
+               ) -> common_pb2.Provenance:
+    return common_pb2.Provenance(
+        model_id=model_id, revision=revision, dtype=dtype, steps=steps, seed=seed,
+        device=device, server=server,
+        timings=[common_pb2.StageTiming(stage=s, duration=duration(t)) for s, t in timings])

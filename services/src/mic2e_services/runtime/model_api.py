@@ -1,0 +1,57 @@
+"""What a model author implements, kept apart from batching and transport (LitServe-like).
+
+A model server hands its model to `runtime.worker.ModelWorker`, which calls these methods
+on a dedicated thread, never on the event loop. Nothing here imports grpc or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+
+class StepContext(Protocol):
+    """Per-request handle a model uses while it runs a request."""
+
+    def cancelled(self) -> bool:
+        """True once the caller cancelled or its deadline passed: stop at the next step."""
+        ...
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        """Report progress; thread-safe, cheap, never blocks on the client."""
+        ...
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A resident model. The worker calls `load`, then `warmup`, then `__call__` repeatedly."""
+
+    #: Largest batch `__call__` accepts (1 disables batching).
+    max_batch_size: int
+
+    def load(self) -> None:
+        """Load weights onto the device. Slow; runs before the server reports SERVING."""
+        ...
+
+    def warmup(self) -> None:
+        """Run one representative request so the first real call is not the slow one."""
+        ...
+
+    def batch_key(self, request: Any) -> Hashable | None:
+        """Requests with equal non-None keys may share one `__call__`; None: run alone."""
+        ...
+
+    def estimate_seconds(self, request: Any) -> float:
+        """Expected device time of one request, for admission control (rough is fine)."""
+        ...
+
+    def __call__(
+        self, requests: Sequence[Any], contexts: Sequence[StepContext]
+    ) -> list[Any]:
+        """Run a batch; return one result per request, in order.
+
+        A result may be an exception instance (e.g. `errors.InvalidArgument`) to fail only
+        that request. Raising fails the whole batch. A model that sees every context
+        cancelled raises `errors.Cancelled` at its next step.
+        """
+        ...

@@ -1,0 +1,160 @@
+"""grpc.aio server bootstrap shared by every server.
+
+Health (grpc.health.v1) is NOT_SERVING until the model is loaded and warmed up; reflection
+lists the served services; SIGTERM/SIGINT stop accepting, let in-flight calls finish within
+the grace period, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mic2e_services.runtime.images import ImageStore
+from mic2e_services.runtime.model_api import Model
+from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
+from mic2e_services.runtime.worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Channel arguments: message size limits and keepalive."""
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients (and meshes) may ping as often as we do without being called abusive.
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class Server:
+    """A started-or-not gRPC server, its health state and (for model servers) its worker."""
+
+    def __init__(self, grpc_server: grpc.aio.Server, port: int, settings: ServerSettings,
+                 health_servicer: health.aio.HealthServicer, service_names: Sequence[str],
+                 worker: ModelWorker | None) -> None:
+        self.grpc_server = grpc_server
+        self.port = port
+        self.settings = settings
+        self.health = health_servicer
+        self.service_names = list(service_names)
+        self.worker = worker
+        self._ready = asyncio.Event()
+        self._bring_up: asyncio.Task[None] | None = None
+        self.startup_error: BaseException | None = None
+
+    async def start(self) -> None:
+        """Start serving (health NOT_SERVING), then load the model in the background."""
+        await self._set_health(NOT_SERVING)
+        await self.grpc_server.start()
+        self._bring_up = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            if self.worker is not None:
+                await self.worker.start()
+        except BaseException as exc:
+            self.startup_error = exc
+            log.exception("model failed to load; staying NOT_SERVING")
+            raise
+        await self._set_health(SERVING)
+        self._ready.set()
+        log.info("serving %s on port %d", ", ".join(self.service_names), self.port)
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until SERVING; raises the load error if loading failed."""
+        assert self._bring_up is not None, "start() first"
+        await asyncio.wait_for(asyncio.shield(self._bring_up), timeout_s)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, let in-flight ones finish."""
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self.worker is not None:
+            self.worker.stop_accepting()
+        if self._bring_up is not None and not self._bring_up.done():
+            self._bring_up.cancel()
+        await self.grpc_server.stop(grace)
+        if self.worker is not None:
+            await self.worker.stop(timeout_s=grace)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Server], None],
+                 service_names: Sequence[str], worker: ModelWorker | None = None,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> tuple[Server, int]:
+    """Create (not start) a server with health, reflection and the given services.
+
+    `register` adds the servicers; `service_names` are their full names (for health and
+    reflection). Binds `settings.host:settings.port` (port 0 picks a free one) and returns
+    the server and the bound port.
+    """
+    grpc_server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+    register(grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    if settings.reflection:
+        names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, grpc_server)
+    port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    server = Server(grpc_server, port, settings, health_servicer, service_names, worker)
+    return server, port
+
+
+def build_model_server(settings: ModelServerSettings, model: Model, *, name: str,
+                       service_name: str, add_servicer: Callable[[object, grpc.aio.Server], None],
+                       make_servicer: Callable[[ModelWorker, ImageStore], object],
+                       ) -> tuple[Server, int]:
+    """The common shape of a model server: image store + worker + one servicer."""
+    store = ImageStore(settings.image_cache_size, settings.max_image_pixels)
+    worker = ModelWorker(model, max_queue=settings.max_queue,
+                         max_batch_size=settings.max_batch_size,
+                         max_wait_s=settings.max_wait_ms / 1000, name=name)
+    servicer = make_servicer(worker, store)
+    return build_server(settings, register=lambda s: add_servicer(servicer, s),
+                        service_names=[service_name], worker=worker)
+
+
+async def serve(server: Server) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"listening on port {server.port}", flush=True)
+    assert server._bring_up is not None
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({server._bring_up, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if server._bring_up in done and server._bring_up.exception() is not None:
+        await server.stop(grace_s=0)
+        return 1
+    await waiter
+    log.info("stopping: letting in-flight calls finish (grace %.0fs)",
+             server.settings.grace_period_s)
+    await server.stop()
+    return 0

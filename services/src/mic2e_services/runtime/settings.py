@@ -1,0 +1,53 @@
+"""Server settings: one pydantic-settings object per server, read once at start.
+
+Values come from, highest priority first: CLI flags (passed as keyword arguments),
+`MIC2E_*` environment variables, the defaults below. Nothing reads the environment at
+import time; `load_settings` is called by the CLI and the result is passed down.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="ServerSettings")
+
+
+class ServerSettings(BaseSettings):
+    """What every server (model servers and orchestrator) has."""
+
+    model_config = SettingsConfigDict(env_prefix="MIC2E_", extra="ignore")
+
+    host: str = Field("[::]", description="address to bind")
+    port: int = Field(0, ge=0, le=65535, description="port to bind (0: any free port)")
+    max_message_mb: int = Field(64, ge=1, le=2048, description="largest message, in MiB")
+    keepalive_time_s: float = Field(30.0, gt=0, description="ping idle connections this often")
+    keepalive_timeout_s: float = Field(10.0, gt=0, description="drop a connection whose ping "
+                                       "is not answered within this")
+    grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, let in-flight calls "
+                                  "finish for this long")
+    reflection: bool = Field(True, description="serve gRPC server reflection")
+    log_level: str = Field("INFO", description="logging level")
+
+
+class ModelServerSettings(ServerSettings):
+    """What every model server adds: the model, its device and its worker."""
+
+    model: str = Field("", description="hub id or local folder of the checkpoint")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
+    dtype: str | None = Field(None, description="compute dtype; default: half on GPU, "
+                              "float32 on CPU")
+    max_queue: int = Field(64, ge=1, description="requests waiting beyond this are refused")
+    max_batch_size: int | None = Field(None, ge=1, description="largest batch; default: the "
+                                       "model's own")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company")
+    image_cache_size: int = Field(64, ge=1, description="decoded images kept for reference")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused "
+                                  "before decoding")
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment plus the non-None `overrides` (CLI flags)."""
+    return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,284 @@
+"""The per-model worker: a bounded queue, one device thread, optional batching.
+
+GPU work never runs on the event loop. Servicers `submit` plain request objects from the
+loop; a dedicated thread takes them in arrival order, groups compatible ones (equal
+`Model.batch_key`) into batches of at most `max_batch_size` within `max_wait_s`, runs the
+model and hands results back to the loop. Deadlines and cancellation are honoured before a
+request starts (its work is dropped) and while it runs (the model sees `cancelled()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from mic2e_services.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Mic2eError,
+    ResourceExhausted,
+    Unavailable,
+)
+from mic2e_services.runtime.model_api import Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A model's progress report, as a servicer sees it."""
+
+    stage: str
+    step: int
+    total: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A snapshot for metrics and admission decisions."""
+
+    queued: int
+    running: int
+    queued_seconds: float
+    batches_run: int
+    requests_run: int
+
+
+class Job:
+    """One submitted request: the servicer's handle on it and the model's `StepContext`."""
+
+    def __init__(self, request: Any, key: Hashable | None, deadline: float | None,
+                 estimate_s: float, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.key = key
+        self.deadline = deadline  # time.monotonic() based, None = no deadline
+        self.estimate_s = estimate_s
+        self.accepted_at = time.monotonic()
+        self.started_at: float | None = None  # set by the worker when the model starts it
+        self.finished_at: float | None = None
+        self._loop = loop
+        self._cancel = threading.Event()
+        self._events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+        self._future: asyncio.Future[Any] = loop.create_future()
+        self.started = threading.Event()
+
+    # -- StepContext, called from the worker thread ---------------------------------------
+    def cancelled(self) -> bool:
+        return self._cancel.is_set() or self.expired()
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        event = ProgressEvent(stage, step, total, time.monotonic() - self.accepted_at)
+        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    # -- servicer side ---------------------------------------------------------------------
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def cancel(self) -> None:
+        """The caller went away: drop the job if queued, or tell the model to stop."""
+        self._cancel.set()
+
+    async def events(self) -> AsyncIterator[ProgressEvent]:
+        """Progress events until the job ends; then `result()` gives the outcome."""
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            yield event
+
+    async def result(self) -> Any:
+        """The model's result; raises the job's error (a `Mic2eError` or a bug)."""
+        return await self._future
+
+    def timings(self, stage: str) -> list[tuple[str, float]]:
+        """[("queue", seconds waiting), (stage, seconds running)] once finished."""
+        start = self.started_at or self.accepted_at
+        end = self.finished_at or time.monotonic()
+        return [("queue", start - self.accepted_at), (stage, end - start)]
+
+    # -- worker side -----------------------------------------------------------------------
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.finished_at = time.monotonic()
+        def settle() -> None:
+            if not self._future.done():
+                if error is not None:
+                    self._future.set_exception(error)
+                else:
+                    self._future.set_result(result)
+            self._events.put_nowait(None)
+
+        self._loop.call_soon_threadsafe(settle)
+
+
+class ModelWorker:
+    """Runs one `Model` on one thread; see the module docstring."""
+
+    def __init__(self, model: Model, *, max_queue: int = 64, max_batch_size: int | None = None,
+                 max_wait_s: float = 0.005, name: str = "model",
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.model = model
+        self.name = name
+        self.max_queue = max_queue
+        self.max_batch_size = max(1, max_batch_size or getattr(model, "max_batch_size", 1))
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._pending: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._stopping = False
+        self.batches_run = 0
+        self.requests_run = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load and warm up the model off the event loop, then start taking work."""
+        await asyncio.to_thread(self.model.load)
+        await asyncio.to_thread(self.model.warmup)
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+        self._thread.start()
+        self._accepting = True
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop taking work; queued work still runs unless `timeout_s` passes first."""
+        self._accepting = False
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout_s)
+
+    # -- submission (event loop) -------------------------------------------------------------
+    def stats(self) -> WorkerStats:
+        with self._cond:
+            queued = sum(j.estimate_s for j in self._pending)
+            running = sum(j.estimate_s for j in self._running)
+            return WorkerStats(len(self._pending), len(self._running), queued + running,
+                               self.batches_run, self.requests_run)
+
+    def submit(self, request: Any, *, deadline: float | None = None) -> Job:
+        """Queue `request`; refuse at once when it cannot be served in time.
+
+        `deadline` is a `time.monotonic()` instant. Raises Unavailable (not started or
+        stopping), DeadlineExceeded (already expired), ResourceExhausted (queue full, or
+        the queued work alone outlasts the deadline) - never queues a request that is
+        bound to fail.
+        """
+        if not self._accepting:
+            raise Unavailable(f"{self.name} is not accepting work", reason="NOT_SERVING")
+        loop = asyncio.get_running_loop()
+        estimate = float(self.model.estimate_seconds(request))
+        job = Job(request, self.model.batch_key(request), deadline, estimate, loop)
+        if job.expired():
+            raise DeadlineExceeded("deadline expired before the work started")
+        with self._cond:
+            backlog = sum(j.estimate_s for j in self._pending) + sum(
+                j.estimate_s for j in self._running)
+            if len(self._pending) >= self.max_queue:
+                raise ResourceExhausted(
+                    f"{self.name} queue is full ({self.max_queue} requests)",
+                    retry_after_s=max(backlog, 0.05), reason="QUEUE_FULL")
+            if deadline is not None and time.monotonic() + backlog + estimate > deadline:
+                raise ResourceExhausted(
+                    f"{self.name} would start this request after its deadline "
+                    f"(about {backlog:.2f}s of queued work)",
+                    retry_after_s=max(backlog, 0.05), reason="DEADLINE_TOO_SHORT")
+            self._pending.append(job)
+            self._cond.notify()
+        return job
+
+    # -- the device thread -------------------------------------------------------------------
+    def _take_batch(self) -> list[Job] | None:
+        """Wait for work; return the next batch (compatible jobs, FIFO), None to exit."""
+        with self._cond:
+            while True:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if not self._pending:
+                    return None
+                first = self._pending.popleft()
+                if self._drop_if_dead(first):
+                    continue
+                break
+            batch = [first]
+            if first.key is None or self.max_batch_size == 1:
+                self._running = batch
+                return batch
+            # Give compatible requests a short moment to arrive: a bigger batch is worth
+            # a few milliseconds on a GPU, never a long wait.
+            until = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                for job in list(self._pending):
+                    if len(batch) >= self.max_batch_size:
+                        break
+                    if job.key == first.key:
+                        self._pending.remove(job)
+                        if not self._drop_if_dead(job):
+                            batch.append(job)
+                left = until - time.monotonic()
+                if len(batch) >= self.max_batch_size or left <= 0 or self._stopping:
+                    break
+                self._cond.wait(left)
+            self._running = batch
+            return batch
+
+    @staticmethod
+    def _drop_if_dead(job: Job) -> bool:
+        if job._cancel.is_set():
+            job.finish(error=Cancelled("cancelled before the work started"))
+            return True
+        if job.expired():
+            job.finish(error=DeadlineExceeded("deadline expired while queued"))
+            return True
+        return False
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            started = time.monotonic()
+            for job in batch:
+                job.started_at = started
+                job.started.set()
+            try:
+                results = self.model([j.request for j in batch], batch)
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"model returned {len(results)} results for {len(batch)} requests")
+            except Exception as exc:  # the whole batch fails; each caller gets the error
+                if not isinstance(exc, Mic2eError):
+                    log.exception("%s: model call failed", self.name)
+                results = [exc] * len(batch)
+            finally:
+                with self._cond:
+                    self._running = []
+            elapsed = time.monotonic() - started
+            self.batches_run += 1
+            self.requests_run += len(batch)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), elapsed)
+            for job, result in zip(batch, results, strict=True):
+                if isinstance(result, Cancelled) and job.expired() and not job._cancel.is_set():
+                    result = DeadlineExceeded("deadline expired while running")
+                if isinstance(result, BaseException):
+                    job.finish(error=result)
+                elif job._cancel.is_set():
+                    job.finish(error=Cancelled("cancelled while running"))
+                else:
+                    job.finish(result=result)

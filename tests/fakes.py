@@ -1,0 +1,66 @@
+"""A fake model for testing the runtime (worker, server, status), not any model path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mic2e_services.errors import Cancelled, InvalidArgument
+
+
+@dataclass(frozen=True)
+class FakeRequest:
+    value: int
+    key: Hashable | None = "k"
+    steps: int = 5
+    bad: bool = False
+
+
+class FakeModel:
+    """Doubles numbers in `steps` sleeps of `step_s`; records every batch it ran."""
+
+    def __init__(self, *, step_s: float = 0.01, max_batch_size: int = 4,
+                 load_gate: threading.Event | None = None) -> None:
+        self.step_s = step_s
+        self.max_batch_size = max_batch_size
+        self.load_gate = load_gate
+        self.loaded = False
+        self.batches: list[list[int]] = []
+        self.steps_run = 0
+        self.started = threading.Event()
+        #: Raised by the next call (once), to test a model that fails outright.
+        self.crash: Exception | None = None
+
+    def load(self) -> None:
+        if self.load_gate is not None:
+            self.load_gate.wait(30)
+        self.loaded = True
+
+    def warmup(self) -> None:
+        pass
+
+    def batch_key(self, request: FakeRequest) -> Hashable | None:
+        return request.key
+
+    def estimate_seconds(self, request: FakeRequest) -> float:
+        return request.steps * self.step_s
+
+    def __call__(self, requests: Sequence[FakeRequest], contexts: Sequence[Any]) -> list[Any]:
+        if self.crash is not None:
+            crash, self.crash = self.crash, None
+            raise crash
+        self.batches.append([r.value for r in requests])
+        self.started.set()
+        steps = max(r.steps for r in requests)
+        for step in range(1, steps + 1):
+            if all(c.cancelled() for c in contexts):
+                raise Cancelled("stopped")
+            time.sleep(self.step_s)
+            self.steps_run += 1
+            for c in contexts:
+                c.progress("fake", step, steps)
+        return [InvalidArgument("value", "bad on purpose") if r.bad else r.value * 2
+                for r in requests]
