@@ -1,0 +1,42 @@
+"""Device and dtype choices shared by the model modules (imports torch: model side only)."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch.device, refusing absent ones early."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, device: torch.device, *, half: torch.dtype) -> torch.dtype:
+    """The compute dtype: the named one, else ``half`` on an accelerator and fp32 on CPU.
+
+    Half precision on CPU is slow and poorly supported, hence fp32 there by default.
+    """
+    if dtype:
+        try:
+            return _DTYPES[dtype.lower()]
+        except KeyError:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+    return torch.float32 if device.type == "cpu" else half
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (as reported in provenance)."""
+    return str(dtype).removeprefix("torch.")
