@@ -1,0 +1,22 @@
+"""FluxService messages <-> the FLUX model's plain query and output."""
+
+from __future__ import annotations
+
+from mic2e.v1 import common_pb2, flux_pb2
+
+from mic2e_services.flux.types import GenerateOutput, GenerateQuery
+from mic2e_services.runtime import convert
+
+
+def generate_query(req: flux_pb2.GenerateRequest) -> GenerateQuery:
+    """Apply only the fields the caller set; the rest keep the model's defaults."""
+    kwargs = {name: getattr(req, name) for name in ("width", "height", "steps", "seed")
+              if req.HasField(name)}
+    return GenerateQuery(prompt=req.prompt, **kwargs)
+
+
+def result(out: GenerateOutput, fmt: str, provenance: common_pb2.Provenance
+           ) -> flux_pb2.GenerateResponse:
+    return flux_pb2.GenerateResponse(result=flux_pb2.GenerateResult(
+        image=convert.encoded_image(out.image, fmt), provenance=provenance,
+        prompt_truncated=out.prompt_truncated, truncated_prompt=out.truncated_prompt))

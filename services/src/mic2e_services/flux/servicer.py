@@ -1,0 +1,42 @@
+"""mic2e.v1.FluxService: convert request -> submit to the worker -> stream results."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from mic2e.v1 import flux_pb2, flux_pb2_grpc
+
+from mic2e_services.flux import convert as fx
+from mic2e_services.runtime import convert
+from mic2e_services.runtime.calls import Finished, run_streaming
+from mic2e_services.runtime.images import ImageStore
+from mic2e_services.runtime.status import stream_rpc
+from mic2e_services.runtime.worker import ModelWorker
+
+SERVICE_NAME = "mic2e.v1.FluxService"
+
+
+class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
+    """Serves FLUX.1-schnell through the shared worker; see the proto for the contract."""
+
+    def __init__(self, worker: ModelWorker, images: ImageStore) -> None:
+        self.worker = worker
+        self.images = images
+
+    @stream_rpc
+    async def Generate(self, request: flux_pb2.GenerateRequest,
+                       context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[flux_pb2.GenerateResponse]:
+        fmt = convert.image_format(request.output_format, "output_format")
+        async for item in run_streaming(self.worker, fx.generate_query(request), context):
+            if not isinstance(item, Finished):
+                yield flux_pb2.GenerateResponse(progress=convert.progress_to_proto(item))
+                continue
+            model, out = self.worker.model, item.result
+            provenance = convert.provenance(
+                server="flux", model_id=model.model_id, revision=model.revision,
+                dtype=model.dtype_name, device=model.device_name, steps=out.steps,
+                seed=out.seed, timings=item.job.timings("generation"))
+            yield await asyncio.to_thread(fx.result, out, fmt, provenance)
