@@ -22,6 +22,17 @@ class StepContext(Protocol):
         ...
 
 
+class QuietContext:
+    """A `StepContext` for the model's own runs (warm-up, benchmarks): never cancelled,
+    progress goes nowhere."""
+
+    def cancelled(self) -> bool:
+        return False
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        pass
+
+
 @runtime_checkable
 class Model(Protocol):
     """A resident model. The worker calls `load`, then `warmup`, then `__call__` repeatedly."""

@@ -54,6 +54,8 @@ class Server:
         self.health = health_servicer
         self.service_names = list(service_names)
         self.worker = worker
+        #: The service implementation (its image store and counters), set by the builder.
+        self.servicer: object | None = None
         self._ready = asyncio.Event()
         self._bring_up: asyncio.Task[None] | None = None
         self.startup_error: BaseException | None = None
@@ -135,8 +137,10 @@ def build_model_server(settings: ModelServerSettings, model: Model, *, name: str
                          max_batch_size=settings.max_batch_size,
                          max_wait_s=settings.max_wait_ms / 1000, name=name)
     servicer = make_servicer(worker, store)
-    return build_server(settings, register=lambda s: add_servicer(servicer, s),
-                        service_names=[service_name], worker=worker)
+    server, port = build_server(settings, register=lambda s: add_servicer(servicer, s),
+                                service_names=[service_name], worker=worker)
+    server.servicer = servicer
+    return server, port
 
 
 async def serve(server: Server) -> int:

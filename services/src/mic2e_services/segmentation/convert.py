@@ -1,0 +1,57 @@
+"""SegmentationService messages <-> the segmentation model's plain queries and results."""
+
+from __future__ import annotations
+
+from mic2e.v1 import common_pb2, segmentation_pb2
+
+from mic2e_services.errors import InvalidArgument
+from mic2e_services.runtime import convert
+from mic2e_services.runtime.images import StoredImage
+from mic2e_services.segmentation.types import PromptQuery, PromptResult, Segment, TextQuery
+
+#: The model's default when the caller sets no threshold.
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+
+def text_query(req: segmentation_pb2.SegmentByTextRequest, image: StoredImage) -> TextQuery:
+    threshold = DEFAULT_SCORE_THRESHOLD
+    if req.HasField("score_threshold"):
+        threshold = convert.finite(req.score_threshold, "score_threshold")
+    return TextQuery(image=image.image, image_key=image.sha256, text=req.text,
+                     score_threshold=threshold, max_instances=req.max_instances)
+
+
+def prompt_query(req: segmentation_pb2.SegmentByPromptRequest, image: StoredImage
+                 ) -> PromptQuery:
+    points = []
+    for i, p in enumerate(req.points):
+        if p.label not in (common_pb2.POINT_LABEL_UNSPECIFIED, common_pb2.POINT_LABEL_POSITIVE,
+                           common_pb2.POINT_LABEL_NEGATIVE):
+            raise InvalidArgument(f"points[{i}].label", f"unknown point label {p.label}")
+        points.append((p.x, p.y, p.label != common_pb2.POINT_LABEL_NEGATIVE))
+    box = None
+    if req.HasField("box"):
+        box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1)
+    return PromptQuery(image=image.image, image_key=image.sha256, points=tuple(points), box=box,
+                       return_alternatives=req.return_alternatives)
+
+
+def instance(segment: Segment, fmt: str) -> common_pb2.Instance:
+    return convert.instance_to_proto(segment.mask, segment.score, segment.box, fmt)
+
+
+def text_response(instances: list[Segment], image: StoredImage, fmt: str,
+                  provenance: common_pb2.Provenance) -> segmentation_pb2.SegmentByTextResponse:
+    return segmentation_pb2.SegmentByTextResponse(
+        instances=[instance(s, fmt) for s in instances], image_width=image.width,
+        image_height=image.height, image_sha256=image.sha256, provenance=provenance)
+
+
+def prompt_response(result: PromptResult, image: StoredImage, fmt: str,
+                    provenance: common_pb2.Provenance
+                    ) -> segmentation_pb2.SegmentByPromptResponse:
+    return segmentation_pb2.SegmentByPromptResponse(
+        best=instance(result.best, fmt),
+        alternatives=[instance(s, fmt) for s in result.alternatives],
+        image_width=image.width, image_height=image.height, image_sha256=image.sha256,
+        provenance=provenance)

@@ -1,0 +1,612 @@
+"""SAM3 on one device: text prompts -> all instances, points / box -> one object.
+
+Model code only. It never imports grpc or the generated protobuf modules, so it can be
+tested, benchmarked and reused without the transport; the servicer converts messages
+to and from the plain dataclasses below.
+
+Two transformers models share one checkpoint folder (``facebook/sam3`` layout):
+``Sam3Model`` (detector: text -> instances) and ``Sam3TrackerModel`` (points / box ->
+three candidate masks). Both run the same ViT backbone on the same pixels, which is by
+far the most expensive part, so:
+
+* the backbone module is held once on the device when both models carry equal weights;
+* its output is cached per image (bounded LRU keyed by the image's SHA-256), and each
+  path's FPN neck output is derived from it lazily and cached next to it. A second
+  prompt on an image, text or click, skips the backbone (and, for the same path, the
+  neck too).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+from mic2e_services import errors
+from mic2e_services.runtime.model_api import QuietContext
+from mic2e_services.segmentation.types import (
+    MAX_TEXT_CHARS,
+    PromptQuery,
+    PromptResult,
+    Query,
+    Segment,
+    TextQuery,
+    TextResult,
+    check_inputs,
+)
+from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype
+
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "PromptQuery",
+    "PromptResult",
+    "Sam3Segmenter",
+    "Segment",
+    "TextQuery",
+    "TextResult",
+    "check_inputs",
+]
+
+# Upsampling every candidate to full resolution at once can take gigabytes for large
+# images (200 queries x 12 Mpx x 4 bytes); masks are upsampled in chunks of this many
+# pixels in total.
+_UPSAMPLE_BUDGET_PIXELS = 64 * 1024 * 1024
+
+_STAGE = "segmentation"
+
+
+# --------------------------------------------------------------------------------------
+# Vision-feature cache.
+
+
+@dataclass
+class _Features:
+    """What is known about one image on the device.
+
+    `backbone` maps a backbone slot ("shared", or "detector" / "tracker" when the two
+    models do not share one) to its output, and is dropped once both paths have their
+    neck features. Neck features are batch-1 tensors, concatenated per call.
+    """
+
+    size: tuple[int, int]  # (width, height): guards against a key reused for another image
+    backbone: dict[str, torch.Tensor] = field(default_factory=dict)
+    detector: tuple[torch.Tensor, ...] | None = None  # FPN levels for Sam3Model
+    tracker: list[torch.Tensor] | None = None  # image_embeddings for Sam3TrackerModel
+
+
+def _revision(model_id: str) -> str:
+    """Provenance: "tiny" for `write_tiny` folders, "local" for other folders, else the commit."""
+    from mic2e_services.segmentation.tiny import TINY_MARKER
+
+    folder = Path(model_id)
+    if folder.is_dir():
+        return "tiny" if (folder / TINY_MARKER).is_file() else "local"
+    # A hub id was just loaded, so its files sit in the cache under snapshots/<commit>/.
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model_id, "config.json")
+    if isinstance(cached, str):
+        parts = Path(cached).parts
+        if "snapshots" in parts[:-1]:
+            return parts[parts.index("snapshots") + 1]
+    return "unknown"
+
+
+# --------------------------------------------------------------------------------------
+# The model.
+
+
+class Sam3Segmenter:
+    """SAM3 text and point/box segmentation, implementing `runtime.model_api.Model`.
+
+    `feature_cache_size` images keep their vision features on the device. At full size
+    in fp16 that is at most ~80 MB an image (detector FPN ~56 MB, tracker levels ~11 MB,
+    backbone output ~11 MB until both necks have run), so the default 16 costs ~1.3 GB.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        feature_cache_size: int = 16,
+        max_batch_size: int = 4,
+    ) -> None:
+        if feature_cache_size < 0:
+            raise ValueError("feature_cache_size must be >= 0")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.model_id = str(model_id)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
+        self.dtype_name = dtype_name(self.dtype)
+        self.device_name = str(self.device)
+        self.revision = "unknown"
+        self.feature_cache_size = feature_cache_size
+        self.max_batch_size = max_batch_size
+
+        #: Images run through the ViT backbone so far (one per image encoded).
+        self.vision_encoder_runs = 0
+        #: True once load() found equal backbone weights and holds them once.
+        self.shares_backbone = False
+
+        self._detector: Any = None
+        self._tracker: Any = None
+        self._det_processor: Any = None
+        self._trk_processor: Any = None
+        self._shared_pixels = False
+        self._cache: OrderedDict[str, _Features] = OrderedDict()
+        self._lock = threading.Lock()
+        # Rough per-part costs for admission control; replaced by warmup() measurements.
+        self._encode_s = 0.05
+        self._text_decode_s = 0.05
+        self._prompt_decode_s = 0.02
+        self._last_encode_s = 0.0
+
+    # Kept on the class too so callers (the servicer) can validate before queueing.
+    check_inputs = staticmethod(check_inputs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        """Load both models and processors; share the backbone when the weights are equal."""
+        from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor
+
+        # Loaded on the CPU first so a shared backbone never sits twice on the device.
+        detector = Sam3Model.from_pretrained(self.model_id, dtype=self.dtype)
+        tracker = Sam3TrackerModel.from_pretrained(self.model_id, dtype=self.dtype)
+        self._det_processor = Sam3Processor.from_pretrained(self.model_id)
+        self._trk_processor = Sam3TrackerProcessor.from_pretrained(self.model_id)
+
+        det_backbone = detector.vision_encoder.backbone
+        trk_backbone = tracker.vision_encoder.backbone
+        if _same_weights(det_backbone, trk_backbone):
+            tracker.vision_encoder.backbone = det_backbone
+            self.shares_backbone = True
+        # Features are shareable only if both paths also see the same pixels.
+        self._shared_pixels = self.shares_backbone and (
+            self._det_processor.image_processor.to_dict()
+            == self._trk_processor.image_processor.to_dict()
+        )
+
+        for model in (detector, tracker):
+            model.to(self.device).eval().requires_grad_(False)
+        self._detector, self._tracker = detector, tracker
+        self.revision = _revision(self.model_id)
+
+    def warmup(self) -> None:
+        """Run a text and a point query on a synthetic image; time them for estimate_seconds."""
+        self._require_loaded()
+        pixels = np.full((64, 96, 3), 128, dtype=np.uint8)
+        pixels[..., 0] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]
+        pixels[..., 1] = np.linspace(0, 255, 64, dtype=np.uint8)[:, None]
+        image = PIL.Image.fromarray(pixels)
+        key = "warmup:synthetic"
+        text = TextQuery(image=image, image_key=key, text="object", score_threshold=0.0)
+        point = PromptQuery(image=image, image_key=key, points=((48.0, 32.0, True),))
+        ctx = [QuietContext()]
+
+        # The first round pays one-off costs (allocator, kernel selection); the second is timed.
+        for _ in range(2):
+            self._drop_cached(key)
+            t0 = self._now()
+            results = self([text], ctx)
+            t1 = self._now()
+            encode_s = self._last_encode_s
+            results += self([point], ctx)
+            t2 = self._now()
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        self._encode_s = encode_s
+        self._text_decode_s = max(t1 - t0 - encode_s, 0.0)
+        self._prompt_decode_s = t2 - t1
+        self._drop_cached(key)
+
+    def estimate_seconds(self, request: Any) -> float:
+        """Decode cost of the request's path, plus the vision encoder unless its image is cached."""
+        decode = self._text_decode_s if isinstance(request, TextQuery) else self._prompt_decode_s
+        key = getattr(request, "image_key", None)
+        with self._lock:
+            cached = key in self._cache
+        return decode + (0.0 if cached else self._encode_s)
+
+    def batch_key(self, request: Any) -> Hashable | None:
+        """Text queries always batch (fixed 32-token prompts, fixed image size); prompt
+        queries batch when their prompt tensors have the same shape, so no padding point
+        ever changes a result."""
+        if isinstance(request, TextQuery):
+            return ("text",)
+        if isinstance(request, PromptQuery):
+            return ("prompt", *self._prompt_shape(request))
+        return None
+
+    # ------------------------------------------------------------------ inference
+
+    def __call__(self, requests: Sequence[Any], contexts: Sequence[Any]) -> list[Any]:
+        self._require_loaded()
+        if len(requests) != len(contexts):
+            raise ValueError("one context per request")
+        results: list[Any] = [None] * len(requests)
+
+        # 1. Check inputs; a bad request fails alone.
+        live: list[int] = []
+        for i, request in enumerate(requests):
+            try:
+                check_inputs(request)
+            except errors.InvalidArgument as exc:
+                results[i] = exc
+            else:
+                live.append(i)
+
+        # 2. Skip cancelled requests before any device work is spent on them, and group
+        #    the rest into batches of one kind and one tensor shape.
+        live = self._skip_cancelled(live, contexts, results)
+        text_idx = [i for i in live if isinstance(requests[i], TextQuery)]
+        prompt_idx = [i for i in live if isinstance(requests[i], PromptQuery)]
+        shapes: dict[tuple[int, bool, bool], list[int]] = {}
+        for i in prompt_idx:
+            shapes.setdefault(self._prompt_shape(requests[i]), []).append(i)
+        batches = [(None, chunk) for chunk in _chunks(text_idx, self.max_batch_size)] + [
+            (shape, chunk)
+            for shape, members in shapes.items()
+            for chunk in _chunks(members, self.max_batch_size)
+        ]
+
+        try:
+            with torch.inference_mode():
+                # 3. Vision features, once per image for both paths; the cache has the rest.
+                features = self._features(
+                    [requests[i] for i in text_idx], [requests[i] for i in prompt_idx]
+                )
+
+                # 4. Decode batch by batch: the detector for text, the tracker for clicks.
+                for shape, chunk in batches:
+                    chunk = self._skip_cancelled(chunk, contexts, results)
+                    if not chunk:
+                        continue
+                    queries = [requests[i] for i in chunk]
+                    if shape is None:
+                        outs = self._decode_text(queries, features)
+                    else:
+                        outs = self._decode_prompts(queries, shape, features)
+
+                    # 5. Hand each finished request its result and progress.
+                    for i, out in zip(chunk, outs, strict=True):
+                        results[i] = out
+                        contexts[i].progress(_STAGE, 1, 1)
+        except torch.OutOfMemoryError as exc:
+            # Cached features are the one thing here that can be given back.
+            self.clear_cache()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise errors.ResourceExhausted(
+                f"out of device memory: {exc}", retry_after_s=1.0, reason="OUT_OF_MEMORY"
+            ) from exc
+
+        # 6. One result per request, in order.
+        return results
+
+    # ------------------------------------------------------------------ cache
+
+    def clear_cache(self) -> None:
+        """Forget every cached vision feature."""
+        with self._lock:
+            self._cache.clear()
+
+    def cached_image_keys(self) -> list[str]:
+        """Image keys with cached features, least recently used first."""
+        with self._lock:
+            return list(self._cache)
+
+    def _drop_cached(self, key: str) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
+
+    def _lookup(self, query: Query) -> _Features:
+        """The query image's cache entry (fresh if absent or stale), made the most recent."""
+        with self._lock:
+            entry = self._cache.get(query.image_key)
+            if entry is None or entry.size != query.image.size:
+                entry = _Features(size=query.image.size)
+                self._cache[query.image_key] = entry
+            self._cache.move_to_end(query.image_key)
+            while len(self._cache) > self.feature_cache_size:
+                self._cache.popitem(last=False)
+        return entry
+
+    # ------------------------------------------------------------------ vision
+
+    def _features(
+        self, text_queries: list[TextQuery], prompt_queries: list[PromptQuery]
+    ) -> dict[str, _Features]:
+        """Features for every image of the call, computing only what the cache lacks.
+
+        Entries are held here for the whole call, so an eviction by a large batch cannot
+        take features away from a request still waiting for its decode.
+        """
+        entries: dict[str, _Features] = {}
+        images: dict[str, PIL.Image.Image] = {}
+        needs: dict[str, set[str]] = {}
+        for path, queries in (("detector", text_queries), ("tracker", prompt_queries)):
+            for query in queries:
+                if query.image_key not in entries:
+                    entries[query.image_key] = self._lookup(query)
+                    image = query.image
+                    images[query.image_key] = image if image.mode == "RGB" else image.convert("RGB")
+                needs.setdefault(query.image_key, set()).add(path)
+
+        encode_s = 0.0
+        for path in ("detector", "tracker"):
+            missing = [
+                key for key, paths in needs.items()
+                if path in paths and getattr(entries[key], path) is None
+            ]
+            if not missing:
+                continue
+            slot = "shared" if self._shared_pixels else path
+            to_encode = [key for key in missing if slot not in entries[key].backbone]
+            for chunk in _chunks(to_encode, self.max_batch_size):
+                t0 = self._now()
+                hidden = self._run_backbone(path, [images[key] for key in chunk])
+                encode_s += self._now() - t0
+                for row, key in enumerate(chunk):
+                    entries[key].backbone[slot] = hidden[row : row + 1].clone()
+            for chunk in _chunks(missing, self.max_batch_size):
+                hidden = torch.cat([entries[key].backbone[slot] for key in chunk])
+                if path == "detector":
+                    levels = self._detector_neck(hidden)
+                    for row, key in enumerate(chunk):
+                        entries[key].detector = tuple(lv[row : row + 1].clone() for lv in levels)
+                else:
+                    levels = self._tracker_neck(hidden)
+                    for row, key in enumerate(chunk):
+                        entries[key].tracker = [lv[row : row + 1].clone() for lv in levels]
+
+        for entry in entries.values():
+            # Both necks done: the backbone output is no longer needed.
+            if entry.detector is not None and entry.tracker is not None:
+                entry.backbone.clear()
+        self._last_encode_s = encode_s
+        return entries
+
+    def _run_backbone(self, path: str, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """ViT backbone on a batch of images -> (batch, tokens, hidden)."""
+        model = self._detector if path == "detector" else self._tracker
+        processor = self._det_processor if path == "detector" else self._trk_processor
+        pixels = processor.image_processor(
+            images=images, return_tensors="pt", device=self.device
+        )["pixel_values"].to(self.device, self.dtype)
+        self.vision_encoder_runs += len(images)
+        return model.vision_encoder.backbone(pixels).last_hidden_state
+
+    @staticmethod
+    def _spatial(hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens, C) -> (batch, C, h, w), as Sam3VisionModel.forward reshapes it."""
+        side = math.isqrt(hidden.shape[1])  # the image processor always makes square inputs
+        return hidden.view(hidden.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+    def _detector_neck(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fpn, _ = self._detector.vision_encoder.neck(self._spatial(hidden))
+        return tuple(fpn)
+
+    def _tracker_neck(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """The tracker's image embeddings (as get_image_embeddings makes them) from the backbone.
+
+        The no-memory embedding goes on the lowest-resolution level the mask decoder
+        reads, as in the original SAM 3 and transformers' Sam3TrackerVideoModel.
+        transformers' Sam3TrackerModel (5.x) adds it to the extra 0.5x neck level and then
+        drops that level, i.e. decodes single images as if the learned embedding were
+        zero; the video model's order is followed here (a test pins it). With a 3-level
+        neck, or a zero embedding, the two agree exactly.
+        """
+        tracker = self._tracker
+        fpn, _ = tracker.vision_encoder.neck(self._spatial(hidden))
+        levels = list(fpn)[: len(tracker.backbone_feature_sizes)]
+        # Pre-projected once per image instead of on every click, as transformers does.
+        levels[0] = tracker.mask_decoder.conv_s0(levels[0])
+        levels[1] = tracker.mask_decoder.conv_s1(levels[1])
+        levels[-1] = levels[-1] + tracker.no_memory_embedding.reshape(1, -1, 1, 1)
+        return levels
+
+    # ------------------------------------------------------------------ text path
+
+    def _decode_text(
+        self, queries: list[TextQuery], features: dict[str, _Features]
+    ) -> list[TextResult]:
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        detector = self._detector
+        neck = detector.vision_encoder.neck
+        levels = tuple(
+            torch.cat([features[q.image_key].detector[n] for q in queries])
+            for n in range(len(features[queries[0].image_key].detector))
+        )
+        # Position encodings depend on shape only (transformers caches them).
+        positions = tuple(neck.position_encoding(lv.shape, lv.device, lv.dtype) for lv in levels)
+        vision = Sam3VisionEncoderOutput(fpn_hidden_states=levels, fpn_position_encoding=positions)
+
+        max_tokens = detector.config.text_config.max_position_embeddings
+        tokens = self._det_processor.tokenizer(
+            [q.text.strip() for q in queries],
+            padding="max_length",
+            max_length=max_tokens,
+            truncation=True,
+            return_tensors="pt",
+        ).to(self.device)
+        out = detector(
+            vision_embeds=vision,
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+        )
+
+        scores = out.pred_logits.float().sigmoid()
+        if out.presence_logits is not None:
+            scores = scores * out.presence_logits.float().sigmoid()
+        results = []
+        for row, query in enumerate(queries):
+            order = torch.sort(scores[row], descending=True, stable=True).indices
+            order = order[scores[row][order] > query.score_threshold]
+            if query.max_instances:
+                order = order[: query.max_instances]
+            # Same order as the processor: probabilities are upsampled, then thresholded.
+            probs = out.pred_masks[row, order].float().sigmoid()
+            segments = _segments(
+                probs, scores[row, order], query.image.size, query.mask_threshold
+            )
+            # An instance without a single pixel at full size cannot be shown or removed.
+            results.append(TextResult([s for s in segments if s.mask.any()]))
+        return results
+
+    # ------------------------------------------------------------------ prompt path
+
+    @staticmethod
+    def _prompt_shape(query: PromptQuery) -> tuple[int, bool, bool]:
+        """(points, has box, multimask) - what the tracker's input tensors look like.
+
+        Three candidates help an ambiguous single click; a box or several points are
+        unambiguous and SAM's single-mask output is better there, unless the caller
+        asked for alternatives.
+        """
+        n_points = len(query.points)
+        has_box = query.box is not None
+        multimask = query.return_alternatives or (n_points == 1 and not has_box)
+        return (n_points, has_box, multimask)
+
+    def _decode_prompts(
+        self,
+        queries: list[PromptQuery],
+        shape: tuple[int, bool, bool],
+        features: dict[str, _Features],
+    ) -> list[PromptResult]:
+        n_points, has_box, multimask = shape
+        tracker = self._tracker
+        embeddings = [
+            torch.cat([features[q.image_key].tracker[n] for q in queries])
+            for n in range(len(features[queries[0].image_key].tracker))
+        ]
+
+        # The processor maps pixel coordinates of each original size to model input space.
+        kwargs: dict[str, Any] = {}
+        if n_points:
+            kwargs["input_points"] = [[[[p[0], p[1]] for p in q.points]] for q in queries]
+            kwargs["input_labels"] = [[[1 if p[2] else 0 for p in q.points]] for q in queries]
+        if has_box:
+            kwargs["input_boxes"] = [[list(q.box)] for q in queries]
+        prompts = self._trk_processor(
+            original_sizes=[[q.image.height, q.image.width] for q in queries],
+            return_tensors="pt",
+            **kwargs,
+        )
+        inputs = {
+            name: prompts[name].to(self.device)
+            for name in ("input_points", "input_labels", "input_boxes")
+            if name in prompts
+        }
+        out = tracker(image_embeddings=embeddings, multimask_output=multimask, **inputs)
+
+        iou = out.iou_scores.float()  # (batch, 1, candidates)
+        results = []
+        for row, query in enumerate(queries):
+            order = torch.sort(iou[row, 0], descending=True, stable=True).indices
+            if not query.return_alternatives:
+                order = order[:1]
+            logits = out.pred_masks[row, 0, order].float()
+            # Mask logits: the object is where the upsampled logit is positive.
+            segments = _segments(logits, iou[row, 0, order], query.image.size, 0.0)
+            results.append(PromptResult(best=segments[0], alternatives=segments[1:]))
+        return results
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _skip_cancelled(
+        indices: list[int], contexts: Sequence[Any], results: list[Any]
+    ) -> list[int]:
+        """`indices` whose callers still wait; the others get `errors.Cancelled` as result."""
+        kept = []
+        for i in indices:
+            if contexts[i].cancelled():
+                results[i] = errors.Cancelled("cancelled before it ran")
+            else:
+                kept.append(i)
+        if contexts and all(ctx.cancelled() for ctx in contexts):
+            raise errors.Cancelled("every request of the batch was cancelled")
+        return kept
+
+    def _require_loaded(self) -> None:
+        if self._detector is None:
+            raise errors.Unavailable("SAM3 is not loaded yet", reason="NOT_LOADED")
+
+    def _now(self) -> float:
+        # Device time, not launch time: wait for queued kernels before reading the clock.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """True when both modules hold identical tensors under identical names."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
+        for k in sa
+    )
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _segments(
+    low_res: torch.Tensor,
+    scores: torch.Tensor,
+    image_size: tuple[int, int],
+    threshold: float,
+) -> list[Segment]:
+    """Low-resolution maps (n, h, w) -> full-size bool masks with tight boxes.
+
+    Upsampling, thresholding and box finding stay on the device; only the bool masks
+    and a few integers cross to the host.
+    """
+    width, height = image_size
+    count = low_res.shape[0]
+    if count == 0:
+        return []
+    per_chunk = max(1, _UPSAMPLE_BUDGET_PIXELS // (width * height))
+    masks, boxes = [], []
+    for start in range(0, count, per_chunk):
+        maps = low_res[start : start + per_chunk]
+        full = F.interpolate(
+            maps[:, None], size=(height, width), mode="bilinear", align_corners=False
+        )[:, 0]
+        binary = full > threshold
+        rows = binary.any(dim=2).to(torch.uint8)  # (n, height)
+        cols = binary.any(dim=1).to(torch.uint8)  # (n, width)
+        # argmax returns the first maximum: the first row / column holding the object.
+        y0 = rows.argmax(dim=1)
+        y1 = height - rows.flip(1).argmax(dim=1)
+        x0 = cols.argmax(dim=1)
+        x1 = width - cols.flip(1).argmax(dim=1)
+        empty = rows.amax(dim=1) == 0
+        box = torch.stack([x0, y0, x1, y1], dim=1).masked_fill(empty[:, None], 0)
+        masks.append(binary.cpu().numpy())
+        boxes.append(box.cpu().tolist())
+    all_masks = np.concatenate(masks)
+    all_boxes = [b for chunk in boxes for b in chunk]
+    all_scores = scores.float().cpu().tolist()
+    return [
+        Segment(mask=all_masks[i], score=float(all_scores[i]), box=tuple(map(int, all_boxes[i])))
+        for i in range(count)
+    ]

@@ -1,0 +1,39 @@
+"""Assembly of the segmentation server: settings, model, worker, servicer."""
+
+from __future__ import annotations
+
+from mic2e.v1 import segmentation_pb2_grpc
+from pydantic import Field
+
+from mic2e_services.runtime.model_api import Model
+from mic2e_services.runtime.server import Server, build_model_server
+from mic2e_services.runtime.settings import ModelServerSettings
+from mic2e_services.segmentation.servicer import SERVICE_NAME, SegmentationServicer
+
+
+class Settings(ModelServerSettings):
+    """Segmentation server settings (`MIC2E_*` environment variables, CLI flags win)."""
+
+    port: int = 50052
+    model: str = Field("facebook/sam3", description="hub id or local folder of SAM3")
+    feature_cache_size: int = Field(16, ge=1, description="images whose vision features "
+                                    "are kept for re-queries")
+
+
+def build_model(settings: Settings) -> Model:
+    # Imported here: torch loads only in a process that really serves the model.
+    from mic2e_services.segmentation.model import Sam3Segmenter
+
+    return Sam3Segmenter(settings.model, device=settings.device, dtype=settings.dtype,
+                         feature_cache_size=settings.feature_cache_size,
+                         **({"max_batch_size": settings.max_batch_size}
+                            if settings.max_batch_size else {}))
+
+
+def create_server(settings: Settings, model: Model | None = None) -> tuple[Server, int]:
+    """The server, not started, and its port; `model` defaults to the one in settings."""
+    return build_model_server(
+        settings, model or build_model(settings), name="segmentation",
+        service_name=SERVICE_NAME,
+        add_servicer=segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server,
+        make_servicer=SegmentationServicer)

@@ -1,0 +1,49 @@
+"""mic2e.v1.SegmentationService: convert request -> submit to the worker -> convert result."""
+
+from __future__ import annotations
+
+import grpc
+from mic2e.v1 import segmentation_pb2, segmentation_pb2_grpc
+
+from mic2e_services.runtime import convert
+from mic2e_services.runtime.calls import run_unary
+from mic2e_services.runtime.images import ImageStore
+from mic2e_services.runtime.status import rpc
+from mic2e_services.runtime.worker import ModelWorker
+from mic2e_services.segmentation import convert as seg
+
+SERVICE_NAME = "mic2e.v1.SegmentationService"
+
+
+class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
+    """Serves SAM3 through the shared worker; see the proto for the contract."""
+
+    def __init__(self, worker: ModelWorker, images: ImageStore) -> None:
+        self.worker = worker
+        self.images = images
+
+    def _provenance(self, timings):
+        model = self.worker.model
+        return convert.provenance(server="segmentation", model_id=model.model_id,
+                                  revision=model.revision, dtype=model.dtype_name,
+                                  device=model.device_name, timings=timings)
+
+    @rpc
+    async def SegmentByText(self, request: segmentation_pb2.SegmentByTextRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> segmentation_pb2.SegmentByTextResponse:
+        fmt = convert.mask_format(request.mask_format, "mask_format")
+        image = await convert.image_from_proto(self.images, request.image)
+        result, job = await run_unary(self.worker, seg.text_query(request, image), context)
+        return seg.text_response(result.instances, image, fmt,
+                                 self._provenance(job.timings("segmentation")))
+
+    @rpc
+    async def SegmentByPrompt(self, request: segmentation_pb2.SegmentByPromptRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> segmentation_pb2.SegmentByPromptResponse:
+        fmt = convert.mask_format(request.mask_format, "mask_format")
+        image = await convert.image_from_proto(self.images, request.image)
+        result, job = await run_unary(self.worker, seg.prompt_query(request, image), context)
+        return seg.prompt_response(result, image, fmt,
+                                   self._provenance(job.timings("segmentation")))
