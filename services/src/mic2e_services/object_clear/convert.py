@@ -1,0 +1,37 @@
+"""ObjectClearService messages <-> the ObjectClear model's plain query and output."""
+
+from __future__ import annotations
+
+import numpy as np
+from mic2e.v1 import common_pb2, object_clear_pb2
+
+from mic2e_services.errors import InvalidArgument
+from mic2e_services.object_clear.types import ClearOutput, ClearQuery
+from mic2e_services.runtime import convert
+from mic2e_services.runtime.images import StoredImage
+
+
+def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_pixels: int
+                ) -> ClearQuery:
+    """Merge the masks (union) and apply only the options the caller set."""
+    if not req.masks:
+        raise InvalidArgument("masks", "at least one mask is required")
+    masks = convert.masks_from_proto(req.masks, "masks", size=(image.width, image.height),
+                                     max_pixels=max_pixels)
+    merged = np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
+    opts = req.options
+    kwargs = {}
+    for name in ("steps", "short_side", "seed", "fusion"):
+        if opts.HasField(name):
+            kwargs[name] = getattr(opts, name)
+    if opts.HasField("guidance_scale"):
+        kwargs["guidance_scale"] = convert.finite(opts.guidance_scale, "options.guidance_scale")
+    return ClearQuery(image=image.image, mask=merged, label=req.label,
+                      mask_dilation=opts.mask_dilation, **kwargs)
+
+
+def result(out: ClearOutput, fmt: str, provenance: common_pb2.Provenance
+           ) -> object_clear_pb2.ClearResponse:
+    return object_clear_pb2.ClearResponse(result=object_clear_pb2.ClearResult(
+        image=convert.encoded_image(out.image, fmt), mask=convert.mask_to_proto(out.mask, "png"),
+        provenance=provenance))

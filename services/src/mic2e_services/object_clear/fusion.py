@@ -1,0 +1,215 @@
+"""Attention-Guided Fusion in pixel space, and mask dilation, in pure torch.
+
+Everything runs on the device of its inputs (the GPU in production): no numpy, OpenCV or
+SciPy, no host syncs. Images are float tensors (B, C, H, W) with values in [0, 1]; masks
+are float tensors (B, 1, H, W) with values in [0, 1] (binary where said so).
+
+The original ObjectClear does this step with OpenCV / SciPy on the CPU; the kernels here
+reproduce the same operations (OpenCV's elliptic structuring element, Gaussian blur with
+OpenCV's default reflect-101 border, binomial wavelet blur with edge replication).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "attention_guided_fusion",
+    "binary_dilate",
+    "dilate_mask",
+    "disk_kernel",
+    "ellipse_kernel",
+    "gaussian_blur",
+    "soft_fusion_mask",
+    "wavelet_color_fix",
+    "wavelet_decompose",
+]
+
+#: Radius up to which `dilate_mask` convolves directly; above it an FFT is cheaper.
+_DIRECT_DILATION_MAX_RADIUS = 16
+
+
+def ellipse_kernel(size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """The (size, size) elliptic structuring element, as OpenCV's MORPH_ELLIPSE draws it.
+
+    Row ``dy`` (from the centre) spans ``round(c * sqrt(1 - dy² / r²))`` pixels either side
+    of the centre column, with ``r = c = size // 2``; rounding is half-to-even like cvRound.
+    """
+    if size < 1:
+        raise ValueError(f"kernel size must be >= 1, got {size}")
+    r = c = size // 2
+    kernel = torch.zeros(size, size, dtype=torch.float32)
+    if r == 0:
+        kernel.fill_(1.0)
+        return kernel.to(device)
+    for row in range(size):
+        dy = row - r
+        dx = round(c * math.sqrt((r * r - dy * dy) / (r * r)))
+        kernel[row, max(c - dx, 0) : min(c + dx + 1, size)] = 1.0
+    return kernel.to(device)
+
+
+def disk_kernel(radius: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """The (2r+1, 2r+1) disk of pixels whose centres lie within `radius` of the centre."""
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    return ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius * radius).float()
+
+
+def binary_dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Binary dilation of (B, 1, H, W) `mask` (nonzero = set) by an odd-sized 0/1 kernel.
+
+    Pixels outside the image count as unset (OpenCV's default for dilation). Returns a
+    float 0/1 mask of the same shape.
+    """
+    kh, kw = kernel.shape
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel size must be odd, got {tuple(kernel.shape)}")
+    weight = kernel.to(device=mask.device, dtype=torch.float32)[None, None]
+    hits = F.conv2d((mask > 0).float(), weight, padding=(kh // 2, kw // 2))
+    # Counts are small integers, exact in float32: > 0.5 means "any kernel pixel hit".
+    return (hits > 0.5).float()
+
+
+def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grow a boolean mask by `radius` pixels (a disk), on the mask's device.
+
+    Accepts (H, W) or (B, 1, H, W); returns a bool tensor of the same shape. Small radii
+    convolve directly; large ones (up to a few hundred pixels on multi-megapixel images)
+    go through an FFT in float64, whose rounding error stays far below the 0.5 threshold.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    squeeze = mask.ndim == 2
+    m = (mask[None, None] if squeeze else mask) > 0
+    if radius > 0:
+        kernel = disk_kernel(radius, device=m.device)
+        if radius <= _DIRECT_DILATION_MAX_RADIUS:
+            m = binary_dilate(m, kernel) > 0.5
+        else:
+            m = _fft_dilate(m, kernel)
+    return m[0, 0] if squeeze else m
+
+
+def _fft_dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Dilation as an FFT convolution (cost independent of the kernel size)."""
+    _, _, h, w = mask.shape
+    kh, kw = kernel.shape
+    # Linear (not circular) convolution: pad to the full output size.
+    fh, fw = h + kh - 1, w + kw - 1
+    spectrum = torch.fft.rfft2(mask.double(), s=(fh, fw)) * torch.fft.rfft2(
+        kernel.double(), s=(fh, fw)
+    )
+    full = torch.fft.irfft2(spectrum, s=(fh, fw))
+    same = full[..., kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
+    return same > 0.5
+
+
+def gaussian_blur(x: torch.Tensor, ksize: int = 9, sigma: float = 2.0) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflect-101 borders (OpenCV's default)."""
+    half = ksize // 2
+    offsets = torch.arange(ksize, dtype=torch.float32, device=x.device) - half
+    g = torch.exp(-(offsets**2) / (2.0 * sigma * sigma))
+    g = (g / g.sum()).to(x.dtype)
+    channels = x.shape[1]
+    # "reflect" pads need a dimension larger than the pad; tiny inputs fall back to edges.
+    mode = "reflect" if min(x.shape[-2:]) > half else "replicate"
+    out = F.pad(x, (half, half, half, half), mode=mode)
+    out = F.conv2d(out, g.view(1, 1, 1, ksize).expand(channels, 1, 1, ksize), groups=channels)
+    out = F.conv2d(out, g.view(1, 1, ksize, 1).expand(channels, 1, ksize, 1), groups=channels)
+    return out
+
+
+def _binomial_blur(x: torch.Tensor) -> torch.Tensor:
+    """3x3 [1, 2, 1] x [1, 2, 1] / 16 blur with edge replication."""
+    channels = x.shape[1]
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    out = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, 3).expand(channels, 1, 1, 3), groups=channels)
+    return F.conv2d(out, k.view(1, 1, 3, 1).expand(channels, 1, 3, 1), groups=channels)
+
+
+def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split (B, C, H, W) into (high, low) frequencies with `levels` wavelet levels.
+
+    Level i blurs the running low band with the binomial kernel and, for i > 0, shrinks it
+    bilinearly by 2**i and enlarges it back; the residual goes to the high band.
+    ``high + low == x`` up to rounding.
+    """
+    h, w = x.shape[-2:]
+    low = x
+    high = torch.zeros_like(x)
+    for i in range(levels):
+        blurred = _binomial_blur(low)
+        if i > 0:
+            small = (max(1, h >> i), max(1, w >> i))
+            blurred = F.interpolate(blurred, size=small, mode="bilinear", align_corners=False)
+            blurred = F.interpolate(blurred, size=(h, w), mode="bilinear", align_corners=False)
+        high = high + (low - blurred)
+        low = blurred
+    return high, low
+
+
+def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """`content`'s high frequencies (detail) with `style`'s low frequencies (colour)."""
+    content_high, _ = wavelet_decompose(content, levels)
+    _, style_low = wavelet_decompose(style, levels)
+    return content_high + style_low
+
+
+def soft_fusion_mask(
+    attention_map: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    threshold: float = 0.5,
+    dilation: int = 21,
+    blur_ksize: int = 9,
+    blur_sigma: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hard, soft) masks at `size` from a (B, 1, h, w) attention map in [0, 1].
+
+    hard = the map thresholded, resized (nearest) and dilated with an elliptic kernel;
+    soft = max(hard, Gaussian blur of hard): 1 on the hard mask, feathered just outside.
+    """
+    binary = (attention_map > threshold).float()
+    binary = F.interpolate(binary, size=size, mode="nearest")
+    hard = binary_dilate(binary, ellipse_kernel(dilation, device=binary.device))
+    soft = torch.maximum(hard, gaussian_blur(hard, blur_ksize, blur_sigma))
+    return hard, soft
+
+
+def attention_guided_fusion(
+    original: torch.Tensor,
+    generated: torch.Tensor,
+    attention_map: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    dilation: int = 21,
+    blur_ksize: int = 9,
+    blur_sigma: float = 2.0,
+    levels: int = 5,
+) -> torch.Tensor:
+    """Keep the generated pixels where the model attended to the object, the original elsewhere.
+
+    `original`, `generated`: (B, 3, H, W) in [0, 1] at the same (working) size;
+    `attention_map`: (B, 1, h, w) in [0, 1] at any size. Outside the soft mask the result
+    is the original's detail with the generated image's colour (wavelet colour fix, both
+    images zeroed inside the hard mask first so the removed object does not bleed into the
+    background's low frequencies); inside it is the generated image.
+    """
+    hard, soft = soft_fusion_mask(
+        attention_map.float(),
+        tuple(original.shape[-2:]),
+        threshold=threshold,
+        dilation=dilation,
+        blur_ksize=blur_ksize,
+        blur_sigma=blur_sigma,
+    )
+    keep = 1.0 - hard
+    background = wavelet_color_fix(original * keep, generated * keep, levels)
+    fused = background * (1.0 - soft) + generated * soft
+    return fused.clamp(0.0, 1.0)

@@ -1,0 +1,268 @@
+"""The resident ObjectClear model behind the object-clear server (`runtime.model_api.Model`).
+
+Plain dataclasses in and out (`ClearQuery` -> `ClearOutput`); no grpc, no protos. Bad
+requests become `errors.InvalidArgument` naming the API field; cancellation raises
+`errors.Cancelled` at the next denoising step.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mic2e_services import errors
+from mic2e_services.object_clear.fusion import dilate_mask
+from mic2e_services.object_clear.pipeline import ObjectClearPipeline, working_size
+from mic2e_services.object_clear.types import ClearOutput, ClearQuery
+from mic2e_services.runtime.model_api import QuietContext, StepContext
+from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype
+
+__all__ = ["STAGE", "ClearOutput", "ClearQuery", "ObjectClearModel"]
+
+#: Stage name of the progress events.
+STAGE = "object_clear"
+
+MAX_STEPS = 100
+GUIDANCE_RANGE = (1.0, 20.0)
+SHORT_SIDE_RANGE = (256, 2048)
+MAX_MASK_DILATION = 256
+MAX_LABEL_CHARS = 100
+#: Longest working side accepted: keeps extreme aspect ratios from exhausting the device.
+MAX_WORKING_SIDE = 4096
+
+
+class ObjectClearModel:
+    """ObjectClear on one device: load once, then run `ClearQuery` batches."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        max_batch_size: int = 1,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model_id = model_id
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
+        self.dtype_name = dtype_name(self.dtype)
+        self.device_name = str(self.device)
+        if self.device.type == "cuda":
+            self.device_name = f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        self.max_batch_size = max_batch_size
+        self.revision: str | None = None
+        self.pipeline: ObjectClearPipeline | None = None
+        # Calibrated by warmup(): seconds per step and fixed seconds at this many pixels.
+        self._seconds_per_step = 0.1
+        self._overhead_seconds = 0.5
+        self._calibration_pixels = 512 * 512
+
+    # -- Model protocol ---------------------------------------------------------------
+
+    def load(self) -> None:
+        self.pipeline = ObjectClearPipeline.from_pretrained(
+            self.model_id, torch_dtype=self.dtype, device=self.device
+        )
+        self.revision = self.pipeline.revision
+
+    def warmup(self) -> None:
+        """Run the pipeline cold once, then time 2- and 4-step runs for `estimate_seconds`.
+
+        At the default 512 px on an accelerator; on CPU (tiny models: tests, the demo) at
+        256 px, the smallest allowed, so that starting a CPU server stays quick.
+        """
+        side = 512 if self.device.type != "cpu" else SHORT_SIDE_RANGE[0]
+        image = Image.new("RGB", (side, side), (127, 127, 127))
+        mask = np.zeros((side, side), dtype=bool)
+        mask[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
+        context = QuietContext()
+
+        def run(steps: int) -> float:
+            query = ClearQuery(image, mask, "object", steps=steps, short_side=side, seed=0)
+            start = time.perf_counter()
+            (result,) = self([query], [context])  # returns on the host: includes the sync
+            if isinstance(result, BaseException):
+                raise result
+            return time.perf_counter() - start
+
+        run(2)
+        two, four = run(2), run(4)
+        per_step = max((four - two) / 2.0, 1e-4)
+        self._seconds_per_step = per_step
+        self._overhead_seconds = max(two - 2.0 * per_step, 0.0)
+        self._calibration_pixels = side * side
+
+    def batch_key(self, request: ClearQuery) -> Hashable | None:
+        """Same working size, steps, guidance and fusion: one UNet batch can run them."""
+        try:
+            size = working_size(request.image.width, request.image.height, request.short_side)
+            return (size, int(request.steps), float(request.guidance_scale), bool(request.fusion))
+        except Exception:  # a malformed request runs alone and fails in check_inputs
+            return None
+
+    def estimate_seconds(self, request: ClearQuery) -> float:
+        try:
+            width, height = working_size(
+                request.image.width, request.image.height, request.short_side
+            )
+            steps = int(request.steps)
+            cfg = 1.0 if request.guidance_scale > 1.0 else 0.5
+        except Exception:
+            return self._overhead_seconds
+        scale = (width * height) / self._calibration_pixels
+        return scale * (self._overhead_seconds + cfg * self._seconds_per_step * steps)
+
+    def check_inputs(self, request: ClearQuery) -> None:
+        """Raise `errors.InvalidArgument` naming the API field of the first bad value."""
+        image = request.image
+        if not isinstance(image, Image.Image) or image.width < 1 or image.height < 1:
+            raise errors.InvalidArgument("image", "not a decodable, non-empty image")
+        mask = request.mask
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+            raise errors.InvalidArgument("masks", "expected one 2-D mask")
+        if mask.shape != (image.height, image.width):
+            raise errors.InvalidArgument(
+                "masks",
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                f"{image.width}x{image.height}",
+            )
+        if not mask.any():
+            raise errors.InvalidArgument("masks", "the mask selects no pixel")
+        if (
+            isinstance(request.steps, bool)
+            or not isinstance(request.steps, int)
+            or not (1 <= request.steps <= MAX_STEPS)
+        ):
+            raise errors.InvalidArgument("options.steps", f"must be 1..{MAX_STEPS}")
+        lo, hi = GUIDANCE_RANGE
+        guidance = float(request.guidance_scale)
+        if math.isnan(guidance) or not lo <= guidance <= hi:
+            raise errors.InvalidArgument("options.guidance_scale", f"must be {lo:g}..{hi:g}")
+        lo_side, hi_side = SHORT_SIDE_RANGE
+        if not lo_side <= request.short_side <= hi_side:
+            raise errors.InvalidArgument("options.short_side", f"must be {lo_side}..{hi_side}")
+        if not 0 <= request.mask_dilation <= MAX_MASK_DILATION:
+            raise errors.InvalidArgument(
+                "options.mask_dilation", f"must be 0..{MAX_MASK_DILATION} pixels"
+            )
+        if len(request.label) > MAX_LABEL_CHARS:
+            raise errors.InvalidArgument("label", f"longer than {MAX_LABEL_CHARS} characters")
+        if request.seed is not None and not 0 <= request.seed < 2**64:
+            raise errors.InvalidArgument("options.seed", "must be 0..2^64-1")
+        if max(working_size(image.width, image.height, request.short_side)) > MAX_WORKING_SIDE:
+            raise errors.InvalidArgument(
+                "image",
+                f"aspect ratio too extreme: the long side would exceed {MAX_WORKING_SIDE} px "
+                f"at short_side {request.short_side}",
+            )
+
+    def __call__(
+        self, requests: Sequence[ClearQuery], contexts: Sequence[StepContext]
+    ) -> list[ClearOutput | BaseException]:
+        """One result per request, in order: a `ClearOutput` or the exception of a bad one."""
+        if self.pipeline is None:
+            raise RuntimeError("ObjectClearModel.load() has not run")
+        if len(requests) != len(contexts):
+            raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
+
+        # 1. Check every request; a bad one fails alone
+        results: list[ClearOutput | BaseException | None] = [None] * len(requests)
+        groups: dict[Hashable, list[int]] = {}
+        for i, request in enumerate(requests):
+            try:
+                self.check_inputs(request)
+            except errors.InvalidArgument as exc:
+                results[i] = exc
+                continue
+            key = self.batch_key(request)
+            groups.setdefault(key if key is not None else object(), []).append(i)
+
+        # 2. Run compatible requests together, up to max_batch_size at a time
+        for members in groups.values():
+            for start in range(0, len(members), self.max_batch_size):
+                chunk = members[start : start + self.max_batch_size]
+                outputs = self._run([requests[i] for i in chunk], [contexts[i] for i in chunk])
+                for i, output in zip(chunk, outputs, strict=True):
+                    results[i] = output
+        return results  # type: ignore[return-value]
+
+    # -- internals --------------------------------------------------------------------
+
+    def _run(
+        self, queries: list[ClearQuery], contexts: list[StepContext]
+    ) -> list[ClearOutput | BaseException]:
+        """One pipeline call for queries that share a batch key (already checked)."""
+        assert self.pipeline is not None
+        first = queries[0]
+
+        # 1. Seeds: the caller's, or a fresh one that the output reports
+        seeds = [q.seed if q.seed is not None else secrets.randbelow(2**32) for q in queries]
+        # CPU generators: the noise for a seed is the same on every device and dtype.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+        # 2. Image and mask onto the device; grow the mask as asked
+        images = [_image_to_tensor(q.image, self.device) for q in queries]
+        masks = []
+        for q in queries:
+            mask = torch.from_numpy(np.ascontiguousarray(q.mask, dtype=bool)).to(self.device)
+            masks.append(dilate_mask(mask, q.mask_dilation) if q.mask_dilation else mask)
+
+        # 3. Denoise with progress and cancellation at every step
+        def on_step(index: int, total: int) -> None:
+            for context in contexts:
+                context.progress(STAGE, index + 1, total)
+
+        def should_stop() -> bool:
+            return all(context.cancelled() for context in contexts)
+
+        output = self.pipeline(
+            images,
+            masks,
+            [q.label for q in queries],
+            num_inference_steps=first.steps,
+            guidance_scale=float(first.guidance_scale),
+            short_side=first.short_side,
+            generator=generators,
+            fusion=first.fusion,
+            callback=on_step,
+            should_stop=should_stop,
+        )
+
+        # 4. Back to the host, at each input's own size
+        results: list[ClearOutput | BaseException] = []
+        for q, context, image, mask, seed in zip(
+            queries, contexts, output.images, masks, seeds, strict=True
+        ):
+            if context.cancelled():  # cancelled while batch-mates kept the run going
+                results.append(errors.Cancelled("cancelled during object removal"))
+                continue
+            results.append(
+                ClearOutput(
+                    image=_tensor_to_image(image),
+                    mask=mask.cpu().numpy(),
+                    steps=q.steps,
+                    seed=seed,
+                )
+            )
+        return results
+
+
+def _image_to_tensor(image: Image.Image, device: torch.device) -> torch.Tensor:
+    """(3, H, W) uint8 on `device`; the float conversion happens there."""
+    array = np.array(image.convert("RGB") if image.mode != "RGB" else image)  # writable copy
+    return torch.from_numpy(array).to(device).permute(2, 0, 1)
+
+
+def _tensor_to_image(image: torch.Tensor) -> Image.Image:
+    pixels = (image * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+    return Image.fromarray(pixels.cpu().numpy())
