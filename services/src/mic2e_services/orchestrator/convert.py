@@ -1,0 +1,58 @@
+"""EditService messages: building the model servers' requests from a RemoveObjects call."""
+
+from __future__ import annotations
+
+from mic2e.v1 import (
+    common_pb2,
+    object_clear_pb2,
+    orchestrator_pb2,
+    segmentation_pb2,
+)
+
+from mic2e_services.errors import InvalidArgument
+
+#: Mask growth when the caller sets none: covers the soft edge SAM masks leave.
+DEFAULT_MASK_DILATION = 10
+MAX_MASK_DILATION = 256
+
+
+def mask_dilation(req: orchestrator_pb2.RemoveObjectsRequest) -> int:
+    value = req.mask_dilation if req.HasField("mask_dilation") else DEFAULT_MASK_DILATION
+    if value > MAX_MASK_DILATION:
+        raise InvalidArgument("mask_dilation", f"must be 0..{MAX_MASK_DILATION}, got {value}")
+    return value
+
+
+def text_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image
+                 ) -> segmentation_pb2.SegmentByTextRequest:
+    out = segmentation_pb2.SegmentByTextRequest(
+        image=image, text=req.text.text, max_instances=req.text.max_instances,
+        mask_format=common_pb2.MASK_FORMAT_RLE)  # compact, and cheap to pass on
+    if req.text.HasField("min_score"):
+        out.score_threshold = req.text.min_score
+    return out
+
+
+def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image
+                   ) -> segmentation_pb2.SegmentByPromptRequest:
+    if not req.prompt.points and not req.prompt.HasField("box"):
+        raise InvalidArgument("prompt", "give at least one point or a box")
+    out = segmentation_pb2.SegmentByPromptRequest(
+        image=image, points=req.prompt.points, mask_format=common_pb2.MASK_FORMAT_RLE)
+    if req.prompt.HasField("box"):
+        out.box.CopyFrom(req.prompt.box)
+    return out
+
+
+def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image,
+                  masks: list[common_pb2.Mask], label: str) -> object_clear_pb2.ClearRequest:
+    options = object_clear_pb2.ClearOptions()
+    options.CopyFrom(req.clear_options)
+    options.mask_dilation = mask_dilation(req)
+    return object_clear_pb2.ClearRequest(image=image, masks=masks, label=label, options=options)
+
+
+def label_of(req: orchestrator_pb2.RemoveObjectsRequest) -> str:
+    if req.label:
+        return req.label
+    return req.text.text.strip() if req.WhichOneof("target") == "text" else ""

@@ -1,0 +1,91 @@
+"""The orchestrator's view of one model server: a channel, image references, errors.
+
+Each model server receives an image's bytes once; later calls send its SHA-256 and only
+re-send the bytes when the server answers NOT_FOUND (it restarted, or the call landed on
+another replica). Failures become `DownstreamError`s naming the stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from mic2e.channel import aio_channel
+from mic2e.v1 import common_pb2
+
+from mic2e_services.errors import DownstreamError
+from mic2e_services.runtime.images import LRU
+
+T = TypeVar("T")
+
+
+def downstream_error(exc: grpc.aio.AioRpcError, stage: str, address: str) -> DownstreamError:
+    details = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            details = value
+    code = exc.code().name
+    if code == "CANCELLED":
+        # Our own caller's cancellation never gets here (this handler is cancelled with it),
+        # so a cancelled downstream call means that server went away mid-call.
+        code = "UNAVAILABLE"
+    return DownstreamError(stage, code, exc.details() or "", {"server": address},
+                           status_details=details)
+
+
+def _lost_image(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() == grpc.StatusCode.NOT_FOUND and b"IMAGE_NOT_FOUND" in dict(
+        exc.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+
+
+class Downstream:
+    """One model server (or a DNS name with several replicas behind it)."""
+
+    def __init__(self, address: str, *, max_message_mb: int = 64, known_images: int = 256):
+        self.address = address
+        self.channel = aio_channel(address, max_message_mb=max_message_mb)
+        self._known: LRU[str, bool] = LRU(known_images)
+        #: Images sent as bytes / as references (for tests and metrics).
+        self.sent_bytes = 0
+        self.sent_refs = 0
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _image(self, sha256: str, data: bytes, force_bytes: bool) -> common_pb2.Image:
+        if not force_bytes and self._known.get(sha256):
+            self.sent_refs += 1
+            return common_pb2.Image(sha256=sha256)
+        self._known.put(sha256, True)
+        self.sent_bytes += 1
+        return common_pb2.Image(data=data)
+
+    async def unary(self, stage: str, sha256: str, data: bytes,
+                    call: Callable[[common_pb2.Image], Awaitable[T]]) -> T:
+        """Run a unary call with the image by reference, re-sending bytes if it was lost."""
+        for force in (False, True):
+            try:
+                return await call(self._image(sha256, data, force))
+            except grpc.aio.AioRpcError as exc:
+                if not force and _lost_image(exc):
+                    continue
+                raise downstream_error(exc, stage, self.address) from None
+        raise AssertionError("unreachable")
+
+    async def stream(self, stage: str, sha256: str | None, data: bytes | None,
+                     call: Callable[[common_pb2.Image | None], Any]) -> AsyncIterator[Any]:
+        """Run a streaming call likewise; the call is cancelled if the caller leaves."""
+        for force in (False, True):
+            image = self._image(sha256, data, force) if sha256 and data is not None else None
+            responses = call(image)
+            try:
+                async for msg in responses:
+                    yield msg
+                return
+            except grpc.aio.AioRpcError as exc:
+                if not force and image is not None and _lost_image(exc):
+                    continue
+                raise downstream_error(exc, stage, self.address) from None
+            finally:
+                responses.cancel()

@@ -1,0 +1,39 @@
+"""Assembly of the orchestrator: settings, downstream channels, servicer. No torch."""
+
+from __future__ import annotations
+
+from mic2e.v1 import orchestrator_pb2_grpc
+from pydantic import Field
+
+from mic2e_services.orchestrator.downstream import Downstream
+from mic2e_services.orchestrator.servicer import SERVICE_NAME, EditServicer
+from mic2e_services.runtime.server import Server, build_server
+from mic2e_services.runtime.settings import ServerSettings
+
+
+class Settings(ServerSettings):
+    """Orchestrator settings (`MIC2E_*` environment variables, CLI flags win).
+
+    An address may be `host:port` or a DNS name with several replicas behind it (a
+    headless Service); calls are spread over all of them round-robin.
+    """
+
+    port: int = 50051
+    segmentation_address: str = Field("localhost:50052", description="segmentation server(s)")
+    object_clear_address: str = Field("localhost:50053", description="object-clear server(s)")
+    flux_address: str = Field("localhost:50054", description="flux server(s)")
+    image_cache_size: int = Field(64, ge=1, description="images kept for reference")
+
+
+def create_server(settings: Settings) -> tuple[Server, int]:
+    """The orchestrator, not started, and its port."""
+    mb = settings.max_message_mb
+    servicer = EditServicer(Downstream(settings.segmentation_address, max_message_mb=mb),
+                            Downstream(settings.object_clear_address, max_message_mb=mb),
+                            Downstream(settings.flux_address, max_message_mb=mb),
+                            image_cache_size=settings.image_cache_size)
+    server, port = build_server(
+        settings, register=lambda s: orchestrator_pb2_grpc.add_EditServiceServicer_to_server(
+            servicer, s), service_names=[SERVICE_NAME])
+    server.servicer = servicer
+    return server, port
