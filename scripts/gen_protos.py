@@ -1,4 +1,6 @@
-"""Regenerate the Python stubs of the mic2e.v1 API (one command: `uv run python scripts/gen_protos.py`).
+"""Regenerate the Python stubs of the mic2e.v1 API.
+
+One command: `uv run python scripts/gen_protos.py`.
 
 Writes `*_pb2.py`, `*_pb2_grpc.py` and their `.pyi` type stubs (mypy-protobuf) into
 client/src/mic2e/v1/. With `--check`, writes to a temporary folder instead and exits 1 when
@@ -27,7 +29,8 @@ def generate(out_root: Path) -> None:
     # protoc finds the mypy-protobuf plugins on PATH; they sit beside this interpreter.
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
+    protos = sorted(str(p.relative_to(PROTO_ROOT))
+                    for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = str(resources.files("grpc_tools") / "_proto")
     args = [
         "grpc_tools.protoc",
@@ -66,7 +69,8 @@ def main() -> int:
         stale = sorted(fresh ^ committed)
         stale += sorted(
             n for n in fresh & committed
-            if not filecmp.cmp(tmp_root / PACKAGE_DIR / n, OUT_ROOT / PACKAGE_DIR / n, shallow=False)
+            if not filecmp.cmp(tmp_root / PACKAGE_DIR / n, OUT_ROOT / PACKAGE_DIR / n,
+                               shallow=False)
         )
         if stale:
             print("stale generated stubs (run `uv run python scripts/gen_protos.py`):", *stale,

@@ -186,7 +186,8 @@ async def test_graceful_stop_finishes_in_flight_and_refuses_new(stack):
     events = [e async for e in call]
     assert events[-1].WhichOneof("event") == "result"
     await stopping
-    assert await health_status_or_none(channel) in (None, health_pb2.HealthCheckResponse.NOT_SERVING)
+    after = await health_status_or_none(channel)
+    assert after in (None, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def health_status_or_none(channel):
