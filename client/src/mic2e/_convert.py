@@ -1,0 +1,151 @@
+"""Conversions between the client's plain types and the mic2e.v1 messages (internal)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mic2e import codecs
+from mic2e.types import (
+    BoxT,
+    ClearResult,
+    GenerateResult,
+    Instance,
+    Point,
+    Progress,
+    PromptSegmentation,
+    Provenance,
+    RemoveResult,
+    Segmented,
+    TextSegmentation,
+)
+from mic2e.v1 import common_pb2, flux_pb2, object_clear_pb2, orchestrator_pb2, segmentation_pb2
+
+#: What the client accepts as an image: a path, encoded bytes, or a PIL image.
+ImageInput = str | os.PathLike | bytes | Image.Image
+#: What the client accepts as a mask: a boolean array, a path to a PNG, or a PIL image.
+MaskInput = np.ndarray | str | os.PathLike | Image.Image
+
+_FORMATS = {"png": common_pb2.IMAGE_FORMAT_PNG, "jpeg": common_pb2.IMAGE_FORMAT_JPEG,
+            "jpg": common_pb2.IMAGE_FORMAT_JPEG, "webp": common_pb2.IMAGE_FORMAT_WEBP}
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, Image.Image):
+        return codecs.encode_image(image, "png")
+    with open(image, "rb") as f:
+        return f.read()
+
+
+def mask_proto(mask: MaskInput) -> common_pb2.Mask:
+    if isinstance(mask, Image.Image):
+        arr = np.asarray(mask.convert("L")) > 127
+    elif isinstance(mask, np.ndarray):
+        arr = mask.astype(bool)
+    else:
+        with open(mask, "rb") as f:
+            arr = codecs.decode_mask_png(f.read())
+    h, w = arr.shape
+    return common_pb2.Mask(width=w, height=h, png=codecs.encode_mask_png(arr))
+
+
+def output_format(name: str) -> int:
+    try:
+        return _FORMATS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown output format {name!r}; use png, jpeg or webp") from None
+
+
+def points_proto(points: Iterable[Point | tuple]) -> list[common_pb2.Point]:
+    out = []
+    for p in points:
+        p = p if isinstance(p, Point) else Point(*p)
+        label = common_pb2.POINT_LABEL_POSITIVE if p.positive else common_pb2.POINT_LABEL_NEGATIVE
+        out.append(common_pb2.Point(x=p.x, y=p.y, label=label))
+    return out
+
+
+def box_proto(box: BoxT | None) -> common_pb2.Box | None:
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1)
+
+
+def mask_array(mask: common_pb2.Mask) -> np.ndarray:
+    if mask.WhichOneof("encoding") == "rle":
+        return codecs.rle_decode(list(mask.rle.counts), mask.width, mask.height)
+    return codecs.decode_mask_png(mask.png)
+
+
+def instance(msg: common_pb2.Instance) -> Instance:
+    b = msg.box
+    return Instance(mask_array(msg.mask), msg.score, (b.x0, b.y0, b.x1, b.y1))
+
+
+def instances(msgs: Sequence[common_pb2.Instance]) -> list[Instance]:
+    return [instance(m) for m in msgs]
+
+
+def provenance(msg: common_pb2.Provenance) -> Provenance:
+    return Provenance(
+        server=msg.server, model_id=msg.model_id, revision=msg.revision, dtype=msg.dtype,
+        device=msg.device, steps=msg.steps, seed=msg.seed,
+        timings={t.stage: t.duration.ToNanoseconds() / 1e9 for t in msg.timings})
+
+
+def progress(msg: common_pb2.Progress) -> Progress:
+    return Progress(msg.stage, msg.step, msg.total_steps, msg.elapsed.ToNanoseconds() / 1e9)
+
+
+def decoded(msg: common_pb2.EncodedImage) -> Image.Image:
+    img = Image.open(io.BytesIO(msg.data))
+    img.load()
+    return img
+
+
+def text_segmentation(msg: segmentation_pb2.SegmentByTextResponse) -> TextSegmentation:
+    return TextSegmentation(instances(msg.instances), msg.image_width, msg.image_height,
+                            msg.image_sha256, provenance(msg.provenance))
+
+
+def prompt_segmentation(msg: segmentation_pb2.SegmentByPromptResponse) -> PromptSegmentation:
+    return PromptSegmentation(instance(msg.best), instances(msg.alternatives), msg.image_width,
+                              msg.image_height, msg.image_sha256, provenance(msg.provenance))
+
+
+def clear_event(msg: object_clear_pb2.ClearResponse) -> Progress | ClearResult:
+    if msg.WhichOneof("event") == "progress":
+        return progress(msg.progress)
+    r = msg.result
+    return ClearResult(decoded(r.image), mask_array(r.mask), provenance(r.provenance),
+                       r.image.data)
+
+
+def generate_event(msg: flux_pb2.GenerateResponse) -> Progress | GenerateResult:
+    if msg.WhichOneof("event") == "progress":
+        return progress(msg.progress)
+    r = msg.result
+    return GenerateResult(decoded(r.image), provenance(r.provenance), r.prompt_truncated,
+                          r.truncated_prompt, r.image.data)
+
+
+def remove_event(msg: orchestrator_pb2.RemoveObjectsResponse
+                 ) -> Progress | Segmented | RemoveResult:
+    kind = msg.WhichOneof("event")
+    if kind == "progress":
+        return progress(msg.progress)
+    if kind == "segmentation":
+        return Segmented(instances(msg.segmentation.instances),
+                         provenance(msg.segmentation.provenance))
+    r = msg.result
+    return RemoveResult(
+        decoded(r.image), mask_array(r.mask), instances(r.instances),
+        [provenance(p) for p in r.stages],
+        {t.stage: t.duration.ToNanoseconds() / 1e9 for t in r.timings}, r.image.data)

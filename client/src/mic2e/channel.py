@@ -1,0 +1,73 @@
+"""Channel set-up shared by the client and the orchestrator's downstream channels.
+
+One place decides: message size limits, keepalive, round-robin over every address a DNS
+name resolves to (so several replicas behind a headless Service all get calls), and
+retries of idempotent unary calls on UNAVAILABLE through a gRPC service config.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+#: Idempotent unary methods that may be retried transparently on UNAVAILABLE.
+RETRYABLE_METHODS = [
+    {"service": "mic2e.v1.SegmentationService"},
+    {"service": "mic2e.v1.EditService", "method": "SegmentByText"},
+    {"service": "mic2e.v1.EditService", "method": "SegmentByPrompt"},
+    {"service": "grpc.health.v1.Health", "method": "Check"},
+]
+
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": RETRYABLE_METHODS,
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
+
+
+def channel_options(max_message_mb: int = 64) -> list[tuple[str, object]]:
+    """Channel arguments for a mic2e channel."""
+    max_bytes = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def target(address: str) -> str:
+    """`host:port` -> `dns:///host:port`, so every resolved address is used round-robin."""
+    if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+        return address
+    return f"dns:///{address}"
+
+
+def aio_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,
+                max_message_mb: int = 64) -> grpc.aio.Channel:
+    """An asyncio channel with the mic2e options."""
+    opts = channel_options(max_message_mb)
+    if credentials is not None:
+        return grpc.aio.secure_channel(target(address), credentials, options=opts)
+    return grpc.aio.insecure_channel(target(address), options=opts)
+
+
+def sync_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 max_message_mb: int = 64) -> grpc.Channel:
+    """A blocking channel with the mic2e options."""
+    opts = channel_options(max_message_mb)
+    if credentials is not None:
+        return grpc.secure_channel(target(address), credentials, options=opts)
+    return grpc.insecure_channel(target(address), options=opts)

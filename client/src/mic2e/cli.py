@@ -1,0 +1,232 @@
+"""`mic2e`: edit images from the shell through mic2e-inference.
+
+    mic2e remove IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1
+                        | --mask FILE...) -o OUT
+    mic2e segment IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1) -o DIR
+    mic2e generate PROMPT -o OUT
+    mic2e health
+
+`--server HOST:PORT` picks the server (default: the orchestrator, localhost:50051); a model
+server may be called directly (segment -> segmentation, remove --mask -> object-clear,
+generate -> flux). A point's LABEL is 1 (object, default) or 0 (background).
+Exit codes: 0 ok, 1 the call failed (the status and bad field are printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mic2e import codecs
+from mic2e.client import DEFAULT_ADDRESS, Client
+from mic2e.errors import Mic2eError
+from mic2e.types import Point, Progress, Segmented
+
+_SERVICES = ["", "mic2e.v1.EditService", "mic2e.v1.SegmentationService",
+             "mic2e.v1.ObjectClearService", "mic2e.v1.FluxService"]
+
+
+def _point(text: str) -> Point:
+    parts = text.split(",")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected X,Y[,LABEL], got {text!r}")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+        positive = parts[2].strip() not in ("0", "neg", "negative") if len(parts) == 3 else True
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers in {text!r}") from None
+    return Point(x, y, positive)
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1, got {text!r}") from None
+    return (x0, y0, x1, y1)
+
+
+def _add_target(p: argparse.ArgumentParser, *, masks: bool) -> None:
+    p.add_argument("--text", help="what to find, e.g. 'dog' (all instances)")
+    p.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,LABEL]",
+                   help="a click on the object (LABEL 0 marks background); repeatable")
+    p.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="a box around the object")
+    if masks:
+        p.add_argument("--mask", type=Path, action="append", default=[], metavar="FILE",
+                       help="a ready mask image (white = remove); repeatable")
+    p.add_argument("--min-score", type=float, help="with --text: lowest instance score kept")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mic2e", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default=DEFAULT_ADDRESS, help="HOST:PORT to call")
+    parser.add_argument("--timeout", type=float, help="deadline of the call, in seconds")
+    parser.add_argument("--token", help="bearer token, if the server requires one")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("remove", help="remove objects from an image")
+    p.add_argument("image", type=Path)
+    _add_target(p, masks=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
+    p.add_argument("--dilation", type=int, help="grow the mask by N pixels (default 10)")
+    p.add_argument("--label", default="", help="what the object is (improves removal)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's 20)")
+    p.add_argument("--seed", type=int, help="random seed (default: random)")
+
+    p = sub.add_parser("segment", help="find objects; one mask PNG per instance")
+    p.add_argument("image", type=Path)
+    _add_target(p, masks=False)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+
+    p = sub.add_parser("generate", help="text to image")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
+    p.add_argument("--width", type=int, help="default 1024")
+    p.add_argument("--height", type=int, help="default 1024")
+    p.add_argument("--steps", type=int, help="default 4")
+    p.add_argument("--seed", type=int)
+
+    sub.add_parser("health", help="show the server's health per service")
+    return parser
+
+
+class _Bar:
+    """A rich progress bar fed with `Progress` events (one task per stage)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self._progress = RichProgress(TextColumn("{task.description:>13}"), BarColumn(),
+                                      TextColumn("{task.completed}/{task.total}"),
+                                      TimeElapsedColumn(), transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> _Bar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, event: Progress) -> None:
+        if event.stage not in self._tasks:
+            self._tasks[event.stage] = self._progress.add_task(event.stage,
+                                                               total=event.total_steps or 1)
+        total = event.total_steps or 1
+        done = event.step if event.total_steps else 1
+        self._progress.update(self._tasks[event.stage], completed=done, total=total)
+
+
+def _print_instances(instances) -> None:
+    for i, inst in enumerate(instances):
+        box = ", ".join(f"{v:.0f}" for v in inst.box)
+        print(f"  #{i}: score {inst.score:.3f}  box ({box})  {int(inst.mask.sum())} px")
+
+
+def _print_timings(timings: dict[str, float]) -> None:
+    print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
+
+
+def _remove(client: Client, args: argparse.Namespace) -> None:
+    options = {"steps": args.steps, "seed": args.seed}
+    targets = sum(bool(x) for x in (args.text, args.point or args.box, args.mask))
+    if targets != 1:
+        raise SystemExit("mic2e remove: give exactly one of --text, --point/--box, --mask")
+    if args.mask and not client.via_orchestrator():
+        events = client.clear(args.image, args.mask, label=args.label,
+                              mask_dilation=args.dilation or 0, **options)
+    else:
+        events = client.remove_objects(
+            args.image, text=args.text, points=args.point, box=args.box, masks=args.mask,
+            min_score=args.min_score, mask_dilation=args.dilation, label=args.label, **options)
+    result = None
+    with _Bar() as bar:
+        for event in events:
+            if isinstance(event, Progress):
+                bar.update(event)
+            elif isinstance(event, Segmented):
+                print(f"segmented {len(event.instances)} instance(s)")
+                _print_instances(event.instances)
+            else:
+                result = event
+    assert result is not None
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(result.data)
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height})")
+    _print_timings(getattr(result, "timings", None) or result.provenance.timings)
+
+
+def _segment(client: Client, args: argparse.Namespace) -> None:
+    if args.text:
+        result = client.segment_by_text(args.image, args.text, score_threshold=args.min_score)
+        instances = result.instances
+    elif args.point or args.box:
+        result = client.segment_by_prompt(args.image, points=args.point, box=args.box,
+                                          return_alternatives=False)
+        instances = [result.best]
+    else:
+        raise SystemExit("mic2e segment: give --text, --point or --box")
+    args.output.mkdir(parents=True, exist_ok=True)
+    print(f"{len(instances)} instance(s) in {result.width}x{result.height}")
+    _print_instances(instances)
+    for i, inst in enumerate(instances):
+        (args.output / f"mask_{i:03d}.png").write_bytes(codecs.encode_mask_png(inst.mask))
+    print(f"wrote {len(instances)} mask(s) to {args.output}")
+    _print_timings(result.provenance.timings)
+
+
+def _generate(client: Client, args: argparse.Namespace) -> None:
+    result = None
+    with _Bar() as bar:
+        for event in client.generate(args.prompt, width=args.width, height=args.height,
+                                     steps=args.steps, seed=args.seed):
+            if isinstance(event, Progress):
+                bar.update(event)
+            else:
+                result = event
+    assert result is not None
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(result.data)
+    note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
+          f"seed {result.provenance.seed}){note}")
+    _print_timings(result.provenance.timings)
+
+
+def _health(client: Client, args: argparse.Namespace) -> int:
+    worst = 0
+    for service in _SERVICES:
+        try:
+            status = client.health(service)
+        except Mic2eError as exc:
+            if exc.code.name == "NOT_FOUND":
+                continue
+            status, worst = exc.code.name, 1
+        worst = worst or int(status != "SERVING")
+        print(f"{service or '(server)':<30} {status}")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.server, timeout=args.timeout, token=args.token) as client:
+            if args.command == "health":
+                return _health(client, args)
+            {"remove": _remove, "segment": _segment, "generate": _generate}[args.command](
+                client, args)
+    except Mic2eError as exc:
+        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        for field, why in exc.field_violations:
+            print(f"  field {field}: {why}", file=sys.stderr)
+        if exc.metadata:
+            print(f"  {exc.reason}: {exc.metadata}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

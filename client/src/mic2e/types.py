@@ -1,0 +1,117 @@
+"""Plain result types of the mic2e client: PIL images, numpy masks, dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+#: An axis-aligned box (x0, y0, x1, y1) in pixels; x1/y1 exclusive.
+BoxT = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Point:
+    """A click at (x, y) in image pixels; `positive` False marks background."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event of a streamed call."""
+
+    stage: str
+    step: int
+    total_steps: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a result came from: model, revision, dtype, device, steps, seed, timings."""
+
+    server: str
+    model_id: str
+    revision: str
+    dtype: str
+    device: str
+    steps: int
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One segmented object: a boolean mask at the image's size, its score and box."""
+
+    mask: np.ndarray
+    score: float
+    box: BoxT
+
+
+@dataclass(frozen=True)
+class TextSegmentation:
+    """Result of `segment_by_text`: instances sorted by score, best first."""
+
+    instances: list[Instance]
+    width: int
+    height: int
+    image_sha256: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class PromptSegmentation:
+    """Result of `segment_by_prompt`: the best mask and, if asked, the alternatives."""
+
+    best: Instance
+    alternatives: list[Instance]
+    width: int
+    height: int
+    image_sha256: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """Event of `remove_objects`: the instances that will be removed."""
+
+    instances: list[Instance]
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    """Final event of `clear`: the edited image and the mask used."""
+
+    image: Image.Image
+    mask: np.ndarray
+    provenance: Provenance
+    data: bytes
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """Final event of `generate`."""
+
+    image: Image.Image
+    provenance: Provenance
+    prompt_truncated: bool
+    truncated_prompt: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    """Final event of `remove_objects`: image, merged mask, instances, per-stage facts."""
+
+    image: Image.Image
+    mask: np.ndarray
+    instances: list[Instance]
+    stages: list[Provenance]
+    timings: dict[str, float]
+    data: bytes
