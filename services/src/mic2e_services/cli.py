@@ -1,0 +1,112 @@
+"""`mic2e-server`: run a model server, the orchestrator, the whole stack, or make tiny models.
+
+    mic2e-server segmentation|object-clear|flux [--model PATH_OR_HUB_ID] [--device cpu|cuda:N]
+                 [--port N] [--dtype D] [--print-settings]
+    mic2e-server orchestrator [--port N] [--segmentation-address HOST:PORT] ...
+    mic2e-server up [--tiny-dir DIR] [--device-segmentation cuda:0 ...]
+    mic2e-server make-tiny DIR
+
+Every flag also has a `MIC2E_*` environment variable (flags win); see the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Server name -> module with `Settings`, `create_server(settings)`; imported lazily so the
+#: orchestrator never imports torch.
+SERVERS = {
+    "segmentation": "mic2e_services.segmentation.server",
+    "object-clear": "mic2e_services.object_clear.server",
+    "flux": "mic2e_services.flux.server",
+    "orchestrator": "mic2e_services.orchestrator.server",
+}
+MODEL_SERVERS = ("segmentation", "object-clear", "flux")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to bind (default [::])")
+    p.add_argument("--port", type=int, help="port to bind")
+    p.add_argument("--grace-period-s", type=float, dest="grace_period_s",
+                   help="on SIGTERM, let in-flight calls finish for this long")
+    p.add_argument("--print-settings", action="store_true",
+                   help="print the effective settings as JSON and exit")
+    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mic2e-server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in MODEL_SERVERS:
+        p = sub.add_parser(name, help=f"run the {name} model server")
+        _add_common(p)
+        p.add_argument("--model", help="hub id or local checkpoint folder")
+        p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+        p.add_argument("--dtype", help="float16, bfloat16 or float32 (default: half on GPU)")
+        p.add_argument("--max-batch-size", type=int, dest="max_batch_size")
+        p.add_argument("--max-queue", type=int, dest="max_queue")
+    p = sub.add_parser("orchestrator", help="run the orchestrator (no model, no torch)")
+    _add_common(p)
+    for model in MODEL_SERVERS:
+        flag = f"--{model}-address"
+        p.add_argument(flag, dest=f"{model.replace('-', '_')}_address",
+                       help=f"HOST:PORT or dns:///name:port of the {model} server(s)")
+    p = sub.add_parser("up", help="start all four servers on this machine")
+    p.add_argument("--tiny-dir", type=Path, default=Path(".tiny"),
+                   help="tiny checkpoints (made if missing) used when no --model-* is given")
+    for model in MODEL_SERVERS:
+        key = model.replace("-", "_")
+        p.add_argument(f"--model-{model}", dest=f"model_{key}", help=f"{model} checkpoint")
+        p.add_argument(f"--device-{model}", dest=f"device_{key}", default="cpu",
+                       help=f"device of the {model} server")
+    p.add_argument("--base-port", type=int, default=50051,
+                   help="orchestrator port; the model servers take the next three")
+    p = sub.add_parser("make-tiny",
+                       help="write tiny random checkpoints (sam3/, objectclear/, flux/)")
+    p.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "make-tiny":
+        from mic2e_services.tiny import make_tiny
+
+        for name, path in make_tiny(args.directory).items():
+            print(f"{name}: {path}")
+        return 0
+    if args.command == "up":
+        from mic2e_services.stack import run_stack
+
+        return run_stack(args)
+    return run_server(args.command, vars(args))
+
+
+def run_server(name: str, options: dict[str, Any]) -> int:
+    module = importlib.import_module(SERVERS[name])
+    overrides = {k: v for k, v in options.items()
+                 if k not in ("command", "print_settings") and v is not None}
+    settings = module.Settings(**overrides)
+    if options.get("print_settings"):
+        print(settings.model_dump_json(indent=2))
+        return 0
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mic2e_services.runtime.server import serve
+
+    async def run() -> int:
+        server, _ = module.create_server(settings)
+        return await serve(server)
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""`mic2e-server make-tiny DIR`: tiny random checkpoints with the real architectures.
+
+Each writer produces the real folder layout, deterministically from a fixed seed, small
+enough to build in seconds; the servers load them through the same `from_pretrained` code
+as the real checkpoints. Their pictures are noise; everything around them is real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Sub-folder of DIR for each model server.
+TINY_FOLDERS = {"segmentation": "sam3", "object-clear": "objectclear", "flux": "flux"}
+
+
+def make_tiny(directory: Path, seed: int = 0) -> dict[str, Path]:
+    """Write sam3/, objectclear/ and flux/ under `directory`; returns server -> folder."""
+    from mic2e_services.flux.tiny import write_tiny as write_flux
+    from mic2e_services.object_clear.tiny import write_tiny as write_objectclear
+    from mic2e_services.segmentation.tiny import write_tiny as write_sam3
+
+    writers = {"segmentation": write_sam3, "object-clear": write_objectclear,
+               "flux": write_flux}
+    out = {}
+    for server, write in writers.items():
+        path = Path(directory) / TINY_FOLDERS[server]
+        write(path, seed=seed)
+        out[server] = path
+    return out
