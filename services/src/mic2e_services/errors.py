@@ -69,6 +69,14 @@ class Unavailable(Mic2eError):
         self.metadata = metadata or {}
 
 
+class DeviceLost(Mic2eError):
+    """The accelerator is unusable (dead CUDA context): the process must restart.
+
+    The caller gets UNAVAILABLE; the server turns NOT_SERVING and exits so its supervisor
+    (Kubernetes, compose) starts a fresh one.
+    """
+
+
 class Cancelled(Mic2eError):
     """The caller cancelled; the work was dropped or stopped -> CANCELLED."""
 

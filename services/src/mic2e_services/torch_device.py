@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from mic2e_services import errors
+
+# Messages of CUDA errors after which the context is unusable: every later call fails too.
+_FATAL_CUDA = ("illegal memory access", "unspecified launch failure", "device-side assert",
+               "CUDA error: an illegal instruction", "misaligned address",
+               "uncorrectable ECC error", "device not ready", "CUDA driver", "launch timed out")
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -40,3 +47,19 @@ def resolve_dtype(dtype: str | None, device: torch.device, *, half: torch.dtype)
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"`` (as reported in provenance)."""
     return str(dtype).removeprefix("torch.")
+
+
+def translate_error(exc: BaseException) -> BaseException | None:
+    """Map a device failure to a domain error; None for anything else.
+
+    Out of memory gives cached blocks back and becomes RESOURCE_EXHAUSTED (the server
+    keeps serving); a dead CUDA context becomes `errors.DeviceLost` (the server exits).
+    """
+    if isinstance(exc, torch.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return errors.ResourceExhausted(f"out of device memory: {str(exc).splitlines()[0]}",
+                                        retry_after_s=1.0, reason="OUT_OF_MEMORY")
+    if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_CUDA):
+        return errors.DeviceLost(f"the device failed: {str(exc).splitlines()[0]}")
+    return None

@@ -26,7 +26,7 @@ from PIL import Image
 from mic2e_services import errors
 from mic2e_services.flux.types import GenerateOutput, GenerateQuery
 from mic2e_services.runtime.model_api import StepContext
-from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype
+from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype, translate_error
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -63,6 +63,9 @@ STAGE = "generation"
 
 class FluxGenerator:
     """FLUX.1-schnell behind the `runtime.model_api.Model` protocol."""
+
+    #: Device failures (out of memory, a dead CUDA context) -> domain errors.
+    translate_error = staticmethod(translate_error)
 
     def __init__(
         self,

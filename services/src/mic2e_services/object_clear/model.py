@@ -21,7 +21,7 @@ from mic2e_services.object_clear.fusion import dilate_mask
 from mic2e_services.object_clear.pipeline import ObjectClearPipeline, working_size
 from mic2e_services.object_clear.types import ClearOutput, ClearQuery
 from mic2e_services.runtime.model_api import QuietContext, StepContext
-from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype
+from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype, translate_error
 
 __all__ = ["STAGE", "ClearOutput", "ClearQuery", "ObjectClearModel"]
 
@@ -39,6 +39,9 @@ MAX_WORKING_SIDE = 4096
 
 class ObjectClearModel:
     """ObjectClear on one device: load once, then run `ClearQuery` batches."""
+
+    #: Device failures (out of memory, a dead CUDA context) -> domain errors.
+    translate_error = staticmethod(translate_error)
 
     def __init__(
         self,

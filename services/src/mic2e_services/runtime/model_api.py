@@ -56,6 +56,9 @@ class Model(Protocol):
         """Expected device time of one request, for admission control (rough is fine)."""
         ...
 
+    # Optional: ``translate_error(exc) -> Exception | None`` turns a library error that
+    # escaped `__call__` into a domain error (torch_device.translate_error for torch models).
+
     def __call__(
         self, requests: Sequence[Any], contexts: Sequence[StepContext]
     ) -> list[Any]:

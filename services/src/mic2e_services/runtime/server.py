@@ -59,9 +59,23 @@ class Server:
         self._ready = asyncio.Event()
         self._bring_up: asyncio.Task[None] | None = None
         self.startup_error: BaseException | None = None
+        #: Set when the server must exit (device lost); `serve` then exits non-zero.
+        self.fatal = asyncio.Event()
+
+    def _device_lost(self, exc: BaseException) -> None:
+        """From the device thread: go NOT_SERVING and let `serve` exit, so a supervisor
+        restarts the process on a fresh CUDA context."""
+        def report() -> None:
+            asyncio.ensure_future(self._set_health(NOT_SERVING))
+            self.fatal.set()
+
+        self._loop.call_soon_threadsafe(report)
 
     async def start(self) -> None:
         """Start serving (health NOT_SERVING), then load the model in the background."""
+        self._loop = asyncio.get_running_loop()
+        if self.worker is not None:
+            self.worker.on_fatal = self._device_lost
         await self._set_health(NOT_SERVING)
         await self.grpc_server.start()
         self._bring_up = asyncio.create_task(self._load())
@@ -157,7 +171,12 @@ async def serve(server: Server) -> int:
     if server._bring_up in done and server._bring_up.exception() is not None:
         await server.stop(grace_s=0)
         return 1
-    await waiter
+    fatal = asyncio.create_task(server.fatal.wait())
+    await asyncio.wait({waiter, fatal}, return_when=asyncio.FIRST_COMPLETED)
+    if server.fatal.is_set():
+        log.critical("device lost: exiting so the supervisor restarts this server")
+        await server.stop(grace_s=0)
+        return 3
     log.info("stopping: letting in-flight calls finish (grace %.0fs)",
              server.settings.grace_period_s)
     await server.stop()

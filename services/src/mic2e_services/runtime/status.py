@@ -10,6 +10,7 @@ INTERNAL (logged with its traceback; the caller sees no internals).
 | NotFound                  | NOT_FOUND           | ErrorInfo (reason, metadata)  |
 | ResourceExhausted         | RESOURCE_EXHAUSTED  | RetryInfo (when known), ErrorInfo |
 | Unavailable               | UNAVAILABLE         | ErrorInfo                     |
+| DeviceLost                | UNAVAILABLE         | ErrorInfo reason DEVICE_LOST  |
 | Cancelled                 | CANCELLED           | -                             |
 | DeadlineExceeded          | DEADLINE_EXCEEDED   | -                             |
 | DownstreamError           | the downstream code | ErrorInfo reason STAGE_FAILED, metadata stage |
@@ -32,6 +33,7 @@ from grpc_status import rpc_status
 from mic2e_services.errors import (
     Cancelled,
     DeadlineExceeded,
+    DeviceLost,
     DownstreamError,
     InvalidArgument,
     Mic2eError,
@@ -82,6 +84,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     elif isinstance(exc, Unavailable):
         code = code_pb2.UNAVAILABLE
         details.append(_error_info(exc.reason, exc.metadata))
+    elif isinstance(exc, DeviceLost):
+        code = code_pb2.UNAVAILABLE
+        details.append(_error_info("DEVICE_LOST"))
     elif isinstance(exc, Cancelled):
         code = code_pb2.CANCELLED
     elif isinstance(exc, DeadlineExceeded):

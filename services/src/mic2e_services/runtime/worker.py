@@ -21,6 +21,7 @@ from typing import Any
 from mic2e_services.errors import (
     Cancelled,
     DeadlineExceeded,
+    DeviceLost,
     Mic2eError,
     ResourceExhausted,
     Unavailable,
@@ -122,13 +123,17 @@ class ModelWorker:
 
     def __init__(self, model: Model, *, max_queue: int = 64, max_batch_size: int | None = None,
                  max_wait_s: float = 0.005, name: str = "model",
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.model = model
         self.name = name
         self.max_queue = max_queue
         self.max_batch_size = max(1, max_batch_size or getattr(model, "max_batch_size", 1))
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
+        #: Called (from the device thread) when the device is lost; the server exits.
+        self.on_fatal = on_fatal
+        self.fatal_error: BaseException | None = None
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []
         self._cond = threading.Condition()
@@ -237,6 +242,19 @@ class ModelWorker:
             self._running = batch
             return batch
 
+    def _fail_fatally(self, exc: BaseException, batch: list[Job]) -> None:
+        """The device is gone: fail this batch and everything queued, stop taking work."""
+        log.critical("%s: device lost, refusing all work: %s", self.name, exc)
+        self._accepting = False
+        self.fatal_error = exc
+        with self._cond:
+            pending, self._pending = list(self._pending), deque()
+            self._running = []
+        for job in [*batch, *pending]:
+            job.finish(error=exc)
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
     @staticmethod
     def _drop_if_dead(job: Job) -> bool:
         if job._cancel.is_set():
@@ -262,9 +280,16 @@ class ModelWorker:
                     raise RuntimeError(
                         f"model returned {len(results)} results for {len(batch)} requests")
             except Exception as exc:  # the whole batch fails; each caller gets the error
-                if not isinstance(exc, Mic2eError):
+                translate = getattr(self.model, "translate_error", None)
+                translated = translate(exc) if translate is not None else None
+                if translated is not None:
+                    exc = translated
+                elif not isinstance(exc, Mic2eError):
                     log.exception("%s: model call failed", self.name)
                 results = [exc] * len(batch)
+                if isinstance(exc, DeviceLost):
+                    self._fail_fatally(exc, batch)
+                    return
             finally:
                 with self._cond:
                     self._running = []

@@ -44,7 +44,7 @@ from mic2e_services.segmentation.types import (
     TextResult,
     check_inputs,
 )
-from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype
+from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype, translate_error
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -113,6 +113,9 @@ class Sam3Segmenter:
     in fp16 that is at most ~80 MB an image (detector FPN ~56 MB, tracker levels ~11 MB,
     backbone output ~11 MB until both necks have run), so the default 16 costs ~1.3 GB.
     """
+
+    #: Device failures (out of memory, a dead CUDA context) -> domain errors.
+    translate_error = staticmethod(translate_error)
 
     def __init__(
         self,
