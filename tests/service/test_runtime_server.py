@@ -195,3 +195,19 @@ async def health_status_or_none(channel):
         return await asyncio.wait_for(health_status(channel), 1)
     except (TimeoutError, grpc.aio.AioRpcError):
         return None
+
+
+async def test_reflection_can_be_switched_off():
+    settings = ServerSettings(host="127.0.0.1", port=0, reflection=False)
+    server, port = build_server(settings, register=lambda s: None, service_names=[SERVICE])
+    await server.start()
+    await server.wait_ready(5)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+                pass
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    await server.stop(0)

@@ -48,6 +48,23 @@ def channel_options(max_message_mb: int = 64) -> list[tuple[str, object]]:
     ]
 
 
+def tls_credentials(ca_file: str | None = None, cert_file: str | None = None,
+                    key_file: str | None = None) -> grpc.ChannelCredentials:
+    """TLS channel credentials: trust `ca_file` (default: the system roots); with
+    `cert_file` and `key_file`, present a client certificate (mutual TLS)."""
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+    return grpc.ssl_channel_credentials(root_certificates=read(ca_file),
+                                        private_key=read(key_file),
+                                        certificate_chain=read(cert_file))
+
+
 def target(address: str) -> str:
     """`host:port` -> `dns:///host:port`, so every resolved address is used round-robin."""
     if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):

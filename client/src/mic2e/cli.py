@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from mic2e import codecs
+from mic2e.channel import tls_credentials
 from mic2e.client import DEFAULT_ADDRESS, Client
 from mic2e.errors import Mic2eError
 from mic2e.types import Point, Progress, Segmented
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=DEFAULT_ADDRESS, help="HOST:PORT to call")
     parser.add_argument("--timeout", type=float, help="deadline of the call, in seconds")
     parser.add_argument("--token", help="bearer token, if the server requires one")
+    parser.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("remove", help="remove objects from an image")
@@ -213,7 +217,11 @@ def _health(client: Client, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.server, timeout=args.timeout, token=args.token) as client:
+        credentials = None
+        if args.tls_ca or args.tls_cert:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        with Client(args.server, timeout=args.timeout, token=args.token,
+                    credentials=credentials) as client:
             if args.command == "health":
                 return _health(client, args)
             {"remove": _remove, "segment": _segment, "generate": _generate}[args.command](

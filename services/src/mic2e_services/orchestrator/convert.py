@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mic2e.v1 import (
     common_pb2,
     object_clear_pb2,
@@ -56,3 +58,20 @@ def label_of(req: orchestrator_pb2.RemoveObjectsRequest) -> str:
     if req.label:
         return req.label
     return req.text.text.strip() if req.WhichOneof("target") == "text" else ""
+
+
+def caller_field(target: str) -> Callable[[str], str]:
+    """Map a model server's field path to the RemoveObjects field the caller set."""
+    def rename(field: str) -> str:
+        if field.startswith("options."):
+            return "clear_options." + field.removeprefix("options.")
+        if field.startswith("masks"):
+            return "masks." + field if target == "masks" else field
+        if target == "text":
+            return {"text": "text.text", "score_threshold": "text.min_score",
+                    "max_instances": "text.max_instances"}.get(field, field)
+        if target == "prompt" and field.startswith(("points", "box")):
+            return "prompt." + field
+        return field
+
+    return rename

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from mic2e.channel import aio_channel
 from mic2e.v1 import common_pb2
 
@@ -20,11 +21,30 @@ from mic2e_services.runtime.images import LRU
 T = TypeVar("T")
 
 
-def downstream_error(exc: grpc.aio.AioRpcError, stage: str, address: str) -> DownstreamError:
+def rename_fields(status_details: bytes, rename: Callable[[str], str]) -> bytes:
+    """Rewrite BadRequest field paths in a serialized google.rpc.Status.
+
+    A model server names fields of ITS request ("options.steps"); the orchestrator's caller
+    must see fields of the request THEY sent ("clear_options.steps").
+    """
+    status = status_pb2.Status.FromString(status_details)
+    for packed in status.details:
+        bad = error_details_pb2.BadRequest()
+        if packed.Unpack(bad):
+            for violation in bad.field_violations:
+                violation.field = rename(violation.field)
+            packed.Pack(bad)
+    return status.SerializeToString()
+
+
+def downstream_error(exc: grpc.aio.AioRpcError, stage: str, address: str,
+                     rename: Callable[[str], str] | None = None) -> DownstreamError:
     details = None
     for key, value in exc.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             details = value
+    if details is not None and rename is not None:
+        details = rename_fields(details, rename)
     code = exc.code().name
     if code == "CANCELLED":
         # Our own caller's cancellation never gets here (this handler is cancelled with it),
@@ -42,9 +62,15 @@ def _lost_image(exc: grpc.aio.AioRpcError) -> bool:
 class Downstream:
     """One model server (or a DNS name with several replicas behind it)."""
 
-    def __init__(self, address: str, *, max_message_mb: int = 64, known_images: int = 256):
+    def __init__(self, address: str, *, max_message_mb: int = 64, known_images: int = 256,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
         self.address = address
-        self.channel = aio_channel(address, max_message_mb=max_message_mb)
+        self.channel = aio_channel(address, max_message_mb=max_message_mb,
+                                   credentials=credentials)
+        #: Call metadata for every downstream call (the bearer token, if any).
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
         self._known: LRU[str, bool] = LRU(known_images)
         #: Images sent as bytes / as references (for tests and metrics).
         self.sent_bytes = 0
@@ -62,19 +88,24 @@ class Downstream:
         return common_pb2.Image(data=data)
 
     async def unary(self, stage: str, sha256: str, data: bytes,
-                    call: Callable[[common_pb2.Image], Awaitable[T]]) -> T:
-        """Run a unary call with the image by reference, re-sending bytes if it was lost."""
+                    call: Callable[[common_pb2.Image], Awaitable[T]],
+                    rename: Callable[[str], str] | None = None) -> T:
+        """Run a unary call with the image by reference, re-sending bytes if it was lost.
+
+        `rename` maps the model server's field paths to the caller's, in errors.
+        """
         for force in (False, True):
             try:
                 return await call(self._image(sha256, data, force))
             except grpc.aio.AioRpcError as exc:
                 if not force and _lost_image(exc):
                     continue
-                raise downstream_error(exc, stage, self.address) from None
+                raise downstream_error(exc, stage, self.address, rename) from None
         raise AssertionError("unreachable")
 
     async def stream(self, stage: str, sha256: str | None, data: bytes | None,
-                     call: Callable[[common_pb2.Image | None], Any]) -> AsyncIterator[Any]:
+                     call: Callable[[common_pb2.Image | None], Any],
+                     rename: Callable[[str], str] | None = None) -> AsyncIterator[Any]:
         """Run a streaming call likewise; the call is cancelled if the caller leaves."""
         for force in (False, True):
             image = self._image(sha256, data, force) if sha256 and data is not None else None
@@ -86,6 +117,6 @@ class Downstream:
             except grpc.aio.AioRpcError as exc:
                 if not force and image is not None and _lost_image(exc):
                     continue
-                raise downstream_error(exc, stage, self.address) from None
+                raise downstream_error(exc, stage, self.address, rename) from None
             finally:
                 responses.cancel()

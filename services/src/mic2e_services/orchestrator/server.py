@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mic2e.channel import tls_credentials
 from mic2e.v1 import orchestrator_pb2_grpc
 from pydantic import Field
 
@@ -23,14 +24,30 @@ class Settings(ServerSettings):
     object_clear_address: str = Field("localhost:50053", description="object-clear server(s)")
     flux_address: str = Field("localhost:50054", description="flux server(s)")
     image_cache_size: int = Field(64, ge=1, description="images kept for reference")
+    downstream_tls_ca_file: str | None = Field(None, description="call the model servers "
+                                               "over TLS, trusting this CA")
+    downstream_tls_cert_file: str | None = Field(None, description="client certificate for "
+                                                 "the model servers (mutual TLS)")
+    downstream_tls_key_file: str | None = Field(None, description="its private key")
+    downstream_token: str | None = Field(None, description="bearer token sent to the "
+                                         "model servers")
 
 
 def create_server(settings: Settings) -> tuple[Server, int]:
     """The orchestrator, not started, and its port."""
-    mb = settings.max_message_mb
-    servicer = EditServicer(Downstream(settings.segmentation_address, max_message_mb=mb),
-                            Downstream(settings.object_clear_address, max_message_mb=mb),
-                            Downstream(settings.flux_address, max_message_mb=mb),
+    credentials = None
+    if settings.downstream_tls_ca_file or settings.downstream_tls_cert_file:
+        credentials = tls_credentials(settings.downstream_tls_ca_file,
+                                      settings.downstream_tls_cert_file,
+                                      settings.downstream_tls_key_file)
+
+    def downstream(address: str) -> Downstream:
+        return Downstream(address, max_message_mb=settings.max_message_mb,
+                          credentials=credentials, token=settings.downstream_token)
+
+    servicer = EditServicer(downstream(settings.segmentation_address),
+                            downstream(settings.object_clear_address),
+                            downstream(settings.flux_address),
                             image_cache_size=settings.image_cache_size)
     server, port = build_server(
         settings, register=lambda s: orchestrator_pb2_grpc.add_EditServiceServicer_to_server(

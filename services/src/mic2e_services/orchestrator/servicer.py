@@ -77,7 +77,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             req = segmentation_pb2.SegmentByTextRequest()
             req.CopyFrom(request)
             req.image.CopyFrom(image)
-            return self._seg.SegmentByText(req, timeout=context.time_remaining())
+            return self._seg.SegmentByText(req, timeout=context.time_remaining(),
+                                           metadata=self.segmentation.metadata)
 
         return await self.segmentation.unary("segmentation", sha, data, call)
 
@@ -91,7 +92,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             req = segmentation_pb2.SegmentByPromptRequest()
             req.CopyFrom(request)
             req.image.CopyFrom(image)
-            return self._seg.SegmentByPrompt(req, timeout=context.time_remaining())
+            return self._seg.SegmentByPrompt(req, timeout=context.time_remaining(),
+                                             metadata=self.segmentation.metadata)
 
         return await self.segmentation.unary("segmentation", sha, data, call)
 
@@ -101,7 +103,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                        ) -> AsyncIterator[flux_pb2.GenerateResponse]:
         async for msg in self.flux.stream(
                 "generation", None, None,
-                lambda _: self._flux.Generate(request, timeout=context.time_remaining())):
+                lambda _: self._flux.Generate(request, timeout=context.time_remaining(),
+                                              metadata=self.flux.metadata)):
             yield msg
 
     # -- composition -----------------------------------------------------------------------
@@ -111,6 +114,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                             ) -> AsyncIterator[orchestrator_pb2.RemoveObjectsResponse]:
         t0 = time.monotonic()
         Event = orchestrator_pb2.RemoveObjectsResponse
+        rename = oc.caller_field(request.WhichOneof("target") or "")
 
         # 1. Check the request and take the image (bytes or a reference we hold).
         target = request.WhichOneof("target")
@@ -135,12 +139,14 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             if target == "text":
                 seg = await self.segmentation.unary(
                     "segmentation", sha, data, lambda img: self._seg.SegmentByText(
-                        oc.text_request(request, img), timeout=context.time_remaining()))
+                        oc.text_request(request, img), timeout=context.time_remaining(),
+                        metadata=self.segmentation.metadata), rename)
                 instances = list(seg.instances)
             else:
                 seg = await self.segmentation.unary(
                     "segmentation", sha, data, lambda img: self._seg.SegmentByPrompt(
-                        oc.prompt_request(request, img), timeout=context.time_remaining()))
+                        oc.prompt_request(request, img), timeout=context.time_remaining(),
+                        metadata=self.segmentation.metadata), rename)
                 instances = [seg.best]
             timings.append(("segmentation", time.monotonic() - t_seg))
             stages.append(seg.provenance)
@@ -161,7 +167,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         async for msg in self.object_clear.stream(
                 "object_clear", sha, data, lambda img: self._clear.Clear(
                     oc.clear_request(request, img, masks, label),
-                    timeout=context.time_remaining())):
+                    timeout=context.time_remaining(), metadata=self.object_clear.metadata),
+                rename):
             if msg.WhichOneof("event") == "progress":
                 yield Event(progress=msg.progress)
             else:

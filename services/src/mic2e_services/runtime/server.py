@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.model_api import Model
+from mic2e_services.runtime.security import TokenAuthInterceptor, load_tokens, server_credentials
 from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
 from mic2e_services.runtime.worker import ModelWorker
 
@@ -127,6 +128,10 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
     reflection). Binds `settings.host:settings.port` (port 0 picks a free one) and returns
     the server and the bound port.
     """
+    interceptors = list(interceptors)
+    tokens = load_tokens(settings)
+    if tokens:
+        interceptors.insert(0, TokenAuthInterceptor(tokens))
     grpc_server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     register(grpc_server)
     health_servicer = health.aio.HealthServicer()
@@ -134,7 +139,10 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
     if settings.reflection:
         names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, grpc_server)
-    port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+    credentials = server_credentials(settings)
+    address = f"{settings.host}:{settings.port}"
+    port = (grpc_server.add_secure_port(address, credentials) if credentials is not None
+            else grpc_server.add_insecure_port(address))
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     server = Server(grpc_server, port, settings, health_servicer, service_names, worker)

@@ -30,6 +30,14 @@ class ServerSettings(BaseSettings):
                                   "finish for this long")
     reflection: bool = Field(True, description="serve gRPC server reflection")
     log_level: str = Field("INFO", description="logging level")
+    tls_cert_file: str | None = Field(None, description="PEM certificate: serve TLS only")
+    tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: str | None = Field(None, description="PEM CA: require client "
+                                           "certificates signed by it (mutual TLS)")
+    auth_tokens: str | None = Field(None, description="comma-separated bearer tokens; "
+                                    "when any is set, calls must carry one")
+    auth_tokens_file: str | None = Field(None, description="file with one bearer token "
+                                         "per line")
 
 
 class ModelServerSettings(ServerSettings):
