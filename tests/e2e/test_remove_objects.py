@@ -206,10 +206,11 @@ async def test_text_that_finds_nothing_is_not_found_after_the_segmentation_event
     (orchestrator_pb2.RemoveObjectsRequest(image=common_pb2.Image(data=picture()),
                                            prompt=orchestrator_pb2.PromptTarget()), "prompt"),
     (orchestrator_pb2.RemoveObjectsRequest(image=common_pb2.Image(data=picture()),
-                                           text=orchestrator_pb2.TextTarget(text="")), "text"),
+                                           text=orchestrator_pb2.TextTarget(text="")),
+     "text.text"),
     (orchestrator_pb2.RemoveObjectsRequest(
         image=common_pb2.Image(data=picture()), clear_options=object_clear_pb2.ClearOptions(
-            steps=0), **TARGETS["masks"]), "options.steps"),
+            steps=0), **TARGETS["masks"]), "clear_options.steps"),
 ])
 async def test_bad_requests_name_the_field(stack, req, field):
     call = stub(stack).RemoveObjects(req)
@@ -275,3 +276,21 @@ async def test_object_clear_server_killed_mid_way(stack, tiny_objectclear):
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+async def test_no_prompts_or_image_bytes_in_logs_at_info(stack, caplog):
+    secret_text, secret_prompt = "zebracorn-7731", "a secret-prompt-4419 bicycle"
+    data = picture(seed=21)
+    with caplog.at_level("INFO"):
+        req = orchestrator_pb2.RemoveObjectsRequest(
+            image=common_pb2.Image(data=data), clear_options=FAST,
+            text=orchestrator_pb2.TextTarget(text=secret_text, min_score=0.0))
+        await drain(stub(stack).RemoveObjects(req))
+        await drain(stub(stack).Generate(flux_pb2.GenerateRequest(
+            prompt=secret_prompt, width=256, height=256, steps=1)))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await drain(stub(stack).Generate(flux_pb2.GenerateRequest(
+                prompt=secret_prompt, width=100)))
+    logged = caplog.text
+    assert secret_text not in logged and "secret-prompt-4419" not in logged
+    assert repr(data[:16])[2:-1] not in logged

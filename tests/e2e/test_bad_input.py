@@ -1,0 +1,307 @@
+"""The bad-input suite: >= 40 cases against the live tiny stack, table-driven.
+
+Each case asserts its status code (and, for INVALID_ARGUMENT, the field named in the
+BadRequest details), that no case ever answers INTERNAL, and that the server it hit is
+still SERVING and answers a valid request right after. Odd-but-valid inputs (CMYK,
+16-bit, palette, EXIF-rotated, 1x1, all-on masks, odd unicode) must succeed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mic2e import codecs
+from mic2e.v1 import (
+    common_pb2,
+    flux_pb2,
+    flux_pb2_grpc,
+    object_clear_pb2,
+    object_clear_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+)
+from PIL import Image
+
+from tests.grpc_helpers import detail, drain, rich_status
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")
+
+OK = grpc.StatusCode.OK
+BAD = grpc.StatusCode.INVALID_ARGUMENT
+W, H = 96, 64
+
+
+# -- images --------------------------------------------------------------------------------
+def encoded(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def rgb(w: int = W, h: int = H) -> Image.Image:
+    rng = np.random.default_rng(w * 1000 + h)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8))
+
+
+def bomb(width: int = 40_000, height: int = 40_000) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
+
+
+def exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees: W x H becomes H x W
+    return encoded(rgb(), "JPEG", exif=exif)
+
+
+def palette_with_transparency() -> bytes:
+    img = rgb().convert("P")
+    return encoded(img, transparency=0)
+
+
+def sixteen_bit() -> bytes:
+    return encoded(Image.fromarray((np.arange(W * H, dtype=np.uint16) * 7).reshape(H, W)))
+
+
+PNG = encoded(rgb())
+JPEG = encoded(rgb(), "JPEG")
+
+
+def img(data: bytes = PNG) -> common_pb2.Image:
+    return common_pb2.Image(data=data)
+
+
+def mask(w: int = W, h: int = H, box=(20, 10, 60, 40), rle: bool = False) -> common_pb2.Mask:
+    m = np.zeros((h, w), bool)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = True
+    if rle:
+        return common_pb2.Mask(width=w, height=h, rle=common_pb2.Rle(counts=codecs.rle_encode(m)))
+    return common_pb2.Mask(width=w, height=h, png=codecs.encode_mask_png(m))
+
+
+# -- calls ---------------------------------------------------------------------------------
+FAST = {"steps": 1, "short_side": 256, "seed": 0}
+
+
+def seg_text(image=None, text="dog", **kw):
+    return ("segmentation", lambda ch: segmentation_pb2_grpc.SegmentationServiceStub(ch)
+            .SegmentByText(segmentation_pb2.SegmentByTextRequest(
+                image=image or img(), text=text, **kw)))
+
+
+def seg_prompt(image=None, **kw):
+    return ("segmentation", lambda ch: segmentation_pb2_grpc.SegmentationServiceStub(ch)
+            .SegmentByPrompt(segmentation_pb2.SegmentByPromptRequest(
+                image=image or img(), **kw)))
+
+
+def clear(image=None, masks=None, label="", **options):
+    opts = object_clear_pb2.ClearOptions(**{**FAST, **options})
+    return ("object_clear", lambda ch: drain(object_clear_pb2_grpc.ObjectClearServiceStub(ch)
+            .Clear(object_clear_pb2.ClearRequest(
+                image=image or img(), masks=[mask()] if masks is None else masks, label=label,
+                options=opts))))
+
+
+def generate(prompt="a red bicycle", **kw):
+    kw = {"width": 256, "height": 256, "steps": 1, "seed": 0, **kw}
+    return ("flux", lambda ch: drain(flux_pb2_grpc.FluxServiceStub(ch).Generate(
+        flux_pb2.GenerateRequest(prompt=prompt, **kw))))
+
+
+def remove(image=None, clear_options=None, **kw):
+    opts = object_clear_pb2.ClearOptions(**{**FAST, **(clear_options or {})})
+    req = orchestrator_pb2.RemoveObjectsRequest(image=image or img(), clear_options=opts, **kw)
+    if image is False:
+        req.ClearField("image")
+    return ("orchestrator", lambda ch: drain(orchestrator_pb2_grpc.EditServiceStub(ch)
+            .RemoveObjects(req)))
+
+
+TEXT = {"text": orchestrator_pb2.TextTarget(text="dog", min_score=0.0)}
+MASKS = {"masks": orchestrator_pb2.MaskTarget(masks=[mask()])}
+
+
+@dataclass
+class Case:
+    name: str
+    call: tuple[str, Callable]
+    code: grpc.StatusCode = BAD
+    field: str | None = None
+    check: Callable | None = None
+
+
+def rotated_size(resp) -> None:
+    assert (resp.image_width, resp.image_height) == (H, W), "EXIF rotation not applied"
+
+
+CASES = [
+    # images: broken
+    Case("zero-byte image", seg_text(img(b"")), field="image.data"),
+    Case("corrupt image", seg_text(img(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)), field="image.data"),
+    Case("truncated png", seg_text(img(PNG[: len(PNG) // 2])), field="image.data"),
+    Case("truncated jpeg", clear(img(JPEG[: len(JPEG) // 3])), field="image.data"),
+    Case("not an image", seg_prompt(img(b"hello world"), points=[common_pb2.Point(x=1, y=1)]),
+         field="image.data"),
+    Case("gif", seg_text(img(encoded(rgb(), "GIF"))), field="image.data"),
+    Case("decompression bomb", seg_text(img(bomb())), field="image.data"),
+    Case("bomb via orchestrator", remove(img(bomb()), **MASKS), field="image.data"),
+    Case("huge image over the pixel limit", seg_text(img(encoded(
+        Image.new("L", (8000, 5001)), optimize=False))), field="image.data"),
+    Case("no image", seg_text(common_pb2.Image()), field="image"),
+    Case("no image (orchestrator)", remove(False, **MASKS), field="image"),
+    Case("malformed reference", seg_text(common_pb2.Image(sha256="not-hex")),
+         field="image.sha256"),
+    Case("unknown reference", seg_text(common_pb2.Image(sha256="ab" * 32)),
+         grpc.StatusCode.NOT_FOUND),
+    Case("unknown reference (orchestrator)", remove(common_pb2.Image(sha256="cd" * 32), **MASKS),
+         grpc.StatusCode.NOT_FOUND),
+    Case("unknown reference (object-clear)", clear(common_pb2.Image(sha256="ef" * 32)),
+         grpc.StatusCode.NOT_FOUND),
+    # images: odd but valid
+    Case("1x1 image, text", seg_text(img(encoded(rgb(1, 1))), score_threshold=0.0), OK),
+    Case("1x1 image, click", seg_prompt(img(encoded(rgb(1, 1))),
+                                        points=[common_pb2.Point(x=0.5, y=0.5)]), OK),
+    Case("1x1 image, removal", clear(img(encoded(rgb(1, 1))), masks=[mask(1, 1, (0, 0, 1, 1))]),
+         OK),
+    Case("cmyk jpeg", seg_text(img(encoded(rgb().convert("CMYK"), "JPEG"))), OK),
+    Case("16-bit png", clear(img(sixteen_bit())), OK),
+    Case("palette png with transparency", seg_text(img(palette_with_transparency())), OK),
+    Case("exif-rotated jpeg", seg_text(img(exif_rotated())), OK, check=rotated_size),
+    Case("webp", seg_text(img(encoded(rgb(), "WEBP"))), OK),
+    # masks
+    Case("mask of the wrong size", clear(masks=[mask(W + 2, H)]), field="masks[0]"),
+    Case("rle mask of the wrong size", clear(masks=[mask(), mask(W, H - 1, rle=True)]),
+         field="masks[1]"),
+    Case("empty mask", clear(masks=[mask(box=(0, 0, 0, 0))]), field="masks"),
+    Case("all-on mask", clear(masks=[mask(box=(0, 0, W, H))]), OK),
+    Case("no mask", clear(masks=[]), field="masks"),
+    Case("rle counts off", clear(masks=[common_pb2.Mask(
+        width=W, height=H, rle=common_pb2.Rle(counts=[5, 5]))]), field="masks[0]"),
+    Case("mask with no data", clear(masks=[common_pb2.Mask(width=W, height=H)]),
+         field="masks[0]"),
+    Case("orchestrator mask wrong size",
+         remove(masks=orchestrator_pb2.MaskTarget(masks=[mask(10, 10)])),
+         field="masks.masks[0]"),
+    # text and prompts
+    Case("empty text", seg_text(text=""), field="text"),
+    Case("over-long text", seg_text(text="cat " * 100), field="text"),
+    Case("odd unicode text", seg_text(text="🐕‍🦺 猫 \u202eevil\u202c é"), OK),
+    Case("zero-width text", seg_text(text="\u200b\u200b"), OK),
+    Case("empty prompt", generate(""), field="prompt"),
+    Case("over-long prompt", generate("x" * 2001), field="prompt"),
+    Case("odd unicode prompt", generate("一辆红色的自行车 🚲 \u0000 \u202e"), OK),
+    Case("empty text target", remove(text=orchestrator_pb2.TextTarget(text="")),
+         field="text.text"),
+    Case("over-long label", clear(label="l" * 101), field="label"),
+    # numbers
+    Case("NaN score threshold", seg_text(score_threshold=math.nan), field="score_threshold"),
+    Case("NaN min score (orchestrator)", remove(text=orchestrator_pb2.TextTarget(
+        text="dog", min_score=math.nan)), field="text.min_score"),
+    Case("infinite guidance", clear(guidance_scale=math.inf), field="options.guidance_scale"),
+    Case("steps 0", clear(steps=0), field="options.steps"),
+    Case("steps 101", clear(steps=101), field="options.steps"),
+    Case("steps via orchestrator", remove(clear_options={"steps": 500}, **MASKS),
+         field="clear_options.steps"),
+    Case("short side 4096", clear(short_side=4096), field="options.short_side"),
+    Case("mask dilation 999", clear(mask_dilation=999), field="options.mask_dilation"),
+    Case("width 257", generate(width=257), field="width"),
+    Case("height 4096", generate(height=4096), field="height"),
+    Case("flux steps 51", generate(steps=51), field="steps"),
+    Case("point outside", seg_prompt(points=[common_pb2.Point(x=W + 1, y=1)]), field="points[0]"),
+    Case("NaN point", seg_prompt(points=[common_pb2.Point(x=1, y=math.nan)]), field="points[0]"),
+    Case("infinite box", seg_prompt(box=common_pb2.Box(x0=0, y0=0, x1=math.inf, y1=5)),
+         field="box"),
+    Case("zero-area box", seg_prompt(box=common_pb2.Box(x0=5, y0=5, x1=5, y1=9)), field="box"),
+    Case("box outside (orchestrator)", remove(prompt=orchestrator_pb2.PromptTarget(
+        box=common_pb2.Box(x0=0, y0=0, x1=W * 3, y1=H))), field="prompt.box"),
+    Case("mask dilation 300 (orchestrator)", remove(mask_dilation=300, **MASKS),
+         field="mask_dilation"),
+    # enums and oneofs
+    Case("unknown mask format", seg_text(mask_format=42), field="mask_format"),
+    Case("unknown point label", seg_prompt(points=[common_pb2.Point(x=1, y=1, label=9)]),
+         field="points[0].label"),
+    Case("unknown output format", generate(output_format=17), field="output_format"),
+    Case("unknown clear output format", clear(output_format=5), field="options.output_format"),
+    Case("no prompt at all", seg_prompt(), field="points"),
+    Case("no target", remove(), field="target"),
+    Case("empty prompt target", remove(prompt=orchestrator_pb2.PromptTarget()), field="prompt"),
+]
+
+
+def test_the_suite_is_big_enough():
+    assert len(CASES) >= 40
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def channel_for(stack, server: str) -> grpc.aio.Channel:
+    if server == "orchestrator":
+        return stack.channel
+    srv = getattr(stack, server)
+    if not hasattr(srv, "_test_channel"):
+        srv._test_channel = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
+    return srv._test_channel
+
+
+VALID = {"segmentation": seg_text(), "object_clear": clear(), "flux": generate(),
+         "orchestrator": remove(**MASKS)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_bad_input(stack, case: Case):
+    server, call = case.call
+    channel = channel_for(stack, server)
+    try:
+        response = await call(channel)
+        code = OK
+    except grpc.aio.AioRpcError as exc:
+        code, response = exc.code(), exc
+    assert code != grpc.StatusCode.INTERNAL, response
+    assert code == case.code, (code, getattr(response, "details", lambda: "")())
+    if code == BAD:
+        status = await rich_status(_failed_call(response))
+        bad = detail(status, error_details_pb2.BadRequest)
+        assert bad is not None and case.field in [v.field for v in bad.field_violations], bad
+    if case.check is not None:
+        case.check(response)
+    # The server is still healthy and answers a valid request right after.
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    await VALID[server][1](channel)
+
+
+def _failed_call(exc: grpc.aio.AioRpcError):
+    class _Trailers:
+        async def trailing_metadata(self):
+            return exc.trailing_metadata()
+    return _Trailers()
+
+
+async def test_message_over_the_size_limit(stack):
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{stack.segmentation.port}",
+        options=[("grpc.max_send_message_length", 100 * 1024 * 1024)])
+    huge = segmentation_pb2.SegmentByTextRequest(image=img(b"\x00" * (65 * 1024 * 1024)),
+                                                 text="dog")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await segmentation_pb2_grpc.SegmentationServiceStub(channel).SegmentByText(huge)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await VALID["segmentation"][1](channel)
+    await channel.close()
