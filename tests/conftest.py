@@ -11,6 +11,8 @@ import pytest
 
 # No hub is reachable: any attempt to download must fail at once, not hang.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Many servers share this process: each takes any free metrics port, never 9090.
+os.environ["MIC2E_METRICS_PORT"] = "0"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

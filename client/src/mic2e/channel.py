@@ -8,6 +8,7 @@ retries of idempotent unary calls on UNAVAILABLE through a gRPC service config.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import grpc
 
@@ -73,12 +74,15 @@ def target(address: str) -> str:
 
 
 def aio_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,
-                max_message_mb: int = 64) -> grpc.aio.Channel:
-    """An asyncio channel with the mic2e options."""
+                max_message_mb: int = 64,
+                interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
+    """An asyncio channel with the mic2e options (and optional client interceptors)."""
     opts = channel_options(max_message_mb)
     if credentials is not None:
-        return grpc.aio.secure_channel(target(address), credentials, options=opts)
-    return grpc.aio.insecure_channel(target(address), options=opts)
+        return grpc.aio.secure_channel(target(address), credentials, options=opts,
+                                       interceptors=list(interceptors) or None)
+    return grpc.aio.insecure_channel(target(address), options=opts,
+                                     interceptors=list(interceptors) or None)
 
 
 def sync_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,

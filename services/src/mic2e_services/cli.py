@@ -38,6 +38,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-settings", action="store_true",
                    help="print the effective settings as JSON and exit")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--metrics-port", type=int, dest="metrics_port",
+                   help="Prometheus /metrics port (0: any free port, -1: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"device of the {model} server")
     p.add_argument("--base-port", type=int, default=50051,
                    help="orchestrator port; the model servers take the next three")
+    p.add_argument("--metrics-base-port", type=int, default=9090,
+                   help="orchestrator /metrics port; the model servers take the next three")
     p = sub.add_parser("make-tiny",
                        help="write tiny random checkpoints (sam3/, objectclear/, flux/)")
     p.add_argument("directory", type=Path)

@@ -49,9 +49,11 @@ def stack_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         model = getattr(args, f"model_{key}") or str(args.tiny_dir / TINY_FOLDERS[name])
         commands[name] = [*base, name, "--model", model, "--device",
                           getattr(args, f"device_{key}"), "--port", str(args.base_port + offset),
-                          "--host", "127.0.0.1"]
+                          "--host", "127.0.0.1", "--metrics-port",
+                          str(args.metrics_base_port + offset)]
     commands["orchestrator"] = [
         *base, "orchestrator", "--port", str(args.base_port), "--host", "127.0.0.1",
+        "--metrics-port", str(args.metrics_base_port),
         *[arg for name, offset in PORT_OFFSETS.items()
           for arg in (f"--{name}-address", f"127.0.0.1:{args.base_port + offset}")]]
     return commands

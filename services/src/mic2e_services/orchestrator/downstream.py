@@ -7,7 +7,7 @@ another replica). Failures become `DownstreamError`s naming the stage.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -64,10 +64,11 @@ class Downstream:
 
     def __init__(self, address: str, *, max_message_mb: int = 64, known_images: int = 256,
                  credentials: grpc.ChannelCredentials | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None,
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
         self.address = address
         self.channel = aio_channel(address, max_message_mb=max_message_mb,
-                                   credentials=credentials)
+                                   credentials=credentials, interceptors=interceptors)
         #: Call metadata for every downstream call (the bearer token, if any).
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())

@@ -10,6 +10,7 @@ from mic2e_services.orchestrator.downstream import Downstream
 from mic2e_services.orchestrator.servicer import SERVICE_NAME, EditServicer
 from mic2e_services.runtime.server import Server, build_server
 from mic2e_services.runtime.settings import ServerSettings
+from mic2e_services.runtime.tracing import client_interceptors, setup_tracing
 
 
 class Settings(ServerSettings):
@@ -41,9 +42,13 @@ def create_server(settings: Settings) -> tuple[Server, int]:
                                       settings.downstream_tls_cert_file,
                                       settings.downstream_tls_key_file)
 
+    # Downstream calls carry the trace context when tracing is on.
+    interceptors = client_interceptors(setup_tracing(settings, "mic2e-orchestrator"))
+
     def downstream(address: str) -> Downstream:
         return Downstream(address, max_message_mb=settings.max_message_mb,
-                          credentials=credentials, token=settings.downstream_token)
+                          credentials=credentials, token=settings.downstream_token,
+                          interceptors=interceptors)
 
     servicer = EditServicer(downstream(settings.segmentation_address),
                             downstream(settings.object_clear_address),
@@ -51,6 +56,6 @@ def create_server(settings: Settings) -> tuple[Server, int]:
                             image_cache_size=settings.image_cache_size)
     server, port = build_server(
         settings, register=lambda s: orchestrator_pb2_grpc.add_EditServiceServicer_to_server(
-            servicer, s), service_names=[SERVICE_NAME])
+            servicer, s), service_names=[SERVICE_NAME], name="orchestrator")
     server.servicer = servicer
     return server, port

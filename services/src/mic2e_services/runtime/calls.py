@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from mic2e_services.runtime.tracing import record_stages
 from mic2e_services.runtime.worker import Job, ModelWorker, ProgressEvent
 
 
@@ -31,7 +32,9 @@ async def run_unary(worker: ModelWorker, request: Any, context: grpc.aio.Service
     """Submit `request`; its result and job (for timings). A caller who leaves cancels it."""
     job = worker.submit(request, deadline=deadline_of(context))
     try:
-        return await job.result(), job
+        result = await job.result()
+        _trace(job, worker.name)
+        return result, job
     finally:
         # No-op once finished; when the handler is cancelled (client gone, deadline), this
         # drops the queued job or tells the running model to stop at its next step.
@@ -45,6 +48,14 @@ async def run_streaming(worker: ModelWorker, request: Any, context: grpc.aio.Ser
     try:
         async for event in job.events():
             yield event
-        yield Finished(await job.result(), job)
+        result = await job.result()
+        _trace(job, worker.name)
+        yield Finished(result, job)
     finally:
         job.cancel()
+
+
+def _trace(job: Job, name: str) -> None:
+    if job.started_at is not None and job.finished_at is not None:
+        record_stages([(f"{name}.queue", job.accepted_at, job.started_at),
+                       (f"{name}.model", job.started_at, job.finished_at)])

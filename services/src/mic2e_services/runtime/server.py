@@ -17,9 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mic2e_services.runtime.images import ImageStore
+from mic2e_services.runtime.metrics import ServerMetrics
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.security import TokenAuthInterceptor, load_tokens, server_credentials
 from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
+from mic2e_services.runtime.tracing import server_interceptors as tracing_interceptors
+from mic2e_services.runtime.tracing import setup_tracing
 from mic2e_services.runtime.worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,14 @@ class Server:
 
     def __init__(self, grpc_server: grpc.aio.Server, port: int, settings: ServerSettings,
                  health_servicer: health.aio.HealthServicer, service_names: Sequence[str],
-                 worker: ModelWorker | None) -> None:
+                 worker: ModelWorker | None, metrics: ServerMetrics,
+                 tracer_provider: object | None = None) -> None:
         self.grpc_server = grpc_server
+        self.metrics = metrics
+        #: The OpenTelemetry provider when tracing is on (for downstream channels).
+        self.tracer_provider = tracer_provider
+        #: Port of /metrics once started (None: metrics off).
+        self.metrics_port: int | None = None
         self.port = port
         self.settings = settings
         self.health = health_servicer
@@ -78,6 +87,8 @@ class Server:
         if self.worker is not None:
             self.worker.on_fatal = self._device_lost
         await self._set_health(NOT_SERVING)
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self.grpc_server.start()
         self._bring_up = asyncio.create_task(self._load())
 
@@ -113,6 +124,7 @@ class Server:
         await self.grpc_server.stop(grace)
         if self.worker is not None:
             await self.worker.stop(timeout_s=grace)
+        self.metrics.close()
 
     async def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -121,14 +133,20 @@ class Server:
 
 def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Server], None],
                  service_names: Sequence[str], worker: ModelWorker | None = None,
+                 name: str = "server",
                  interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> tuple[Server, int]:
     """Create (not start) a server with health, reflection and the given services.
 
     `register` adds the servicers; `service_names` are their full names (for health and
-    reflection). Binds `settings.host:settings.port` (port 0 picks a free one) and returns
-    the server and the bound port.
+    reflection); `name` labels metrics and traces. Binds `settings.host:settings.port`
+    (port 0 picks a free one) and returns the server and the bound port.
     """
-    interceptors = list(interceptors)
+    metrics = ServerMetrics(name)
+    if worker is not None:
+        metrics.watch_worker(worker)
+    provider = setup_tracing(settings, f"mic2e-{name}")
+    # Order matters: auth first (refused calls cost nothing), then traces, then metrics.
+    interceptors = [*tracing_interceptors(provider), metrics.interceptor(), *interceptors]
     tokens = load_tokens(settings)
     if tokens:
         interceptors.insert(0, TokenAuthInterceptor(tokens))
@@ -145,7 +163,8 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
             else grpc_server.add_insecure_port(address))
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
-    server = Server(grpc_server, port, settings, health_servicer, service_names, worker)
+    server = Server(grpc_server, port, settings, health_servicer, service_names, worker,
+                    metrics, provider)
     return server, port
 
 
@@ -160,7 +179,8 @@ def build_model_server(settings: ModelServerSettings, model: Model, *, name: str
                          max_wait_s=settings.max_wait_ms / 1000, name=name)
     servicer = make_servicer(worker, store)
     server, port = build_server(settings, register=lambda s: add_servicer(servicer, s),
-                                service_names=[service_name], worker=worker)
+                                service_names=[service_name], worker=worker, name=name)
+    server.metrics.watch_images(store)
     server.servicer = servicer
     return server, port
 

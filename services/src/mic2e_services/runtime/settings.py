@@ -38,6 +38,11 @@ class ServerSettings(BaseSettings):
                                     "when any is set, calls must carry one")
     auth_tokens_file: str | None = Field(None, description="file with one bearer token "
                                          "per line")
+    metrics_port: int = Field(9090, ge=-1, le=65535, description="Prometheus /metrics port "
+                              "(0: any free port, -1: off)")
+    tracing: bool = Field(False, description="OpenTelemetry spans per RPC and model stage")
+    otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector for spans, e.g. "
+                                      "http://otel-collector:4317")
 
 
 class ModelServerSettings(ServerSettings):

@@ -56,7 +56,8 @@ class Job:
     """One submitted request: the servicer's handle on it and the model's `StepContext`."""
 
     def __init__(self, request: Any, key: Hashable | None, deadline: float | None,
-                 estimate_s: float, loop: asyncio.AbstractEventLoop) -> None:
+                 estimate_s: float, loop: asyncio.AbstractEventLoop,
+                 on_step: Callable[[float], None] | None = None) -> None:
         self.request = request
         self.key = key
         self.deadline = deadline  # time.monotonic() based, None = no deadline
@@ -64,6 +65,8 @@ class Job:
         self.accepted_at = time.monotonic()
         self.started_at: float | None = None  # set by the worker when the model starts it
         self.finished_at: float | None = None
+        self._on_step = on_step
+        self._last_step: float | None = None
         self._loop = loop
         self._cancel = threading.Event()
         self._events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
@@ -75,7 +78,12 @@ class Job:
         return self._cancel.is_set() or self.expired()
 
     def progress(self, stage: str, step: int, total: int) -> None:
-        event = ProgressEvent(stage, step, total, time.monotonic() - self.accepted_at)
+        now = time.monotonic()
+        if self._on_step is not None and step > 0:
+            since = self._last_step or self.started_at or now
+            self._on_step(now - since)
+        self._last_step = now
+        event = ProgressEvent(stage, step, total, now - self.accepted_at)
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     # -- servicer side ---------------------------------------------------------------------
@@ -131,6 +139,8 @@ class ModelWorker:
         self.max_batch_size = max(1, max_batch_size or getattr(model, "max_batch_size", 1))
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
+        #: Called with the seconds between two progress steps (metrics), if set.
+        self.on_step: Callable[[float], None] | None = None
         #: Called (from the device thread) when the device is lost; the server exits.
         self.on_fatal = on_fatal
         self.fatal_error: BaseException | None = None
@@ -188,7 +198,8 @@ class ModelWorker:
             raise Unavailable(f"{self.name} is not accepting work", reason="NOT_SERVING")
         loop = asyncio.get_running_loop()
         estimate = float(self.model.estimate_seconds(request))
-        job = Job(request, self.model.batch_key(request), deadline, estimate, loop)
+        job = Job(request, self.model.batch_key(request), deadline, estimate, loop,
+                  self.on_step)
         if job.expired():
             raise DeadlineExceeded("deadline expired before the work started")
         with self._cond:
