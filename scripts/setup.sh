@@ -15,11 +15,17 @@ fi
 echo "==> syncing the Python environment (uv.lock)"
 uv sync --locked --all-packages --quiet
 
-if [ "${MIC2E_SETUP_NODE:-0}" = 1 ]; then
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "==> installing Node.js (Debian packages)"
-    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
-  fi
+apt_install() {  # Debian packages the tests need; as root, or through sudo
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "==> installing $* (Debian packages)"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if [ "${MIC2E_SETUP_TEST_TOOLS:-0}" = 1 ]; then
+  # Node.js for buf and the TypeScript client; a real Prometheus for the metrics test.
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  command -v prometheus >/dev/null 2>&1 || apt_install prometheus
   echo "==> installing Node tooling (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi

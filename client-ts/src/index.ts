@@ -1,0 +1,190 @@
+/**
+ * TypeScript client of the mic2e.v1 API.
+ *
+ * {@link Mic2eClient} calls the orchestrator's `mic2e.v1.EditService` over the gRPC
+ * protocol (HTTP/2, via `@connectrpc/connect-node`). Requests are plain objects shaped like
+ * the protobuf messages (every field optional, `oneof`s as `{ case, value }`); responses are
+ * the generated message types, re-exported from this module together with every other
+ * message and enum of `protos/mic2e/v1`.
+ *
+ * Failures reject (unary calls) or throw from the iteration (streams) with a
+ * {@link ConnectError}; its `code` is the gRPC status code ({@link Code}), e.g.
+ * `Code.InvalidArgument` (3) for a bad field, `Code.NotFound` (5) for an unknown image
+ * reference or a text target that found nothing.
+ *
+ * @module
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import type { SecureClientSessionOptions } from "node:http2";
+
+import type { ImageSchema } from "./gen/mic2e/v1/common_pb.js";
+import type { GenerateRequestSchema, GenerateResponse } from "./gen/mic2e/v1/flux_pb.js";
+import {
+  EditService,
+  type RemoveObjectsRequestSchema,
+  type RemoveObjectsResponse,
+} from "./gen/mic2e/v1/orchestrator_pb.js";
+import type {
+  SegmentByPromptRequestSchema,
+  SegmentByPromptResponse,
+  SegmentByTextRequestSchema,
+  SegmentByTextResponse,
+} from "./gen/mic2e/v1/segmentation_pb.js";
+
+export * from "./gen/mic2e/v1/common_pb.js";
+export * from "./gen/mic2e/v1/flux_pb.js";
+export * from "./gen/mic2e/v1/object_clear_pb.js";
+export * from "./gen/mic2e/v1/orchestrator_pb.js";
+export * from "./gen/mic2e/v1/segmentation_pb.js";
+export { Code, ConnectError } from "@connectrpc/connect";
+export type { CallOptions, Interceptor } from "@connectrpc/connect";
+
+/** A `RemoveObjects` request as a plain object (see `RemoveObjectsRequest` in the protos). */
+export type RemoveObjectsInit = MessageInitShape<typeof RemoveObjectsRequestSchema>;
+/** A `SegmentByText` request as a plain object. */
+export type SegmentByTextInit = MessageInitShape<typeof SegmentByTextRequestSchema>;
+/** A `SegmentByPrompt` request as a plain object. */
+export type SegmentByPromptInit = MessageInitShape<typeof SegmentByPromptRequestSchema>;
+/** A `Generate` request as a plain object. */
+export type GenerateInit = MessageInitShape<typeof GenerateRequestSchema>;
+/** An input image as a plain object: `{ source: { case: "data" | "sha256", value } }`. */
+export type ImageInit = MessageInitShape<typeof ImageSchema>;
+
+/** Settings of a {@link Mic2eClient}. Every field is optional. */
+export interface Mic2eClientOptions {
+  /** Connect with TLS (`https`) instead of plaintext HTTP/2. Default false. */
+  tls?: boolean;
+  /**
+   * Options for Node's `http2.connect()`, e.g. `{ ca }` to trust a private CA, or
+   * `{ cert, key }` for mutual TLS.
+   */
+  nodeOptions?: SecureClientSessionOptions;
+  /** Deadline of every call in milliseconds, unless a call passes its own. Default none. */
+  timeoutMs?: number;
+  /** Largest message sent or received, in bytes. Default 64 MiB, the servers' own limit. */
+  maxMessageBytes?: number;
+  /** Interceptors run on every call, e.g. to add authentication metadata. */
+  interceptors?: Interceptor[];
+}
+
+const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** An input image carrying its encoded bytes (PNG, JPEG or WebP). */
+export function imageFromBytes(data: Uint8Array): ImageInit {
+  return { source: { case: "data", value: data } };
+}
+
+/**
+ * An input image by reference: the lowercase hex SHA-256 of bytes the server received
+ * before (e.g. a response's `imageSha256`). An unknown reference fails with NOT_FOUND.
+ */
+export function imageFromSha256(sha256: string): ImageInit {
+  return { source: { case: "sha256", value: sha256 } };
+}
+
+/** `"host:port"` (or a full `http(s)://` URL) to the base URL of the gRPC transport. */
+function baseUrlOf(address: string, tls: boolean): string {
+  if (/^https?:\/\//.test(address)) return address;
+  return `${tls ? "https" : "http"}://${address}`;
+}
+
+/**
+ * A client of the orchestrator (`mic2e.v1.EditService`, default port 50051).
+ *
+ * One HTTP/2 connection is opened on the first call, shared by all calls, kept alive with
+ * PING frames while calls run, and does not keep the process alive when idle. Call
+ * {@link Mic2eClient.close} to drop it at once.
+ *
+ * @example
+ * ```ts
+ * const client = new Mic2eClient("localhost:50051");
+ * for await (const event of client.removeObjects({
+ *   image: imageFromBytes(png),
+ *   target: { case: "text", value: { text: "dog" } },
+ * })) {
+ *   if (event.event.case === "result") writeFileSync("out.png", event.event.value.image!.data);
+ * }
+ * client.close();
+ * ```
+ */
+export class Mic2eClient {
+  /** The address this client calls, as given. */
+  readonly address: string;
+  readonly #sessions: Http2SessionManager;
+  readonly #edit: Client<typeof EditService>;
+
+  /**
+   * @param address `host:port` of the orchestrator (e.g. `localhost:50051`, `[::1]:50051`),
+   *   or a full `http://` / `https://` URL.
+   * @param options Connection settings; see {@link Mic2eClientOptions}.
+   */
+  constructor(address: string, options: Mic2eClientOptions = {}) {
+    this.address = address;
+    const baseUrl = baseUrlOf(address, options.tls ?? false);
+    // Same keepalive as the Python client (30 s interval, 10 s timeout); the servers allow it.
+    this.#sessions = new Http2SessionManager(
+      baseUrl,
+      { pingIntervalMs: 30_000, pingTimeoutMs: 10_000 },
+      options.nodeOptions,
+    );
+    const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    const transport = createGrpcTransport({
+      baseUrl,
+      sessionManager: this.#sessions,
+      interceptors: options.interceptors ?? [],
+      readMaxBytes: maxBytes,
+      writeMaxBytes: maxBytes,
+      ...(options.timeoutMs !== undefined ? { defaultTimeoutMs: options.timeoutMs } : {}),
+    });
+    this.#edit = createClient(EditService, transport);
+  }
+
+  /**
+   * Removes the target (text, clicks/box, or ready masks) from the image.
+   *
+   * Streams, in order: `progress` events of the segmentation stage and then the
+   * `segmentation` event with the instances (not for a mask target), one `progress` per
+   * removal step, then exactly one `result`, always last. A failing stage throws from the
+   * iteration after the earlier events were delivered.
+   *
+   * @param request The image, exactly one `target`, and optional `clearOptions`,
+   *   `maskDilation`, `label`.
+   * @param options Per-call `timeoutMs`, `signal` (abort to cancel; the server stops at
+   *   the next step), `headers`.
+   */
+  removeObjects(request: RemoveObjectsInit, options?: CallOptions): AsyncIterable<RemoveObjectsResponse> {
+    return this.#edit.removeObjects(request, options);
+  }
+
+  /**
+   * Every instance matching a short text prompt ("dog", "red car"), best score first.
+   * Passed through to the segmentation server.
+   */
+  segmentByText(request: SegmentByTextInit, options?: CallOptions): Promise<SegmentByTextResponse> {
+    return this.#edit.segmentByText(request, options);
+  }
+
+  /**
+   * The one object marked by clicked points and/or a box: the best mask, plus the
+   * alternatives when `returnAlternatives` is set. Passed through to the segmentation
+   * server.
+   */
+  segmentByPrompt(request: SegmentByPromptInit, options?: CallOptions): Promise<SegmentByPromptResponse> {
+    return this.#edit.segmentByPrompt(request, options);
+  }
+
+  /**
+   * Generates an image from a prompt with FLUX.1-schnell: one `progress` per denoising
+   * step, then exactly one `result`. Passed through to the flux server.
+   */
+  generate(request: GenerateInit, options?: CallOptions): AsyncIterable<GenerateResponse> {
+    return this.#edit.generate(request, options);
+  }
+
+  /** Closes the connection; calls still running fail. A later call reconnects. */
+  close(): void {
+    this.#sessions.abort();
+  }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set-up of the TypeScript client (client-ts/): install its locked npm dependencies, check
+# that its generated code matches protos/, and compile it. Idempotent: `npm ci` is skipped
+# while node_modules matches package-lock.json. Needs Node.js >= 20 and npm.
+set -euo pipefail
+cd "$(dirname "$0")/../client-ts"
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup-ts: Node.js and npm are required (>= 20; ./scripts/test installs them)" >&2
+  exit 1
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "setup-ts: Node.js >= 20 is required, found $(node --version)" >&2
+  exit 1
+fi
+
+# npm ci wipes and reinstalls node_modules; a stamp of the package.json and lockfile it
+# installed lets the next run skip it.
+stamp=node_modules/.mic2e-lock.sha256
+lock_sha="$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_sha" ]; then
+  echo "==> client-ts: npm dependencies up to date (package-lock.json)"
+else
+  echo "==> client-ts: installing npm dependencies (package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_sha" >"$stamp"
+fi
+
+echo "==> client-ts: generated code is fresh (npm run check-generated)"
+npm run --silent check-generated
+
+echo "==> client-ts: compiling (tsc)"
+npm run --silent build
