@@ -258,3 +258,16 @@ def _save(tokenizer, directory: Path) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def clip_text_config(**sizes: object) -> dict[str, object]:
+    """`CLIPTextConfig` arguments that match the tiny CLIP tokenizer (vocabulary size and
+    special-token ids, pad = end of text as in CLIP-L), plus the given sizes."""
+    return {
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "max_position_embeddings": 77,
+        "bos_token_id": CLIP_BOS_TOKEN_ID,
+        "eos_token_id": CLIP_EOS_TOKEN_ID,
+        "pad_token_id": CLIP_EOS_TOKEN_ID,
+        **sizes,
+    }

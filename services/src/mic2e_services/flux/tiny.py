@@ -68,22 +68,9 @@ def write_tiny(path: Path, seed: int = 0) -> None:
     )
 
     torch.manual_seed(seed + 1)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=tiny_tokenizers.CLIP_VOCAB_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            hidden_act="quick_gelu",
-            bos_token_id=tiny_tokenizers.CLIP_BOS_TOKEN_ID,
-            eos_token_id=tiny_tokenizers.CLIP_EOS_TOKEN_ID,
-            # CLIP-L pads with <|endoftext|> as well.
-            pad_token_id=tiny_tokenizers.CLIP_EOS_TOKEN_ID,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_tokenizers.clip_text_config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        projection_dim=32, hidden_act="quick_gelu")))
 
     torch.manual_seed(seed + 2)
     text_encoder_2 = T5EncoderModel(

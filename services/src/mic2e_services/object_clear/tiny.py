@@ -42,18 +42,9 @@ def write_tiny(path: Path, seed: int = 0) -> None:
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
 
-    text_config = dict(
-        vocab_size=tiny_tokenizers.CLIP_VOCAB_SIZE,
-        hidden_size=_TEXT_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=_PROJECTION,
-        bos_token_id=tiny_tokenizers.CLIP_BOS_TOKEN_ID,
-        eos_token_id=tiny_tokenizers.CLIP_EOS_TOKEN_ID,
-        pad_token_id=tiny_tokenizers.CLIP_EOS_TOKEN_ID,
-    )
+    text_config = tiny_tokenizers.clip_text_config(
+        hidden_size=_TEXT_HIDDEN, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, projection_dim=_PROJECTION)
 
     with torch.random.fork_rng(devices=[]):
         # Each component from its own seed: adding or changing one leaves the others'

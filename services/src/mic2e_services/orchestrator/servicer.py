@@ -9,7 +9,8 @@ a failing stage ends the stream with that stage's status code and an ErrorInfo n
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from mic2e import codecs
@@ -67,35 +68,31 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         raise InvalidArgument(field, "an image is required (data or sha256)")
 
     # -- pass-through ----------------------------------------------------------------------
+    async def _segment(self, request: Any, method: Callable[..., Awaitable[Any]],
+                       context: grpc.aio.ServicerContext) -> Any:
+        """Forward a segmentation call unchanged but for its image (a reference if held)."""
+        sha, data = self._image(request.image)
+
+        def call(image: common_pb2.Image) -> Awaitable[Any]:
+            forwarded = type(request)()
+            forwarded.CopyFrom(request)
+            forwarded.image.CopyFrom(image)
+            return method(forwarded, timeout=context.time_remaining(),
+                          metadata=self.segmentation.metadata)
+
+        return await self.segmentation.unary("segmentation", sha, data, call)
+
     @rpc
     async def SegmentByText(self, request: segmentation_pb2.SegmentByTextRequest,
                             context: grpc.aio.ServicerContext
                             ) -> segmentation_pb2.SegmentByTextResponse:
-        sha, data = self._image(request.image)
-
-        def call(image: common_pb2.Image):
-            req = segmentation_pb2.SegmentByTextRequest()
-            req.CopyFrom(request)
-            req.image.CopyFrom(image)
-            return self._seg.SegmentByText(req, timeout=context.time_remaining(),
-                                           metadata=self.segmentation.metadata)
-
-        return await self.segmentation.unary("segmentation", sha, data, call)
+        return await self._segment(request, self._seg.SegmentByText, context)
 
     @rpc
     async def SegmentByPrompt(self, request: segmentation_pb2.SegmentByPromptRequest,
                               context: grpc.aio.ServicerContext
                               ) -> segmentation_pb2.SegmentByPromptResponse:
-        sha, data = self._image(request.image)
-
-        def call(image: common_pb2.Image):
-            req = segmentation_pb2.SegmentByPromptRequest()
-            req.CopyFrom(request)
-            req.image.CopyFrom(image)
-            return self._seg.SegmentByPrompt(req, timeout=context.time_remaining(),
-                                             metadata=self.segmentation.metadata)
-
-        return await self.segmentation.unary("segmentation", sha, data, call)
+        return await self._segment(request, self._seg.SegmentByPrompt, context)
 
     @stream_rpc
     async def Generate(self, request: flux_pb2.GenerateRequest,
