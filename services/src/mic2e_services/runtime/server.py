@@ -43,6 +43,10 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # Clients (and meshes) may ping as often as we do without being called abusive.
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ("grpc.http2.max_pings_without_data", 0),
+        # Round-robin clients only re-resolve DNS when a connection closes: age them out so
+        # replicas added by the autoscaler start getting calls.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
     ]
 
 

@@ -28,6 +28,9 @@ class ServerSettings(BaseSettings):
                                        "is not answered within this")
     grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, let in-flight calls "
                                   "finish for this long")
+    max_connection_age_s: float = Field(300.0, gt=0, description="close client connections "
+                                        "this old (in-flight calls finish first), so clients "
+                                        "re-resolve DNS and reach new replicas")
     reflection: bool = Field(True, description="serve gRPC server reflection")
     log_level: str = Field("INFO", description="logging level")
     tls_cert_file: str | None = Field(None, description="PEM certificate: serve TLS only")

