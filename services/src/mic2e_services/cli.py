@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", help="float16, bfloat16 or float32 (default: half on GPU)")
         p.add_argument("--max-batch-size", type=int, dest="max_batch_size")
         p.add_argument("--max-queue", type=int, dest="max_queue")
+        p.add_argument("--profile", choices=["quality", "fast", "low-memory"],
+                       help="named trade-off (default quality); explicit settings win")
+        p.add_argument("--quantization", choices=["none", "int8", "fp8"])
+        p.add_argument("--offload", choices=["none", "model"])
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the heaviest module")
     p = sub.add_parser("orchestrator", help="run the orchestrator (no model, no torch)")
     _add_common(p)
     for model in MODEL_SERVERS:

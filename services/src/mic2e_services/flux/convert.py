@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mic2e.v1 import common_pb2, flux_pb2
 
 from mic2e_services.flux.types import GenerateOutput, GenerateQuery
 from mic2e_services.runtime import convert
 
 
-def generate_query(req: flux_pb2.GenerateRequest) -> GenerateQuery:
-    """Apply only the fields the caller set; the rest keep the model's defaults."""
-    kwargs = {name: getattr(req, name) for name in ("width", "height", "steps", "seed")
-              if req.HasField(name)}
+def generate_query(req: flux_pb2.GenerateRequest, defaults: dict[str, Any] | None = None
+                   ) -> GenerateQuery:
+    """Fields the caller left unset take the server's `defaults` (its profile's), then the
+    model's own."""
+    kwargs = dict(defaults or {})
+    kwargs.update({name: getattr(req, name) for name in ("width", "height", "steps", "seed")
+                   if req.HasField(name)})
     return GenerateQuery(prompt=req.prompt, **kwargs)
 
 

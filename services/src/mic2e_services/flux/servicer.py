@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from mic2e.v1 import flux_pb2, flux_pb2_grpc
@@ -21,16 +22,21 @@ SERVICE_NAME = "mic2e.v1.FluxService"
 class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
     """Serves FLUX.1-schnell through the shared worker; see the proto for the contract."""
 
-    def __init__(self, worker: ModelWorker, images: ImageStore) -> None:
+    def __init__(self, worker: ModelWorker, images: ImageStore,
+                 defaults: dict[str, Any] | None = None) -> None:
         self.worker = worker
         self.images = images
+        #: The server's values for fields a caller leaves unset (its profile's).
+        self.defaults = defaults or {}
 
     @stream_rpc
     async def Generate(self, request: flux_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[flux_pb2.GenerateResponse]:
         fmt = convert.image_format(request.output_format, "output_format")
-        async for item in run_streaming(self.worker, fx.generate_query(request), context):
+        async for item in run_streaming(self.worker,
+                                            fx.generate_query(request, self.defaults),
+                                            context):
             if not isinstance(item, Finished):
                 yield flux_pb2.GenerateResponse(progress=convert.progress_to_proto(item))
                 continue

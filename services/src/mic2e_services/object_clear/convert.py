@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from mic2e.v1 import common_pb2, object_clear_pb2
 
@@ -11,16 +13,17 @@ from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
 
 
-def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_pixels: int
-                ) -> ClearQuery:
-    """Merge the masks (union) and apply only the options the caller set."""
+def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_pixels: int,
+                defaults: dict[str, Any] | None = None) -> ClearQuery:
+    """Merge the masks (union); options the caller left unset take the server's `defaults`
+    (its profile's), then the model's own."""
     if not req.masks:
         raise InvalidArgument("masks", "at least one mask is required")
     masks = convert.masks_from_proto(req.masks, "masks", size=(image.width, image.height),
                                      max_pixels=max_pixels)
     merged = np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
     opts = req.options
-    kwargs = {}
+    kwargs = dict(defaults or {})
     for name in ("steps", "short_side", "seed", "fusion"):
         if opts.HasField(name):
             kwargs[name] = getattr(opts, name)

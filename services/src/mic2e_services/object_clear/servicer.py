@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from mic2e.v1 import object_clear_pb2, object_clear_pb2_grpc
@@ -21,9 +22,12 @@ SERVICE_NAME = "mic2e.v1.ObjectClearService"
 class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
     """Serves ObjectClear through the shared worker; see the proto for the contract."""
 
-    def __init__(self, worker: ModelWorker, images: ImageStore) -> None:
+    def __init__(self, worker: ModelWorker, images: ImageStore,
+                 defaults: dict[str, Any] | None = None) -> None:
         self.worker = worker
         self.images = images
+        #: The server's values for options a caller leaves unset (its profile's).
+        self.defaults = defaults or {}
 
     @stream_rpc
     async def Clear(self, request: object_clear_pb2.ClearRequest,
@@ -31,7 +35,8 @@ class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
                     ) -> AsyncIterator[object_clear_pb2.ClearResponse]:
         fmt = convert.image_format(request.options.output_format, "options.output_format")
         image = await convert.image_from_proto(self.images, request.image)
-        query = oc.clear_query(request, image, max_pixels=self.images.max_pixels)
+        query = oc.clear_query(request, image, max_pixels=self.images.max_pixels,
+                               defaults=self.defaults)
         async for item in run_streaming(self.worker, query, context):
             if not isinstance(item, Finished):
                 yield object_clear_pb2.ClearResponse(progress=convert.progress_to_proto(item))

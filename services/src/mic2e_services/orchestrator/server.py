@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mic2e.channel import tls_credentials
 from mic2e.v1 import orchestrator_pb2_grpc
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from mic2e_services.orchestrator.downstream import Downstream
 from mic2e_services.orchestrator.servicer import SERVICE_NAME, EditServicer
@@ -30,8 +30,8 @@ class Settings(ServerSettings):
     downstream_tls_cert_file: str | None = Field(None, description="client certificate for "
                                                  "the model servers (mutual TLS)")
     downstream_tls_key_file: str | None = Field(None, description="its private key")
-    downstream_token: str | None = Field(None, description="bearer token sent to the "
-                                         "model servers")
+    downstream_token: SecretStr | None = Field(None, description="bearer token sent to the "
+                                               "model servers")
 
 
 def create_server(settings: Settings) -> tuple[Server, int]:
@@ -47,7 +47,9 @@ def create_server(settings: Settings) -> tuple[Server, int]:
 
     def downstream(address: str) -> Downstream:
         return Downstream(address, max_message_mb=settings.max_message_mb,
-                          credentials=credentials, token=settings.downstream_token,
+                          credentials=credentials,
+                          token=(settings.downstream_token.get_secret_value()
+                                 if settings.downstream_token else None),
                           interceptors=interceptors)
 
     servicer = EditServicer(downstream(settings.segmentation_address),

@@ -36,7 +36,8 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 def load_tokens(settings: ServerSettings) -> list[str]:
     """Tokens from `auth_tokens` (comma-separated) and `auth_tokens_file` (one per line)."""
-    tokens = [t.strip() for t in (settings.auth_tokens or "").split(",") if t.strip()]
+    raw = settings.auth_tokens.get_secret_value() if settings.auth_tokens else ""
+    tokens = [t.strip() for t in raw.split(",") if t.strip()]
     if settings.auth_tokens_file:
         lines = Path(settings.auth_tokens_file).read_text().splitlines()
         tokens += [t.strip() for t in lines if t.strip() and not t.startswith("#")]

@@ -7,9 +7,9 @@ import time; `load_settings` is called by the CLI and the result is passed down.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServerSettings")
@@ -21,7 +21,7 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIC2E_", extra="ignore")
 
     host: str = Field("[::]", description="address to bind")
-    port: int = Field(0, ge=0, le=65535, description="port to bind (0: any free port)")
+    port: int = Field(0, description="port to bind (0: any free port)")
     max_message_mb: int = Field(64, ge=1, le=2048, description="largest message, in MiB")
     keepalive_time_s: float = Field(30.0, gt=0, description="ping idle connections this often")
     keepalive_timeout_s: float = Field(10.0, gt=0, description="drop a connection whose ping "
@@ -37,8 +37,8 @@ class ServerSettings(BaseSettings):
     tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")
     tls_client_ca_file: str | None = Field(None, description="PEM CA: require client "
                                            "certificates signed by it (mutual TLS)")
-    auth_tokens: str | None = Field(None, description="comma-separated bearer tokens; "
-                                    "when any is set, calls must carry one")
+    auth_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; "
+                                          "when any is set, calls must carry one")
     auth_tokens_file: str | None = Field(None, description="file with one bearer token "
                                          "per line")
     metrics_port: int = Field(9090, ge=-1, le=65535, description="Prometheus /metrics port "
@@ -46,6 +46,15 @@ class ServerSettings(BaseSettings):
     tracing: bool = Field(False, description="OpenTelemetry spans per RPC and model stage")
     otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector for spans, e.g. "
                                       "http://otel-collector:4317")
+
+
+    @field_validator("port")
+    @classmethod
+    def _port_in_range(cls, port: int) -> int:
+        # A validator, not Field bounds: servers override the default and keep the check.
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {port}")
+        return port
 
 
 class ModelServerSettings(ServerSettings):
@@ -62,6 +71,32 @@ class ModelServerSettings(ServerSettings):
     image_cache_size: int = Field(64, ge=1, description="decoded images kept for reference")
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused "
                                   "before decoding")
+    profile: Literal["quality", "fast", "low-memory"] = Field(
+        "quality", description="named trade-off; fills every setting below that is not set "
+        "on its own (see the README's profile table)")
+    quantization: Literal["none", "int8", "fp8"] = Field(
+        "none", description="weight-only quantisation of the big parts (torchao); fp8 needs "
+        "a GPU that supports it")
+    offload: Literal["none", "model"] = Field(
+        "none", description="'model': keep idle components in CPU memory (diffusers model "
+        "CPU offload); needs an accelerator")
+    compile: bool = Field(False, description="torch.compile the heaviest module")
+
+    #: Per profile, the values it gives to settings not set explicitly. "quality" is the
+    #: model's own behaviour; each server lists its own "fast" and "low-memory".
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"quality": {}, "fast": {},
+                                                      "low-memory": {}}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        # Runs on the merged CLI + environment values: what the caller set wins.
+        if isinstance(data, dict):
+            profile = data.get("profile") or "quality"
+            for name, value in cls.PROFILES.get(str(profile), {}).items():
+                if data.get(name) is None:
+                    data[name] = value
+        return data
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

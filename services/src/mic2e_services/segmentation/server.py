@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from mic2e.v1 import segmentation_pb2_grpc
 from pydantic import Field
 
@@ -18,6 +20,14 @@ class Settings(ModelServerSettings):
     model: str = Field("facebook/sam3", description="hub id or local folder of SAM3")
     feature_cache_size: int = Field(16, ge=1, description="images whose vision features "
                                     "are kept for re-queries")
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quality": {},
+        # SAM3 has no steps or working size to trade: "fast" is "quality" here.
+        "fast": {},
+        # The model is 1.7 GB in fp16; the feature cache (~80 MB per image) is what grows.
+        "low-memory": {"feature_cache_size": 2},
+    }
 
 
 def build_model(settings: Settings) -> Model:

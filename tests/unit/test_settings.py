@@ -1,0 +1,66 @@
+"""Settings: environment, CLI flags, profiles, printing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mic2e_services import cli
+from mic2e_services.flux.server import Settings as FluxSettings
+from mic2e_services.object_clear.server import Settings as ClearSettings
+from mic2e_services.orchestrator.server import Settings as OrchestratorSettings
+from mic2e_services.segmentation.server import Settings as SegSettings
+from pydantic import ValidationError
+
+
+def test_defaults_are_the_models_own():
+    s = ClearSettings()
+    assert (s.profile, s.default_steps, s.default_guidance_scale, s.default_short_side) == (
+        "quality", 20, 2.5, 512)
+    f = FluxSettings()
+    assert (f.default_steps, f.default_width, f.default_height) == (4, 1024, 1024)
+    assert (f.quantization, f.offload, f.compile) == ("none", "none", False)
+    assert (SegSettings().port, ClearSettings().port, FluxSettings().port,
+            OrchestratorSettings().port) == (50052, 50053, 50054, 50051)
+
+
+def test_environment_then_flags(monkeypatch):
+    monkeypatch.setenv("MIC2E_DEVICE", "cuda:1")
+    monkeypatch.setenv("MIC2E_MAX_QUEUE", "7")
+    s = FluxSettings()
+    assert (s.device, s.max_queue) == ("cuda:1", 7)
+    assert FluxSettings(max_queue=3).max_queue == 3  # a flag beats the environment
+
+
+def test_profile_fills_only_what_is_not_set(monkeypatch):
+    fast = ClearSettings(profile="fast")
+    assert (fast.default_steps, fast.default_short_side) == (10, 384)
+    assert ClearSettings(profile="fast", default_steps=20).default_steps == 20
+    low = FluxSettings(profile="low-memory")
+    assert (low.quantization, low.offload, low.vae_tiling) == ("int8", "model", True)
+    monkeypatch.setenv("MIC2E_PROFILE", "low-memory")
+    monkeypatch.setenv("MIC2E_OFFLOAD", "none")
+    env = FluxSettings()
+    assert (env.quantization, env.offload) == ("int8", "none")
+    assert SegSettings().feature_cache_size == 2
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "field"), [
+    (ClearSettings, {"profile": "turbo"}, "profile"),
+    (FluxSettings, {"default_width": 1000}, "default_width"),
+    (ClearSettings, {"default_steps": 0}, "default_steps"),
+    (FluxSettings, {"quantization": "int4"}, "quantization"),
+    (SegSettings, {"port": 70000}, "port"),
+])
+def test_bad_settings_name_the_setting(cls, kwargs, field):
+    with pytest.raises(ValidationError) as info:
+        cls(**kwargs)
+    assert field in str(info.value)
+
+
+def test_print_settings_shows_effective_values_and_hides_secrets(capsys, monkeypatch):
+    monkeypatch.setenv("MIC2E_AUTH_TOKENS", "super-secret")
+    assert cli.main(["flux", "--profile", "fast", "--port", "6000", "--print-settings"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["profile"], printed["default_steps"], printed["port"]) == ("fast", 2, 6000)
+    assert "super-secret" not in json.dumps(printed)
