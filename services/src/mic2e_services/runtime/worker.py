@@ -209,11 +209,13 @@ class ModelWorker:
                 raise ResourceExhausted(
                     f"{self.name} queue is full ({self.max_queue} requests)",
                     retry_after_s=max(backlog, 0.05), reason="QUEUE_FULL")
-            if deadline is not None and time.monotonic() + backlog + estimate > deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and backlog + estimate > left:
                 raise ResourceExhausted(
-                    f"{self.name} would start this request after its deadline "
-                    f"(about {backlog:.2f}s of queued work)",
-                    retry_after_s=max(backlog, 0.05), reason="DEADLINE_TOO_SHORT")
+                    f"{self.name} cannot finish this request before its deadline: about "
+                    f"{backlog:.2f}s of queued work plus {estimate:.2f}s for it, "
+                    f"{max(left, 0):.2f}s left", retry_after_s=max(backlog, 0.05),
+                    reason="DEADLINE_TOO_SHORT")
             self._pending.append(job)
             self._cond.notify()
         return job
