@@ -87,17 +87,40 @@ class FluxGenerator:
         self.revision = revision or "unknown"
         self._requested_revision = revision
         self._pipe: Any = None
+        # Set by `from_pipeline`: a pipeline built in memory that load() adopts.
+        self._prebuilt: Any = None
         self._step_s = _DEFAULT_STEP_S.get(self.device.type, 0.5)
         self._fixed_s = 0.0
 
     # -- Model protocol: lifecycle ------------------------------------------------------
 
+    @classmethod
+    def from_pipeline(
+        cls, pipe: Any, *, model_id: str = "in-memory", **kwargs: Any
+    ) -> FluxGenerator:
+        """A generator around a ``FluxPipeline`` already built in memory, not a checkpoint.
+
+        For benchmarks: full-size random weights made directly on the GPU (no download,
+        no file round trip). `load()` adopts the pipeline; device and dtype default to
+        its transformer's. Other keyword arguments as for the constructor.
+        """
+        param = next(pipe.transformer.parameters())
+        kwargs.setdefault("device", str(param.device))
+        kwargs.setdefault("dtype", dtype_name(param.dtype))
+        kwargs.setdefault("revision", "in-memory")
+        generator = cls(model_id, **kwargs)
+        generator._prebuilt = pipe
+        return generator
+
     def load(self) -> None:
         """Load the pipeline with the ordinary `from_pretrained` (hub id or local folder)."""
         from diffusers import FluxPipeline
 
+        pipe, self._prebuilt = self._prebuilt, None
         folder = Path(self.model_id)
-        if folder.is_dir():
+        if pipe is not None:
+            pass  # built in memory (from_pipeline): nothing to read
+        elif folder.is_dir():
             self.revision = self._requested_revision or _local_revision(folder)
         else:
             # Resolve the hub snapshot first so provenance names the exact commit; offline
@@ -108,7 +131,8 @@ class FluxGenerator:
                 if folder.parent.name == "snapshots"
                 else (self._requested_revision or "main")
             )
-        pipe = FluxPipeline.from_pretrained(folder, **{_dtype_kwarg(): self.dtype})
+        if pipe is None:
+            pipe = FluxPipeline.from_pretrained(folder, **{_dtype_kwarg(): self.dtype})
         if pipe.transformer.dtype != self.dtype:  # never serve silently in another dtype
             pipe.to(dtype=self.dtype)
         pipe.to(self.device)

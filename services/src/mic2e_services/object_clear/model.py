@@ -65,6 +65,8 @@ class ObjectClearModel:
         self.max_batch_size = max_batch_size
         self.revision: str | None = None
         self.pipeline: ObjectClearPipeline | None = None
+        # Set by `from_pipeline`: a pipeline built in memory that load() adopts.
+        self._prebuilt: ObjectClearPipeline | None = None
         # Calibrated by warmup(): seconds per step and fixed seconds at this many pixels.
         self._seconds_per_step = 0.1
         self._overhead_seconds = 0.5
@@ -72,7 +74,28 @@ class ObjectClearModel:
 
     # -- Model protocol ---------------------------------------------------------------
 
+    @classmethod
+    def from_pipeline(
+        cls, pipeline: ObjectClearPipeline, *, model_id: str = "in-memory", **kwargs: object
+    ) -> ObjectClearModel:
+        """A model around an `ObjectClearPipeline` already built in memory, not a checkpoint.
+
+        For benchmarks: full-size random weights made directly on the GPU (no download,
+        no file round trip). `load()` adopts the pipeline; device and dtype default to its
+        UNet's. Other keyword arguments as for the constructor.
+        """
+        kwargs.setdefault("device", str(pipeline.device))
+        kwargs.setdefault("dtype", dtype_name(pipeline.dtype))
+        model = cls(model_id, **kwargs)  # type: ignore[arg-type]
+        model._prebuilt = pipeline
+        return model
+
     def load(self) -> None:
+        prebuilt, self._prebuilt = self._prebuilt, None
+        if prebuilt is not None:
+            self.pipeline = prebuilt
+            self.revision = prebuilt.revision or "in-memory"
+            return
         self.pipeline = ObjectClearPipeline.from_pretrained(
             self.model_id, torch_dtype=self.dtype, device=self.device
         )

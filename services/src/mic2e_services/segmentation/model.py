@@ -148,6 +148,8 @@ class Sam3Segmenter:
         self._tracker: Any = None
         self._det_processor: Any = None
         self._trk_processor: Any = None
+        # Set by `from_models`: (detector, tracker, processors) that load() adopts.
+        self._prebuilt: tuple[Any, Any, Any, Any] | None = None
         self._shared_pixels = False
         self._cache: OrderedDict[str, _Features] = OrderedDict()
         self._lock = threading.Lock()
@@ -162,15 +164,51 @@ class Sam3Segmenter:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @classmethod
+    def from_models(
+        cls,
+        detector: Any,
+        tracker: Any,
+        detector_processor: Any,
+        tracker_processor: Any,
+        *,
+        model_id: str = "in-memory",
+        **kwargs: Any,
+    ) -> Sam3Segmenter:
+        """A segmenter around models already built in memory, instead of a checkpoint.
+
+        For benchmarks: full-size random weights made directly on the GPU (no download,
+        no file round trip). `detector` is a ``Sam3Model``, `tracker` a
+        ``Sam3TrackerModel``, the processors ``Sam3Processor`` / ``Sam3TrackerProcessor``.
+        `load()` adopts them (sharing the backbone as it does for a checkpoint); device
+        and dtype default to the detector's. Other keyword arguments as for the
+        constructor.
+        """
+        param = next(detector.parameters())
+        kwargs.setdefault("device", str(param.device))
+        kwargs.setdefault("dtype", dtype_name(param.dtype))
+        segmenter = cls(model_id, **kwargs)
+        segmenter._prebuilt = (detector, tracker, detector_processor, tracker_processor)
+        return segmenter
+
     def load(self) -> None:
         """Load both models and processors; share the backbone when the weights are equal."""
-        from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor
+        prebuilt, self._prebuilt = self._prebuilt, None
+        if prebuilt is not None:
+            detector, tracker, self._det_processor, self._trk_processor = prebuilt
+        else:
+            from transformers import (
+                Sam3Model,
+                Sam3Processor,
+                Sam3TrackerModel,
+                Sam3TrackerProcessor,
+            )
 
-        # Loaded on the CPU first so a shared backbone never sits twice on the device.
-        detector = Sam3Model.from_pretrained(self.model_id, dtype=self.dtype)
-        tracker = Sam3TrackerModel.from_pretrained(self.model_id, dtype=self.dtype)
-        self._det_processor = Sam3Processor.from_pretrained(self.model_id)
-        self._trk_processor = Sam3TrackerProcessor.from_pretrained(self.model_id)
+            # Loaded on the CPU first so a shared backbone never sits twice on the device.
+            detector = Sam3Model.from_pretrained(self.model_id, dtype=self.dtype)
+            tracker = Sam3TrackerModel.from_pretrained(self.model_id, dtype=self.dtype)
+            self._det_processor = Sam3Processor.from_pretrained(self.model_id)
+            self._trk_processor = Sam3TrackerProcessor.from_pretrained(self.model_id)
 
         det_backbone = detector.vision_encoder.backbone
         trk_backbone = tracker.vision_encoder.backbone
@@ -186,7 +224,7 @@ class Sam3Segmenter:
         for model in (detector, tracker):
             model.to(self.device).eval().requires_grad_(False)
         self._detector, self._tracker = detector, tracker
-        self.revision = _revision(self.model_id)
+        self.revision = "in-memory" if prebuilt is not None else _revision(self.model_id)
 
     def warmup(self) -> None:
         """Run a text and a point query on a synthetic image; time them for estimate_seconds."""

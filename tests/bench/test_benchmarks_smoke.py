@@ -1,0 +1,172 @@
+"""Smoke runs of the benchmark programs on the tiny CPU stack: they run end to end and
+report what they promise, with sane values. Nothing here asserts a speed.
+
+Each program runs in this process through its `main(argv)` (the same code as
+`python -m benchmarks.<name>`), with minimal repeats, so the whole file stays near a
+minute on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import load, models, overhead, soak
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_root: Path, tiny_sam3: Path, tiny_objectclear: Path, tiny_flux: Path) -> Path:
+    """The session's tiny checkpoints, in the layout the benchmarks expect (sam3/, ...)."""
+    return tiny_root
+
+
+def _written(path: Path, result: dict) -> dict:
+    on_disk = json.loads(path.read_text(encoding="utf-8"))  # strict JSON: no Infinity/NaN
+    assert on_disk == result
+    assert on_disk["environment"]["date"] and "torch" in on_disk["environment"]
+    return on_disk
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def test_models_tiny_profile(tiny_dir, tmp_path):
+    out = tmp_path / "models.json"
+    r = models.main(["--tiny-dir", str(tiny_dir), "--repeats", "1", "--warmup", "0",
+                     "--sam3-image", "320x240", "--sam3-batch", "2", "--oc-image", "320x256",
+                     "--oc-steps", "2", "--old-steps", "1", "--flux-sizes", "256",
+                     "--concurrency", "1,2", "--out", str(out)])
+    _written(out, r)
+    assert r["profile"] == "tiny" and r["device"] == "cpu"
+    assert set(r["models"]) == {"sam3", "objectclear", "flux"}
+
+    sam3 = r["models"]["sam3"]
+    assert set(sam3["paths"]) == {"text", "requery_cached", "text_batch2", "click"}
+    for timing in sam3["paths"].values():
+        assert timing["eager"]["s"]["median"] > 0 and timing["optimised"]["s"]["median"] > 0
+        assert _finite(timing["speedup"])
+    assert _finite(sam3["ratios"]["requery_over_text"])
+    assert sam3["shares_backbone"] is True
+    # Plain eager fp32 on CPU IS the reference: identical masks.
+    assert sam3["fidelity"]["text_optimised_vs_eager_fp32"] == 1.0
+    assert sam3["fidelity"]["click_optimised_vs_eager_fp32"] == 1.0
+
+    oc = r["models"]["objectclear"]
+    assert oc["paths"]["old_setting"]["sliced"]["s"]["median"] > 0
+    assert _finite(oc["ratios"]["old_setting_over_optimised"])
+    for key in ("optimised_vs_eager_fp32", "eager_vs_eager_fp32", "optimised_vs_eager"):
+        psnr = oc["fidelity"][key]
+        assert psnr == "inf" or psnr > 60, (key, psnr)
+
+    flux = r["models"]["flux"]
+    assert set(flux["paths"]) == {"generate_256"}
+    psnr = flux["fidelity"]["optimised_vs_eager_fp32"]
+    assert psnr == "inf" or psnr > 60
+
+    for name, m in r["models"].items():
+        tp = m["throughput"]
+        for level in ("1", "2"):
+            assert tp[level]["requests"] == int(level) and tp[level]["requests_per_s"] > 0, name
+        assert m["optimisation"]
+
+
+def test_models_full_profile_refuses_without_cuda(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["--profile", "full"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "CUDA device" in message and "--profile full" in message
+
+
+def test_full_size_configs_have_the_real_parameter_counts(tmp_path):
+    """Built on the meta device (no memory, no GPU): the sizes MODELS.md gives."""
+    import torch
+
+    from benchmarks import _full_models as fm
+
+    sam3 = fm.sam3("meta", torch.float16, tmp_path)
+    assert fm.sam3_parameters(sam3)["detector"] == pytest.approx(840e6, rel=0.01)
+    assert sam3["tracker"].vision_encoder.backbone is sam3["detector"].vision_encoder.backbone
+    oc = fm.parameters(fm.objectclear("meta", torch.float16, tmp_path))
+    assert oc["unet"] == pytest.approx(2.567e9, rel=0.005)
+    flux = fm.parameters(fm.flux("meta", torch.bfloat16, tmp_path))
+    assert flux["transformer"] == pytest.approx(11.9e9, rel=0.01)
+    assert flux["text_encoder_2"] == pytest.approx(4.76e9, rel=0.01)
+
+
+def test_overhead(tiny_dir, tmp_path):
+    out = tmp_path / "overhead.json"
+    r = overhead.main(["--tiny-dir", str(tiny_dir), "--requests", "2", "--warmup", "1",
+                       "--image-size", "256x192", "--out", str(out)])
+    _written(out, r)
+    assert set(r["targets"]) == {"mask", "text"}
+    assert r["failures"] == 0
+    for target in r["targets"].values():
+        assert target["orchestrated_s"]["n"] == target["direct_s"]["n"] == 2
+        assert _finite(target["overhead_ratio"]) and _finite(target["overhead_ms"])
+    assert _finite(r["overhead_ratio"]) and isinstance(r["meets_target"], bool)
+    # Fresh pictures: each one went as bytes (never by reference) to the orchestrator and,
+    # on the direct path, to each server it needed (segmentation for text targets only).
+    sent = r["images_sent"]
+    assert sent["orchestrator"] == sent["object-clear"] == {"bytes": 2 * (1 + 2), "refs": 0}
+    assert sent["segmentation"] == {"bytes": 1 + 2, "refs": 0}
+
+
+def test_load(tiny_dir, tmp_path):
+    out = tmp_path / "load.json"
+    r = load.main(["--tiny-dir", str(tiny_dir), "--seconds", "5", "--capacity-requests", "3",
+                   "--warmup", "1", "--out", str(out)])
+    _written(out, r)
+    q = r["requests"]
+    assert q["offered"] > 0
+    assert q["offered"] == q["accepted"] + q["refused"]
+    assert q["accepted"] == q["completed"] + q["failed"]
+    # Every refusal is RESOURCE_EXHAUSTED with RetryInfo (from_rpc_error -> retry_after_s).
+    assert r["refused"]["with_retry_info"] == q["refused"]
+    assert set(r["refused"]["reasons"]) <= {"QUEUE_FULL", "DEADLINE_TOO_SHORT"}
+    # Admission control: what the server accepts, it finishes (an accepted request may
+    # only fail by outliving its deadline, never with INTERNAL / UNAVAILABLE ...).
+    assert all(code.startswith("DEADLINE_EXCEEDED") for code in r["failed"]["codes"]), r
+    assert r["all_accepted_completed"] == (q["failed"] == 0 and q["completed"] > 0)
+    if q["completed"]:
+        lat = r["latency_s"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+        assert _finite(r["p99_over_p50"])
+    assert r["capacity"]["capacity_rps"] > 0 and r["deadline_s"] > 0
+
+
+def test_soak(tiny_dir, tmp_path):
+    out = tmp_path / "soak.json"
+    r = soak.main(["--in-process", "--tiny-dir", str(tiny_dir), "--seconds", "5",
+                   "--warmup-cycles", "1", "--sample-interval", "2", "--out", str(out)])
+    _written(out, r)
+    assert r["failures"]["total"] == 0, r["failure_examples"]
+    for op in soak.OPS:
+        assert r["requests"][op] >= 1, op
+    mem = r["memory"]["stack (in-process)"]
+    assert mem["rss_start_mib"] > 0 and mem["rss_end_mib"] > 0
+    assert _finite(mem["growth_pct"])
+    assert len(r["samples"]) >= 2 and all(r["servers_alive"].values())
+
+
+def test_soak_child_processes_use_the_server_cli():
+    """The default (child-process) stack runs commands the `mic2e-server` CLI accepts."""
+    from mic2e_services.cli import build_parser
+
+    from benchmarks._stack import server_command
+
+    parser = build_parser()
+    for name in ("segmentation", "object-clear", "flux"):
+        cmd = server_command(name, 5000, model="/x", device="cpu")
+        assert cmd[1:3] == ["-m", "mic2e_services.cli"]
+        args = parser.parse_args(cmd[3:])
+        assert (args.command, args.port, args.model) == (name, 5000, "/x")
+    cmd = server_command("orchestrator", 5001, addresses={"flux": "127.0.0.1:5004"})
+    assert parser.parse_args(cmd[3:]).flux_address == "127.0.0.1:5004"
