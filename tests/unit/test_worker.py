@@ -171,3 +171,19 @@ async def test_model_crash_fails_the_batch_and_worker_keeps_serving():
         await worker.submit(FakeRequest(1)).result()
     assert await worker.submit(FakeRequest(3, steps=1)).result() == 6
     await worker.stop()
+
+
+async def test_admission_learns_when_the_model_underestimates():
+    class Optimistic(FakeModel):
+        def estimate_seconds(self, request):
+            return super().estimate_seconds(request) / 10  # claims 10x faster than it is
+
+    model = Optimistic(step_s=0.02, max_batch_size=1)
+    worker = await started_worker(model)
+    for i in range(6):
+        await worker.submit(FakeRequest(i, key=None, steps=3)).result()
+    assert worker.estimate_scale > 4  # learnt most of the 10x from what it observed
+    job = worker.submit(FakeRequest(9, key=None, steps=3))
+    assert job.estimate_s > 4 * (3 * 0.02 / 10)  # admission uses the learnt scale
+    await job.result()
+    await worker.stop()

@@ -119,6 +119,9 @@ class Job:
             if not self._future.done():
                 if error is not None:
                     self._future.set_exception(error)
+                    # The caller may be gone (cancelled, deadline): the error is expected
+                    # and must not be reported as "never retrieved".
+                    self._future.add_done_callback(lambda f: f.exception())
                 else:
                     self._future.set_result(result)
             self._events.put_nowait(None)
@@ -152,6 +155,9 @@ class ModelWorker:
         self._stopping = False
         self.batches_run = 0
         self.requests_run = 0
+        #: Observed / estimated device time, smoothed: models calibrate once at warm-up,
+        #: and this keeps admission honest when the machine is slower (or faster) now.
+        self.estimate_scale = 1.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -197,7 +203,7 @@ class ModelWorker:
         if not self._accepting:
             raise Unavailable(f"{self.name} is not accepting work", reason="NOT_SERVING")
         loop = asyncio.get_running_loop()
-        estimate = float(self.model.estimate_seconds(request))
+        estimate = float(self.model.estimate_seconds(request)) * self.estimate_scale
         job = Job(request, self.model.batch_key(request), deadline, estimate, loop,
                   self.on_step)
         if job.expired():
@@ -255,6 +261,19 @@ class ModelWorker:
             self._running = batch
             return batch
 
+    def _calibrate(self, batch: list[Job], elapsed: float) -> None:
+        """Move `estimate_scale` towards what this batch really took (bounded EWMA)."""
+        estimated = sum(j.estimate_s for j in batch) / self.estimate_scale
+        if estimated <= 0 or any(j.cancelled() for j in batch):
+            return  # a stopped batch says nothing about speed
+        # A batch shares the device, so it may take less than the sum of its estimates;
+        # only ever use it to learn that things are SLOWER, or singles to learn faster.
+        observed = elapsed / estimated
+        if len(batch) > 1 and observed < self.estimate_scale:
+            return
+        scale = 0.7 * self.estimate_scale + 0.3 * observed
+        self.estimate_scale = min(max(scale, 0.1), 20.0)
+
     def _fail_fatally(self, exc: BaseException, batch: list[Job]) -> None:
         """The device is gone: fail this batch and everything queued, stop taking work."""
         log.critical("%s: device lost, refusing all work: %s", self.name, exc)
@@ -307,6 +326,7 @@ class ModelWorker:
                 with self._cond:
                     self._running = []
             elapsed = time.monotonic() - started
+            self._calibrate(batch, elapsed)
             self.batches_run += 1
             self.requests_run += len(batch)
             if self._on_batch is not None:
