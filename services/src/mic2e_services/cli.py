@@ -111,8 +111,19 @@ def run_server(name: str, options: dict[str, Any]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mic2e_services.runtime.server import serve
 
+    try:
+        # Builds the model object (not its weights): a memory mode the device cannot run
+        # is refused here, naming the setting, before anything slow happens.
+        model = None if name == "orchestrator" else module.build_model(settings)
+    except ValueError as exc:
+        print(f"mic2e-server {name}: error: {exc}", file=sys.stderr)
+        return 2
+
     async def run() -> int:
-        server, _ = module.create_server(settings)
+        if model is None:
+            server, _ = module.create_server(settings)
+        else:
+            server, _ = module.create_server(settings, model)
         return await serve(server)
 
     return asyncio.run(run())

@@ -63,3 +63,50 @@ def translate_error(exc: BaseException) -> BaseException | None:
     if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_CUDA):
         return errors.DeviceLost(f"the device failed: {str(exc).splitlines()[0]}")
     return None
+
+
+def check_memory_options(device: torch.device, *, quantization: str = "none",
+                         offload: str = "none") -> None:
+    """Refuse, before anything loads, a memory mode this device cannot run.
+
+    The message names the setting, so an operator knows what to change.
+    """
+    if offload != "none" and device.type == "cpu":
+        raise ValueError(f"offload={offload!r} moves idle parts off an accelerator, but "
+                         "device is 'cpu'; set MIC2E_OFFLOAD=none (--offload none)")
+    if quantization == "fp8":
+        capable = (device.type == "cuda"
+                   and torch.cuda.get_device_capability(device) >= (8, 9))
+        if not capable:
+            raise ValueError("quantization='fp8' needs a CUDA GPU with compute capability "
+                             f"8.9 or newer (Ada, Hopper), not {device}; set "
+                             "MIC2E_QUANTIZATION=int8 or none")
+    if quantization not in ("none", "int8", "fp8"):
+        raise ValueError(f"unknown quantization {quantization!r}; use none, int8 or fp8")
+
+
+def quantize_weights(module: torch.nn.Module, quantization: str) -> None:
+    """Weight-only quantisation of `module`'s linear layers in place (torchao).
+
+    int8 halves a bf16/fp16 model's weight memory; fp8 does the same with fp8 kernels on
+    GPUs that have them. Activations stay in the compute dtype.
+    """
+    if quantization == "none":
+        return
+    from torchao.quantization import (
+        Float8WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        quantize_,
+    )
+
+    config = Int8WeightOnlyConfig() if quantization == "int8" else Float8WeightOnlyConfig()
+    quantize_(module, config)
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """Allocator figures in bytes (allocated, reserved, peak); empty off CUDA."""
+    if device.type != "cuda":
+        return {}
+    return {"allocated": float(torch.cuda.memory_allocated(device)),
+            "reserved": float(torch.cuda.memory_reserved(device)),
+            "peak": float(torch.cuda.max_memory_allocated(device))}

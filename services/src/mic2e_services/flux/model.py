@@ -26,7 +26,15 @@ from PIL import Image
 from mic2e_services import errors
 from mic2e_services.flux.types import GenerateOutput, GenerateQuery
 from mic2e_services.runtime.model_api import StepContext
-from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype, translate_error
+from mic2e_services.torch_device import (
+    check_memory_options,
+    dtype_name,
+    memory_stats,
+    quantize_weights,
+    resolve_device,
+    resolve_dtype,
+    translate_error,
+)
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -75,9 +83,18 @@ class FluxGenerator:
         dtype: str | None = None,
         max_batch_size: int = 4,
         revision: str | None = None,
+        quantization: str = "none",
+        offload: str = "none",
+        vae_tiling: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         self.model_id = model_id
         self.device = resolve_device(device)
+        # Refuse a memory mode this device cannot run now, not after minutes of loading.
+        check_memory_options(self.device, quantization=quantization, offload=offload)
+        self.quantization, self.offload, self.vae_tiling = quantization, offload, vae_tiling
+        self.compile, self.compile_backend = compile, compile_backend
         # bf16 rather than fp16: FLUX is trained in bf16 and it measured faster (MODELS.md).
         self.dtype = resolve_dtype(dtype, self.device, half=torch.bfloat16)
         self.max_batch_size = max(1, int(max_batch_size))
@@ -135,9 +152,24 @@ class FluxGenerator:
             pipe = FluxPipeline.from_pretrained(folder, **{_dtype_kwarg(): self.dtype})
         if pipe.transformer.dtype != self.dtype:  # never serve silently in another dtype
             pipe.to(dtype=self.dtype)
-        pipe.to(self.device)
+        # Memory modes before placement: quantised weights are what reaches the device.
+        # The 12 B transformer and the 4.8 B T5 are the big parts.
+        quantize_weights(pipe.transformer, self.quantization)
+        quantize_weights(pipe.text_encoder_2, self.quantization)
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        if self.compile:
+            pipe.transformer = torch.compile(pipe.transformer, backend=self.compile_backend)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
+
+    def memory_stats(self) -> dict[str, float]:
+        """Device allocator figures for the metrics endpoint."""
+        return memory_stats(self.device)
 
     def warmup(self) -> None:
         """One small generation; its step time calibrates `estimate_seconds`."""

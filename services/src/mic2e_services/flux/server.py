@@ -46,6 +46,9 @@ def build_model(settings: Settings) -> Model:
     from mic2e_services.flux.model import FluxGenerator
 
     return FluxGenerator(settings.model, device=settings.device, dtype=settings.dtype,
+                         quantization=settings.quantization, offload=settings.offload,
+                         vae_tiling=settings.vae_tiling, compile=settings.compile,
+                         compile_backend=settings.compile_backend,
                          **({"max_batch_size": settings.max_batch_size}
                             if settings.max_batch_size else {}))
 

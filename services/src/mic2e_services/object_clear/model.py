@@ -21,7 +21,15 @@ from mic2e_services.object_clear.fusion import dilate_mask
 from mic2e_services.object_clear.pipeline import ObjectClearPipeline, working_size
 from mic2e_services.object_clear.types import ClearOutput, ClearQuery
 from mic2e_services.runtime.model_api import QuietContext, StepContext
-from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype, translate_error
+from mic2e_services.torch_device import (
+    check_memory_options,
+    dtype_name,
+    memory_stats,
+    quantize_weights,
+    resolve_device,
+    resolve_dtype,
+    translate_error,
+)
 
 __all__ = ["STAGE", "ClearOutput", "ClearQuery", "ObjectClearModel"]
 
@@ -50,11 +58,24 @@ class ObjectClearModel:
         device: str = "cpu",
         dtype: str | None = None,
         max_batch_size: int = 1,
+        quantization: str = "none",
+        offload: str = "none",
+        vae_tiling: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if offload != "none":
+            # Not a diffusers pipeline: model offload is not wired here; int8 is the
+            # memory saver for this model (the UNet is most of it).
+            raise ValueError(f"offload={offload!r} is not supported by object-clear; set "
+                             "MIC2E_OFFLOAD=none and use MIC2E_QUANTIZATION=int8 instead")
         self.model_id = model_id
         self.device = resolve_device(device)
+        check_memory_options(self.device, quantization=quantization, offload=offload)
+        self.quantization, self.vae_tiling = quantization, vae_tiling
+        self.compile, self.compile_backend = compile, compile_backend
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
@@ -100,6 +121,16 @@ class ObjectClearModel:
             self.model_id, torch_dtype=self.dtype, device=self.device
         )
         self.revision = self.pipeline.revision
+        # Memory modes and compilation: the 2.6 B UNet is the big and the hot part.
+        quantize_weights(self.pipeline.unet, self.quantization)
+        if self.vae_tiling:
+            self.pipeline.vae.enable_tiling()
+        if self.compile:
+            self.pipeline.unet = torch.compile(self.pipeline.unet, backend=self.compile_backend)
+
+    def memory_stats(self) -> dict[str, float]:
+        """Device allocator figures for the metrics endpoint."""
+        return memory_stats(self.device)
 
     def warmup(self) -> None:
         """Run the pipeline cold once, then time 2- and 4-step runs for `estimate_seconds`.

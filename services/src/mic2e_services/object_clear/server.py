@@ -45,6 +45,9 @@ def build_model(settings: Settings) -> Model:
     from mic2e_services.object_clear.model import ObjectClearModel
 
     return ObjectClearModel(settings.model, device=settings.device, dtype=settings.dtype,
+                            quantization=settings.quantization, offload=settings.offload,
+                            vae_tiling=settings.vae_tiling, compile=settings.compile,
+                            compile_backend=settings.compile_backend,
                             **({"max_batch_size": settings.max_batch_size}
                                if settings.max_batch_size else {}))
 

@@ -80,7 +80,10 @@ class ModelServerSettings(ServerSettings):
     offload: Literal["none", "model"] = Field(
         "none", description="'model': keep idle components in CPU memory (diffusers model "
         "CPU offload); needs an accelerator")
-    compile: bool = Field(False, description="torch.compile the heaviest module")
+    compile: bool = Field(False, description="torch.compile the heaviest module (off until "
+                          "a GPU run has checked its speed and fidelity)")
+    compile_backend: str = Field("inductor", description="torch.compile backend ('eager' "
+                                 "exercises the path without code generation)")
 
     #: Per profile, the values it gives to settings not set explicitly. "quality" is the
     #: model's own behaviour; each server lists its own "fast" and "low-memory".

@@ -44,7 +44,13 @@ from mic2e_services.segmentation.types import (
     TextResult,
     check_inputs,
 )
-from mic2e_services.torch_device import dtype_name, resolve_device, resolve_dtype, translate_error
+from mic2e_services.torch_device import (
+    dtype_name,
+    memory_stats,
+    resolve_device,
+    resolve_dtype,
+    translate_error,
+)
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -125,7 +131,17 @@ class Sam3Segmenter:
         dtype: str | None = None,
         feature_cache_size: int = 16,
         max_batch_size: int = 4,
+        quantization: str = "none",
+        offload: str = "none",
+        compile: bool = False,
     ) -> None:
+        # SAM3 is 1.7 GB in fp16: it fits small cards as it is (low-memory shrinks the
+        # feature cache instead). These modes are not wired for it; say so at start-up.
+        for name, value, off in (("quantization", quantization, "none"),
+                                 ("offload", offload, "none"), ("compile", compile, False)):
+            if value != off:
+                raise ValueError(f"{name}={value!r} is not supported by the segmentation "
+                                 f"server yet; set MIC2E_{name.upper()}={off}")
         if feature_cache_size < 0:
             raise ValueError("feature_cache_size must be >= 0")
         if max_batch_size < 1:
@@ -190,6 +206,10 @@ class Sam3Segmenter:
         segmenter = cls(model_id, **kwargs)
         segmenter._prebuilt = (detector, tracker, detector_processor, tracker_processor)
         return segmenter
+
+    def memory_stats(self) -> dict[str, float]:
+        """Device allocator figures for the metrics endpoint."""
+        return memory_stats(self.device)
 
     def load(self) -> None:
         """Load both models and processors; share the backbone when the weights are equal."""
