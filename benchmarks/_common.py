@@ -17,7 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +320,25 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         if n == 0:
             out.write("  ".join("-" * w for w in widths) + "\n")
     return out.getvalue()
+
+
+def stack_main(name: str, argv: Sequence[str] | None, build_parser: Callable[[], Any],
+               run: Callable[[argparse.Namespace], Any],
+               report: Callable[[dict[str, Any]], str],
+               extra_config: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+               ) -> dict[str, Any]:
+    """The shared `main` of the stack benchmarks: parse, run, print the table, save."""
+    import asyncio
+
+    quiet()
+    args = build_parser().parse_args(argv)
+    started = now()
+    measured = asyncio.run(run(args))
+    config = {k: (str(v) if k in ("out", "tiny_dir") and v else v)
+              for k, v in vars(args).items() if k not in ("record", "token")}
+    if extra_config is not None:
+        config.update(extra_config(args))
+    result = {"benchmark": name, "environment": environment(name, argv, started),
+              "config": config, **measured}
+    print(report(result), end="")
+    return finish(result, args, name)

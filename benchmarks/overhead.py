@@ -22,7 +22,6 @@ Reported: medians, p95, and the overhead ratio orchestrated / direct - 1 (target
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from collections.abc import Sequence
@@ -31,13 +30,10 @@ from typing import Any
 from benchmarks._common import (
     add_output_args,
     box_mask,
-    environment,
-    finish,
     fmt_s,
-    now,
     parse_size,
     picture,
-    quiet,
+    stack_main,
     summary,
     table,
 )
@@ -342,18 +338,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    quiet()
-    args = build_parser().parse_args(argv)
-    config = {k: (str(v) if k in ("out", "tiny_dir") and v else v) for k, v in vars(args).items()
-              if k not in ("record", "token")}
-    started = now()
-    measured = asyncio.run(run(args))
-    config.update(steps=args.steps, short_side=args.short_side)
-    result = {"benchmark": NAME, "environment": environment(NAME, argv, started),
-              "config": config,
-              **measured}
-    print(report(result), end="")
-    return finish(result, args, NAME)
+    return stack_main(NAME, argv, build_parser, run, report,
+                      extra_config=lambda a: {"steps": a.steps, "short_side": a.short_side})
 
 
 if __name__ == "__main__":

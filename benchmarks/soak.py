@@ -32,14 +32,11 @@ from typing import Any
 from benchmarks._common import (
     add_output_args,
     box_mask,
-    environment,
-    finish,
     fmt_s,
-    now,
     parse_size,
     picture,
-    quiet,
     rss_bytes,
+    stack_main,
     summary,
     table,
 )
@@ -299,17 +296,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    quiet()
-    args = build_parser().parse_args(argv)
-    started = now()
-    measured = asyncio.run(run(args))
-    config = {k: (str(v) if k in ("out", "tiny_dir") and v else v) for k, v in vars(args).items()
-              if k not in ("record", "token")}
-    result = {"benchmark": NAME, "environment": environment(NAME, argv, started),
-              "config": config,
-              **measured}
-    print(report(result), end="")
-    return finish(result, args, NAME)
+    return stack_main(NAME, argv, build_parser, run, report)
 
 
 if __name__ == "__main__":
