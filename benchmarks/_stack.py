@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -241,7 +240,7 @@ def subprocesses(*, models: Sequence[str] = MODEL_SERVERS, orchestrator: bool = 
                  ready_timeout_s: float = 900) -> Iterator[Endpoints]:
     """Each server as its own child process (all started at once: separate processes may
     load concurrently); stopped with SIGTERM at the end."""
-    from mic2e_services.stack import wait_serving
+    from mic2e_services.stack import stop_processes, wait_serving
 
     model_paths = model_paths or {}
     extra_args = extra_args or {}
@@ -280,15 +279,7 @@ def subprocesses(*, models: Sequence[str] = MODEL_SERVERS, orchestrator: bool = 
             yield Endpoints("subprocess", addresses, {n: p.pid for n, p in procs.items()},
                             root, logs)
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop_processes(procs.values(), timeout_s=30)
             for f in files:
                 f.close()
 

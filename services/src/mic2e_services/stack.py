@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,11 +95,18 @@ def run_stack(args: argparse.Namespace, *, ready_timeout_s: float = 600) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values(), timeout_s=40)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every server (each finishes its in-flight calls), then kill stragglers."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +10,7 @@ from mic2e.v1 import flux_pb2, flux_pb2_grpc
 
 from mic2e_services.flux import convert as fx
 from mic2e_services.runtime import convert
-from mic2e_services.runtime.calls import Finished, run_streaming
+from mic2e_services.runtime.calls import stream_job
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.status import stream_rpc
 from mic2e_services.runtime.worker import ModelWorker
@@ -34,15 +33,9 @@ class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
                        context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[flux_pb2.GenerateResponse]:
         fmt = convert.image_format(request.output_format, "output_format")
-        async for item in run_streaming(self.worker,
-                                            fx.generate_query(request, self.defaults),
-                                            context):
-            if not isinstance(item, Finished):
-                yield flux_pb2.GenerateResponse(progress=convert.progress_to_proto(item))
-                continue
-            model, out = self.worker.model, item.result
-            provenance = convert.provenance(
-                server="flux", model_id=model.model_id, revision=model.revision,
-                dtype=model.dtype_name, device=model.device_name, steps=out.steps,
-                seed=out.seed, timings=item.job.timings("generation"))
-            yield await asyncio.to_thread(fx.result, out, fmt, provenance)
+        async for message in stream_job(
+                self.worker, fx.generate_query(request, self.defaults), context,
+                server="flux", stage="generation",
+                progress=lambda p: flux_pb2.GenerateResponse(progress=p),
+                result=lambda out, provenance: fx.result(out, fmt, provenance)):
+            yield message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +10,7 @@ from mic2e.v1 import object_clear_pb2, object_clear_pb2_grpc
 
 from mic2e_services.object_clear import convert as oc
 from mic2e_services.runtime import convert
-from mic2e_services.runtime.calls import Finished, run_streaming
+from mic2e_services.runtime.calls import stream_job
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.status import stream_rpc
 from mic2e_services.runtime.worker import ModelWorker
@@ -37,14 +36,8 @@ class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
         image = await convert.image_from_proto(self.images, request.image)
         query = oc.clear_query(request, image, max_pixels=self.images.max_pixels,
                                defaults=self.defaults)
-        async for item in run_streaming(self.worker, query, context):
-            if not isinstance(item, Finished):
-                yield object_clear_pb2.ClearResponse(progress=convert.progress_to_proto(item))
-                continue
-            model, out = self.worker.model, item.result
-            provenance = convert.provenance(
-                server="object-clear", model_id=model.model_id, revision=model.revision,
-                dtype=model.dtype_name, device=model.device_name, steps=out.steps,
-                seed=out.seed, timings=item.job.timings("object_clear"))
-            # Encoding a large PNG takes tens of milliseconds: keep it off the event loop.
-            yield await asyncio.to_thread(oc.result, out, fmt, provenance)
+        async for message in stream_job(
+                self.worker, query, context, server="object-clear", stage="object_clear",
+                progress=lambda p: object_clear_pb2.ClearResponse(progress=p),
+                result=lambda out, provenance: oc.result(out, fmt, provenance)):
+            yield message

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from mic2e_services.runtime import convert
 from mic2e_services.runtime.tracing import record_stages
 from mic2e_services.runtime.worker import Job, ModelWorker, ProgressEvent
 
@@ -59,3 +61,21 @@ def _trace(job: Job, name: str) -> None:
     if job.started_at is not None and job.finished_at is not None:
         record_stages([(f"{name}.queue", job.accepted_at, job.started_at),
                        (f"{name}.model", job.started_at, job.finished_at)])
+
+
+async def stream_job(worker: ModelWorker, query: Any, context: grpc.aio.ServicerContext, *,
+                     server: str, stage: str, progress: Callable[[Any], Any],
+                     result: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+    """The body of a streaming model RPC: one `progress(Progress)` message per step, then
+    `result(output, provenance)`, built off the event loop (encoding a large image takes
+    tens of milliseconds). `output` must carry `steps` and `seed`."""
+    async for item in run_streaming(worker, query, context):
+        if not isinstance(item, Finished):
+            yield progress(convert.progress_to_proto(item))
+            continue
+        model, out = worker.model, item.result
+        provenance = convert.provenance(
+            server=server, model_id=model.model_id, revision=model.revision,
+            dtype=model.dtype_name, device=model.device_name, steps=out.steps, seed=out.seed,
+            timings=item.job.timings(stage))
+        yield await asyncio.to_thread(result, out, provenance)
