@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mic2e_services.runtime.settings import load_settings
+
 #: Server name -> module with `Settings`, `create_server(settings)`; imported lazily so the
 #: orchestrator never imports torch.
 SERVERS = {
@@ -101,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_server(name: str, options: dict[str, Any]) -> int:
     module = importlib.import_module(SERVERS[name])
-    overrides = {k: v for k, v in options.items()
-                 if k not in ("command", "print_settings") and v is not None}
-    settings = module.Settings(**overrides)
+    flags = {k: v for k, v in options.items() if k not in ("command", "print_settings")}
+    settings = load_settings(module.Settings, **flags)
     if options.get("print_settings"):
         print(settings.model_dump_json(indent=2))
         return 0
