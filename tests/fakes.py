@@ -33,14 +33,21 @@ class FakeModel:
         self.started = threading.Event()
         #: Raised by the next call (once), to test a model that fails outright.
         self.crash: Exception | None = None
+        #: Raised by load(), to test a model that cannot start.
+        self.load_error: Exception | None = None
+        #: Thread ids seen per phase ("load", "warmup", "call").
+        self.threads: dict[str, set[int]] = {"load": set(), "warmup": set(), "call": set()}
 
     def load(self) -> None:
+        self.threads["load"].add(threading.get_ident())
         if self.load_gate is not None:
             self.load_gate.wait(30)
+        if self.load_error is not None:
+            raise self.load_error
         self.loaded = True
 
     def warmup(self) -> None:
-        pass
+        self.threads["warmup"].add(threading.get_ident())
 
     def batch_key(self, request: FakeRequest) -> Hashable | None:
         return request.key
@@ -52,6 +59,7 @@ class FakeModel:
         if self.crash is not None:
             crash, self.crash = self.crash, None
             raise crash
+        self.threads["call"].add(threading.get_ident())
         self.batches.append([r.value for r in requests])
         self.started.set()
         steps = max(r.steps for r in requests)

@@ -33,6 +33,29 @@ async def test_result_and_progress_in_order():
     await worker.stop()
 
 
+async def test_load_warmup_and_calls_share_one_device_thread():
+    # CUDA graphs and the current stream are per thread: a warm-up elsewhere is wasted.
+    model = FakeModel()
+    worker = await started_worker(model)
+    for i in range(3):
+        await worker.submit(FakeRequest(i)).result()
+    await worker.stop()
+    threads = model.threads
+    assert len(threads["load"]) == len(threads["warmup"]) == len(threads["call"]) == 1
+    assert threads["load"] == threads["warmup"] == threads["call"] == {worker.device_thread_id}
+
+
+async def test_load_failure_reaches_start_and_nothing_is_accepted():
+    model = FakeModel()
+    model.load_error = RuntimeError("checkpoint is corrupt")
+    worker = ModelWorker(model)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        await worker.start()
+    assert not worker.ready
+    with pytest.raises(Unavailable):
+        worker.submit(FakeRequest(1))
+
+
 async def test_not_started_is_unavailable():
     worker = ModelWorker(FakeModel())
     with pytest.raises(Unavailable):

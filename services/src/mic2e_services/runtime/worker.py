@@ -151,6 +151,8 @@ class ModelWorker:
         self._running: list[Job] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        #: The thread that loaded, warmed up and runs the model (set once it is warm).
+        self.device_thread_id: int | None = None
         self._accepting = False
         self._stopping = False
         self.batches_run = 0
@@ -161,11 +163,36 @@ class ModelWorker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load and warm up the model off the event loop, then start taking work."""
-        await asyncio.to_thread(self.model.load)
-        await asyncio.to_thread(self.model.warmup)
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+        """Load and warm up the model on the device thread, then start taking work.
+
+        Loading, warm-up and every call run on the SAME thread: CUDA graphs recorded
+        under torch.compile, the current CUDA stream and cuBLAS/cuDNN handles are per
+        thread, so a warm-up on another thread would leave the served path cold.
+        """
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if not ready.done():
+                if exc is None:
+                    ready.set_result(None)
+                else:
+                    ready.set_exception(exc)
+
+        def main() -> None:
+            try:
+                self.model.load()
+                self.model.warmup()
+            except BaseException as exc:  # reported to start()'s caller, thread ends
+                loop.call_soon_threadsafe(settle, exc)
+                return
+            self.device_thread_id = threading.get_ident()
+            loop.call_soon_threadsafe(settle, None)
+            self._run()
+
+        self._thread = threading.Thread(target=main, name=f"{self.name}-worker", daemon=True)
         self._thread.start()
+        await ready
         self._accepting = True
 
     @property
