@@ -27,7 +27,8 @@ from tests.grpc_helpers import drain
     (["flux", "--offload", "model"], "offload"),
     (["object-clear", "--quantization", "fp8"], "quantization"),
     (["object-clear", "--offload", "model"], "offload"),
-    (["segmentation", "--quantization", "int8"], "quantization"),
+    (["segmentation", "--offload", "model"], "offload"),
+    (["segmentation", "--quantization", "fp8"], "quantization"),
 ])
 def test_modes_the_cpu_cannot_run_are_refused_at_start_up(argv, setting, capsys):
     assert cli.main([*argv, "--device", "cpu", "--model", "unused"]) == 2
@@ -46,10 +47,18 @@ async def test_flux_int8_tiled_compiled_serves(tiny_flux):
             weights = {type(p).__name__ for p in part.parameters() if p.dim() == 2}
             assert any("Int8" in w for w in weights), weights
         assert model._pipe.vae.use_tiling
+        assert model._pipe.transformer._compiled_call_impl is not None
         events = await drain(flux_pb2_grpc.FluxServiceStub(channel).Generate(
             flux_pb2.GenerateRequest(prompt="a red bicycle", width=256, height=256, steps=2,
                                      seed=1)))
         assert events[-1].result.image.width == 256
+
+
+def query(width: int, height: int):
+    from mic2e_services.object_clear.model import ClearQuery
+
+    mask = np.ones((height, width), bool)
+    return ClearQuery(Image.new("RGB", (width, height)), mask, "dog", steps=2, short_side=256)
 
 
 async def test_object_clear_int8_tiled_compiled_serves(tiny_objectclear):
@@ -64,8 +73,14 @@ async def test_object_clear_int8_tiled_compiled_serves(tiny_objectclear):
         masks=[common_pb2.Mask(width=64, height=48, png=codecs.encode_mask_png(mask))],
         options=object_clear_pb2.ClearOptions(steps=2, short_side=256, seed=0))
     async with serving((server, port)) as (_, channel):
-        unet = server.worker.model.pipeline.unet
+        model = server.worker.model
+        unet = model.pipeline.unet
         weights = [type(p).__name__ for p in unet.parameters() if p.dim() == 2]
         assert any("Int8" in w for w in weights), set(weights)
+        assert unet._compiled_call_impl is not None
+        # Compiled: working sizes on the coarse grid, so few shapes get compiled.
+        assert model.size_multiple == model.pipeline.size_multiple == 64
+        assert {model.batch_key(query(w, h))[0] for w, h in
+                ((640, 480), (650, 480), (660, 480), (700, 480))} == {(320, 256), (384, 256)}
         events = await drain(object_clear_pb2_grpc.ObjectClearServiceStub(channel).Clear(request))
         assert events[-1].result.image.width == 64

@@ -64,3 +64,15 @@ def test_print_settings_shows_effective_values_and_hides_secrets(capsys, monkeyp
     printed = json.loads(capsys.readouterr().out)
     assert (printed["profile"], printed["default_steps"], printed["port"]) == ("fast", 2, 6000)
     assert "super-secret" not in json.dumps(printed)
+
+
+def test_compile_settings_become_one_spec_for_the_model(monkeypatch):
+    assert FluxSettings().compile_spec() is None  # off by default
+    monkeypatch.setenv("MIC2E_COMPILE", "1")
+    monkeypatch.setenv("MIC2E_COMPILE_CACHE_DIR", "/var/cache/mic2e")
+    spec = ClearSettings(compile_mode="max-autotune").compile_spec()
+    assert (spec.backend, spec.mode, spec.cache_dir) == ("inductor", "max-autotune",
+                                                         "/var/cache/mic2e")
+    assert SegSettings().compile_spec().mode == "reduce-overhead"  # CUDA graphs by default
+    with pytest.raises(ValueError, match="compile_mode"):
+        FluxSettings(compile_mode="fastest")

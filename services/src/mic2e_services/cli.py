@@ -61,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quantization", choices=["none", "int8", "fp8"])
         p.add_argument("--offload", choices=["none", "model"])
         p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile the heaviest module")
+                       help="torch.compile the heaviest module during warm-up")
+        p.add_argument("--compile-mode", dest="compile_mode",
+                       choices=["default", "reduce-overhead", "max-autotune",
+                                "max-autotune-no-cudagraphs"],
+                       help="Inductor mode (default reduce-overhead: CUDA graphs)")
+        p.add_argument("--compile-cache-dir", dest="compile_cache_dir",
+                       help="persistent compile cache folder (a volume), for quick restarts")
     p = sub.add_parser("orchestrator", help="run the orchestrator (no model, no torch)")
     _add_common(p)
     for model in MODEL_SERVERS:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from mic2e_services import errors
+from mic2e_services.runtime.model_api import CompileSpec
+
+log = logging.getLogger(__name__)
+
+#: Recompiles allowed per compiled function before torch falls back to eager for new
+#: shapes. Torch's default (8) is below the shape buckets a server can meet; a silent
+#: fallback would look like a slow server, so allow them all.
+_RECOMPILE_LIMIT = 64
 
 # Messages of CUDA errors after which the context is unusable: every later call fails too.
 _FATAL_CUDA = ("illegal memory access", "unspecified launch failure", "device-side assert",
@@ -85,11 +98,14 @@ def check_memory_options(device: torch.device, *, quantization: str = "none",
         raise ValueError(f"unknown quantization {quantization!r}; use none, int8 or fp8")
 
 
-def quantize_weights(module: torch.nn.Module, quantization: str) -> None:
+def quantize_weights(module: torch.nn.Module, quantization: str,
+                     device: torch.device | None = None) -> None:
     """Weight-only quantisation of `module`'s linear layers in place (torchao).
 
     int8 halves a bf16/fp16 model's weight memory; fp8 does the same with fp8 kernels on
-    GPUs that have them. Activations stay in the compute dtype.
+    GPUs that have them. Activations stay in the compute dtype. With `device`, each layer
+    moves there just before it is quantised, so a module loaded in CPU memory reaches a
+    small card already quantised: the full-precision weights never sit on it together.
     """
     if quantization == "none":
         return
@@ -100,7 +116,60 @@ def quantize_weights(module: torch.nn.Module, quantization: str) -> None:
     )
 
     config = Int8WeightOnlyConfig() if quantization == "int8" else Float8WeightOnlyConfig()
-    quantize_(module, config)
+
+    def plain_linear(layer: torch.nn.Module, fqn: str) -> bool:
+        # Skips layers already quantised through a module shared with another model
+        # (SAM3's ViT is held by both its detector and its tracker).
+        return isinstance(layer, torch.nn.Linear) and type(layer.weight) is torch.nn.Parameter
+
+    quantize_(module, config, filter_fn=plain_linear,
+              device=device if device is not None and device.type != "cpu" else None)
+
+
+def configure_compile_cache(cache_dir: str | None) -> None:
+    """Point Inductor's (and so Triton's) on-disk caches at `cache_dir`.
+
+    Inductor reads TORCHINDUCTOR_CACHE_DIR whenever it looks for its cache, not at
+    import, so setting it before the first compile is enough. The FX-graph and
+    AOT-autograd caches then survive restarts: a warm restart re-traces but skips code
+    generation and autotuning, which is most of the 80-100 s a cold compile costs.
+    """
+    if cache_dir is None:
+        return
+    path = Path(cache_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+
+
+def compile_module(module: torch.nn.Module, spec: CompileSpec) -> Callable[[], None]:
+    """torch.compile `module` in place (compiled at its first call); returns an undo.
+
+    In place (``nn.Module.compile``) rather than a wrapper: the module keeps its identity,
+    so a pipeline reading ``transformer.config`` or two models sharing one backbone see
+    the compiled module without any attribute being swapped. The first call (warm-up)
+    pays the compilation, so the server is SERVING only once it is done.
+    """
+    configure_compile_cache(spec.cache_dir)
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
+    options: dict[str, object] = {"backend": spec.backend}
+    if spec.backend == "inductor" and spec.mode and spec.mode != "default":
+        options["mode"] = spec.mode  # other backends take no mode (and warn about one)
+    module.compile(**options)
+    log.info("compiling %s at first call: %s", type(module).__name__, options)
+
+    def undo() -> None:
+        module._compiled_call_impl = None  # what nn.Module.compile set; eager again
+
+    return undo
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:

@@ -25,9 +25,10 @@ from PIL import Image
 
 from mic2e_services import errors
 from mic2e_services.flux.types import GenerateOutput, GenerateQuery
-from mic2e_services.runtime.model_api import StepContext
+from mic2e_services.runtime.model_api import CompileSpec, StepContext
 from mic2e_services.torch_device import (
     check_memory_options,
+    compile_module,
     dtype_name,
     memory_stats,
     quantize_weights,
@@ -86,15 +87,14 @@ class FluxGenerator:
         quantization: str = "none",
         offload: str = "none",
         vae_tiling: bool = False,
-        compile: bool = False,
-        compile_backend: str = "inductor",
+        compile: CompileSpec | None = None,
     ) -> None:
         self.model_id = model_id
         self.device = resolve_device(device)
         # Refuse a memory mode this device cannot run now, not after minutes of loading.
         check_memory_options(self.device, quantization=quantization, offload=offload)
         self.quantization, self.offload, self.vae_tiling = quantization, offload, vae_tiling
-        self.compile, self.compile_backend = compile, compile_backend
+        self.compile = compile
         # bf16 rather than fp16: FLUX is trained in bf16 and it measured faster (MODELS.md).
         self.dtype = resolve_dtype(dtype, self.device, half=torch.bfloat16)
         self.max_batch_size = max(1, int(max_batch_size))
@@ -152,20 +152,30 @@ class FluxGenerator:
             pipe = FluxPipeline.from_pretrained(folder, **{_dtype_kwarg(): self.dtype})
         if pipe.transformer.dtype != self.dtype:  # never serve silently in another dtype
             pipe.to(dtype=self.dtype)
-        # Memory modes before placement: quantised weights are what reaches the device.
-        # The 12 B transformer and the 4.8 B T5 are the big parts.
-        quantize_weights(pipe.transformer, self.quantization)
-        quantize_weights(pipe.text_encoder_2, self.quantization)
+        # Memory modes before placement: quantised weights are what reaches the device,
+        # layer by layer (from_pretrained loaded into CPU memory). The 12 B transformer
+        # and the 4.8 B T5 are the big parts.
+        for part in (pipe.transformer, pipe.text_encoder_2):
+            quantize_weights(part, self.quantization, device=self.device)
         if self.vae_tiling:
             pipe.vae.enable_tiling()
         if self.offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        if self.compile:
-            pipe.transformer = torch.compile(pipe.transformer, backend=self.compile_backend)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
+        if self.compile is not None:
+            self.enable_compile(self.compile)
+
+    def enable_compile(self, spec: CompileSpec) -> Callable[[], None]:
+        """torch.compile the transformer (at its next call); returns an undo.
+
+        `load` calls this when the `compile` setting is on; benchmarks call it on a loaded
+        model to time the same weights eager and compiled. Sizes are the caller's
+        (multiples of 16), so each new size compiles once and then comes from the cache.
+        """
+        return compile_module(self._pipe.transformer, spec)
 
     def memory_stats(self) -> dict[str, float]:
         """Device allocator figures for the metrics endpoint."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -20,9 +20,10 @@ from mic2e_services import errors
 from mic2e_services.object_clear.fusion import dilate_mask
 from mic2e_services.object_clear.pipeline import ObjectClearPipeline, working_size
 from mic2e_services.object_clear.types import ClearOutput, ClearQuery
-from mic2e_services.runtime.model_api import QuietContext, StepContext
+from mic2e_services.runtime.model_api import CompileSpec, QuietContext, StepContext
 from mic2e_services.torch_device import (
     check_memory_options,
+    compile_module,
     dtype_name,
     memory_stats,
     quantize_weights,
@@ -43,6 +44,10 @@ MAX_MASK_DILATION = 256
 MAX_LABEL_CHARS = 100
 #: Longest working side accepted: keeps extreme aspect ratios from exhausting the device.
 MAX_WORKING_SIDE = 4096
+#: Working-size grid when the UNet is compiled: each distinct shape is compiled (and
+#: graphed) once, so a coarse grid keeps them few - at 512 px, aspect ratios 1:1 to 2:1
+#: fall into 9 shapes instead of 33. The result is resized back to the input's own size.
+COMPILED_SIZE_MULTIPLE = 64
 
 
 class ObjectClearModel:
@@ -61,21 +66,21 @@ class ObjectClearModel:
         quantization: str = "none",
         offload: str = "none",
         vae_tiling: bool = False,
-        compile: bool = False,
-        compile_backend: str = "inductor",
+        compile: CompileSpec | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if offload != "none":
-            # Not a diffusers pipeline: model offload is not wired here; int8 is the
-            # memory saver for this model (the UNet is most of it).
+            # Not a diffusers pipeline: model offload is not wired here. int8 is the
+            # memory saver for this model: the UNet is two thirds of it, and in int8 the
+            # whole model (~5 GB) fits an 8 GB card resident, with no transfers per call.
             raise ValueError(f"offload={offload!r} is not supported by object-clear; set "
                              "MIC2E_OFFLOAD=none and use MIC2E_QUANTIZATION=int8 instead")
         self.model_id = model_id
         self.device = resolve_device(device)
         check_memory_options(self.device, quantization=quantization, offload=offload)
-        self.quantization, self.vae_tiling = quantization, vae_tiling
-        self.compile, self.compile_backend = compile, compile_backend
+        self.quantization, self.vae_tiling, self.compile = quantization, vae_tiling, compile
+        self.size_multiple = COMPILED_SIZE_MULTIPLE if compile is not None else 16
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
@@ -112,21 +117,45 @@ class ObjectClearModel:
         return model
 
     def load(self) -> None:
+        """Load (or adopt the in-memory pipeline), apply the memory modes, place, compile."""
         prebuilt, self._prebuilt = self._prebuilt, None
+        # A quantised UNet is loaded into CPU memory and quantised layer by layer on its
+        # way to the device: its fp16 weights alone would fill most of a small card.
+        staging = torch.device("cpu") if self.quantization != "none" else self.device
         if prebuilt is not None:
-            self.pipeline = prebuilt
+            pipeline = prebuilt
             self.revision = prebuilt.revision or "in-memory"
-            return
-        self.pipeline = ObjectClearPipeline.from_pretrained(
-            self.model_id, torch_dtype=self.dtype, device=self.device
-        )
-        self.revision = self.pipeline.revision
+        else:
+            pipeline = ObjectClearPipeline.from_pretrained(
+                self.model_id, torch_dtype=self.dtype, device=staging
+            )
+            self.revision = pipeline.revision
         # Memory modes and compilation: the 2.6 B UNet is the big and the hot part.
-        quantize_weights(self.pipeline.unet, self.quantization)
+        quantize_weights(pipeline.unet, self.quantization, device=self.device)
+        pipeline.to(self.device)
         if self.vae_tiling:
-            self.pipeline.vae.enable_tiling()
-        if self.compile:
-            self.pipeline.unet = torch.compile(self.pipeline.unet, backend=self.compile_backend)
+            pipeline.vae.enable_tiling()
+        pipeline.size_multiple = self.size_multiple
+        self.pipeline = pipeline
+        if self.compile is not None:
+            self.enable_compile(self.compile)
+
+    def enable_compile(self, spec: CompileSpec) -> Callable[[], None]:
+        """torch.compile the UNet (at its next call) on the coarse size grid; returns an undo.
+
+        `load` calls this when the `compile` setting is on; benchmarks call it on a loaded
+        model to time the same weights eager and compiled.
+        """
+        assert self.pipeline is not None
+        pipeline, previous = self.pipeline, (self.size_multiple, self.pipeline.size_multiple)
+        uncompile = compile_module(pipeline.unet, spec)
+        self.size_multiple = pipeline.size_multiple = COMPILED_SIZE_MULTIPLE
+
+        def undo() -> None:
+            uncompile()
+            self.size_multiple, pipeline.size_multiple = previous
+
+        return undo
 
     def memory_stats(self) -> dict[str, float]:
         """Device allocator figures for the metrics endpoint."""
@@ -162,7 +191,8 @@ class ObjectClearModel:
     def batch_key(self, request: ClearQuery) -> Hashable | None:
         """Same working size, steps, guidance and fusion: one UNet batch can run them."""
         try:
-            size = working_size(request.image.width, request.image.height, request.short_side)
+            size = working_size(request.image.width, request.image.height, request.short_side,
+                                self.size_multiple)
             return (size, int(request.steps), float(request.guidance_scale), bool(request.fusion))
         except Exception:  # a malformed request runs alone and fails in check_inputs
             return None
@@ -170,7 +200,7 @@ class ObjectClearModel:
     def estimate_seconds(self, request: ClearQuery) -> float:
         try:
             width, height = working_size(
-                request.image.width, request.image.height, request.short_side
+                request.image.width, request.image.height, request.short_side, self.size_multiple
             )
             steps = int(request.steps)
             cfg = 1.0 if request.guidance_scale > 1.0 else 0.5
@@ -216,7 +246,8 @@ class ObjectClearModel:
             raise errors.InvalidArgument("label", f"longer than {MAX_LABEL_CHARS} characters")
         if request.seed is not None and not 0 <= request.seed < 2**64:
             raise errors.InvalidArgument("options.seed", "must be 0..2^64-1")
-        if max(working_size(image.width, image.height, request.short_side)) > MAX_WORKING_SIDE:
+        working = working_size(image.width, image.height, request.short_side, self.size_multiple)
+        if max(working) > MAX_WORKING_SIDE:
             raise errors.InvalidArgument(
                 "image",
                 f"aspect ratio too extreme: the long side would exceed {MAX_WORKING_SIDE} px "

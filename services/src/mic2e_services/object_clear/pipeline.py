@@ -74,12 +74,15 @@ def prompt_for(label: str) -> str:
     return f"remove the instance of {label.strip() or 'object'}"
 
 
-def working_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the short side scaled to `short_side`, both multiples of 16."""
+def working_size(width: int, height: int, short_side: int,
+                 multiple: int = _SIZE_MULTIPLE) -> tuple[int, int]:
+    """(width, height) with the short side scaled to `short_side`, both multiples of
+    `multiple` (16, the VAE and UNet's need; a compiled pipeline uses a coarser grid so
+    that the shapes it meets, each one compiled and graphed, stay few)."""
     scale = short_side / min(width, height)
 
     def snap(x: int) -> int:
-        return max(_SIZE_MULTIPLE, round(x * scale / _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
+        return max(multiple, round(x * scale / multiple) * multiple)
 
     return snap(width), snap(height)
 
@@ -314,12 +317,20 @@ class ObjectClearPipeline:
                 "UNet added-condition size does not match 6 time ids + text_encoder_2 projection "
                 f"({unet.add_embedding.linear_1.in_features} != {expected})"
             )
+        #: Grid of the working size (see `working_size`); the model coarsens it when compiled.
+        self.size_multiple = _SIZE_MULTIPLE
         self.attention_capture = TokenAttentionCapture(OBJECT_TOKEN_INDEX)
         self.unet.get_submodule(CAPTURE_LAYER).set_processor(self.attention_capture)
 
     @property
     def device(self) -> torch.device:
         return self.unet.device
+
+    def to(self, device: str | torch.device) -> ObjectClearPipeline:
+        """Move every weighted component to `device` (dtypes unchanged); returns self."""
+        for name in _WEIGHTED_COMPONENTS:
+            getattr(self, name).to(device)
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -450,7 +461,7 @@ class ObjectClearPipeline:
                 raise ValueError(
                     f"mask {i}: shape {tuple(m.shape)} differs from image {tuple(img.shape[1:])}"
                 )
-            sizes.add(working_size(img.shape[2], img.shape[1], short_side))
+            sizes.add(working_size(img.shape[2], img.shape[1], short_side, self.size_multiple))
         if len(sizes) != 1:
             raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:

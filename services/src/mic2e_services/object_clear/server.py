@@ -46,8 +46,7 @@ def build_model(settings: Settings) -> Model:
 
     return ObjectClearModel(settings.model, device=settings.device, dtype=settings.dtype,
                             quantization=settings.quantization, offload=settings.offload,
-                            vae_tiling=settings.vae_tiling, compile=settings.compile,
-                            compile_backend=settings.compile_backend,
+                            vae_tiling=settings.vae_tiling, compile=settings.compile_spec(),
                             **({"max_batch_size": settings.max_batch_size}
                                if settings.max_batch_size else {}))
 

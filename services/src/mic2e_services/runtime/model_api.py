@@ -7,7 +7,24 @@ on a dedicated thread, never on the event loop. Nothing here imports grpc or tor
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """How a model compiles its hot module (torch.compile), as the operator set it.
+
+    A plain value so that servers (which never import torch) can build it from settings.
+    backend: torch.compile backend ("inductor" generates kernels; "eager" only traces).
+    mode: Inductor's mode; "reduce-overhead" adds CUDA graphs (ignored on CPU).
+    cache_dir: persistent Inductor/Triton cache; a restart with a warm cache skips code
+    generation. None: PyTorch's default (a temporary folder).
+    """
+
+    backend: str = "inductor"
+    mode: str | None = "reduce-overhead"
+    cache_dir: str | None = None
 
 
 class StepContext(Protocol):

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mic2e_services.runtime.model_api import CompileSpec
+
 S = TypeVar("S", bound="ServerSettings")
 
 
@@ -80,10 +82,17 @@ class ModelServerSettings(ServerSettings):
     offload: Literal["none", "model"] = Field(
         "none", description="'model': keep idle components in CPU memory (diffusers model "
         "CPU offload); needs an accelerator")
-    compile: bool = Field(False, description="torch.compile the heaviest module (off until "
-                          "a GPU run has checked its speed and fidelity)")
+    compile: bool = Field(False, description="torch.compile the heaviest module, during "
+                          "warm-up (off until a GPU run has checked its speed and fidelity)")
     compile_backend: str = Field("inductor", description="torch.compile backend ('eager' "
                                  "exercises the path without code generation)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] = Field(
+        "reduce-overhead", description="Inductor mode; reduce-overhead records CUDA graphs "
+        "(shapes are bucketed so they stay few); no effect on CPU")
+    compile_cache_dir: str | None = Field(
+        None, description="persistent torch.compile cache (Inductor + Triton): mount a "
+        "volume here so a restart skips code generation; default: a temporary folder")
 
     #: Per profile, the values it gives to settings not set explicitly. "quality" is the
     #: model's own behaviour; each server lists its own "fast" and "low-memory".
@@ -100,6 +109,13 @@ class ModelServerSettings(ServerSettings):
                 if data.get(name) is None:
                     data[name] = value
         return data
+
+    def compile_spec(self) -> CompileSpec | None:
+        """What the model is told about compilation; None when `compile` is off."""
+        if not self.compile:
+            return None
+        return CompileSpec(backend=self.compile_backend, mode=self.compile_mode,
+                           cache_dir=self.compile_cache_dir)
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

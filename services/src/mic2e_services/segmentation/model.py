@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from mic2e_services import errors
-from mic2e_services.runtime.model_api import QuietContext
+from mic2e_services.runtime.model_api import CompileSpec, QuietContext
 from mic2e_services.segmentation.types import (
     MAX_TEXT_CHARS,
     PromptQuery,
@@ -45,8 +45,11 @@ from mic2e_services.segmentation.types import (
     check_inputs,
 )
 from mic2e_services.torch_device import (
+    check_memory_options,
+    compile_module,
     dtype_name,
     memory_stats,
+    quantize_weights,
     resolve_device,
     resolve_dtype,
     translate_error,
@@ -133,21 +136,22 @@ class Sam3Segmenter:
         max_batch_size: int = 4,
         quantization: str = "none",
         offload: str = "none",
-        compile: bool = False,
+        compile: CompileSpec | None = None,
     ) -> None:
-        # SAM3 is 1.7 GB in fp16: it fits small cards as it is (low-memory shrinks the
-        # feature cache instead). These modes are not wired for it; say so at start-up.
-        for name, value, off in (("quantization", quantization, "none"),
-                                 ("offload", offload, "none"), ("compile", compile, False)):
-            if value != off:
-                raise ValueError(f"{name}={value!r} is not supported by the segmentation "
-                                 f"server yet; set MIC2E_{name.upper()}={off}")
+        if offload != "none":
+            # SAM3 is 1.7 GB in fp16: it fits a 4 GB card resident, and moving it on and
+            # off the device per call would cost more than the whole query.
+            raise ValueError(f"offload={offload!r} is not supported by the segmentation "
+                             "server (SAM3 fits small cards resident); set MIC2E_OFFLOAD=none "
+                             "and, to save more, MIC2E_QUANTIZATION=int8")
         if feature_cache_size < 0:
             raise ValueError("feature_cache_size must be >= 0")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.model_id = str(model_id)
         self.device = resolve_device(device)
+        check_memory_options(self.device, quantization=quantization, offload=offload)
+        self.quantization, self.compile = quantization, compile
         self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
         self.dtype_name = dtype_name(self.dtype)
         self.device_name = str(self.device)
@@ -242,9 +246,32 @@ class Sam3Segmenter:
         )
 
         for model in (detector, tracker):
+            # Quantised layer by layer on the way to the device (the shared ViT once).
+            quantize_weights(model, self.quantization, device=self.device)
             model.to(self.device).eval().requires_grad_(False)
         self._detector, self._tracker = detector, tracker
         self.revision = "in-memory" if prebuilt is not None else _revision(self.model_id)
+        if self.compile is not None:
+            self.enable_compile(self.compile)
+
+    def enable_compile(self, spec: CompileSpec) -> Callable[[], None]:
+        """torch.compile the ViT backbone(s) (at their next call); returns an undo.
+
+        The backbone is most of a text query's time, and its input is always the
+        processor's fixed square, so only the batch size varies. A shared backbone is
+        one module: compiled once for both paths. `load` calls this when the `compile`
+        setting is on; benchmarks call it on a loaded model.
+        """
+        self._require_loaded()
+        backbones = {id(m.vision_encoder.backbone): m.vision_encoder.backbone
+                     for m in (self._detector, self._tracker)}
+        undos = [compile_module(backbone, spec) for backbone in backbones.values()]
+
+        def undo() -> None:
+            for u in undos:
+                u()
+
+        return undo
 
     def warmup(self) -> None:
         """Run a text and a point query on a synthetic image; time them for estimate_seconds."""

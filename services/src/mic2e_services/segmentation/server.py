@@ -37,7 +37,7 @@ def build_model(settings: Settings) -> Model:
     return Sam3Segmenter(settings.model, device=settings.device, dtype=settings.dtype,
                          feature_cache_size=settings.feature_cache_size,
                          quantization=settings.quantization, offload=settings.offload,
-                         compile=settings.compile,
+                         compile=settings.compile_spec(),
                          **({"max_batch_size": settings.max_batch_size}
                             if settings.max_batch_size else {}))
 
