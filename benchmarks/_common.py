@@ -342,3 +342,38 @@ def stack_main(name: str, argv: Sequence[str] | None, build_parser: Callable[[],
               "config": config, **measured}
     print(report(result), end="")
     return finish(result, args, name)
+
+
+# -- profiles of the model-class benchmarks (models, memory) ---------------------------------
+def profile_settings(profiles: dict[str, dict[str, Any]], args: argparse.Namespace,
+                     program: str) -> dict[str, Any]:
+    """The profile's defaults with every non-None option of the same name over them.
+
+    A CUDA profile on a machine without CUDA stops here (exit 2) with a message naming
+    the missing device and the command to run instead.
+    """
+    settings = dict(profiles[args.profile])
+    for key in list(settings):
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if settings["device"] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"benchmarks.{program} --profile {args.profile} needs a CUDA device, and "
+                  "there is none on this machine: torch.cuda.is_available() is False (torch "
+                  f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}). Run it on "
+                  f"a GPU machine (`uv run python -m benchmarks.{program} --profile "
+                  f"{args.profile} --record`), or use --profile tiny here.", file=sys.stderr)
+            raise SystemExit(2)
+    return settings
+
+
+def pick_models(text: str, known: Sequence[str]) -> list[str]:
+    """"sam3,flux" -> ["sam3", "flux"]; an unknown name stops the program, naming it."""
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = set(models) - set(known)
+    if unknown:
+        raise SystemExit(f"unknown model(s) {sorted(unknown)}; choose from {tuple(known)}")
+    return models

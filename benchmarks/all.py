@@ -1,4 +1,4 @@
-"""Run the four benchmarks one after the other: tiny on CPU, or `--full` on a GPU.
+"""Run the five benchmarks one after the other: tiny on CPU, or `--full` on a GPU.
 
     uv run python -m benchmarks.all                    # tiny stack, CPU (a few minutes)
     uv run python -m benchmarks.all --full --record    # CUDA: full-size random weights
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks._common import REPO, quiet, quiet_env
 
-PROGRAMS = ("models", "overhead", "load", "soak")
+PROGRAMS = ("models", "memory", "overhead", "load", "soak")
 
 
 def commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -34,6 +34,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     soak_mode = [] if args.full else ["--in-process"] if args.soak_in_process else []
     return {
         "models": [*profile, *common],
+        "memory": [*profile, *common],
         "overhead": [*full, *common],
         "load": [*full, "--seconds", str(args.load_seconds), *common],
         "soak": [*full, *soak_mode, "--seconds", str(args.soak_seconds), *common],
@@ -48,6 +49,13 @@ def headline(name: str, r: dict) -> str:
             parts.append(f"{model}: {len(m['paths'])} paths, speedup "
                          f"{min(speedups):.2f}-{max(speedups):.2f}" if speedups else model)
         return "; ".join(parts)
+    if name == "memory":
+        parts = [f"{g['model']} {g['card_gib']} GiB: " + ("met" if g["met"] else
+                                                         f"missed ({g['gap']})")
+                 for g in r.get("goals", [])]
+        runs = sum(len(v) for v in r.get("runs", {}).values())
+        fits = sum(bool(x.get("fits")) for v in r.get("runs", {}).values() for x in v)
+        return f"{fits}/{runs} runs fit their cap" + ("; " + "; ".join(parts) if parts else "")
     if name == "overhead":
         ratio = r.get("overhead_ratio")
         return f"overhead ratio {ratio * 100:+.2f} % (target <= 5 %)" if ratio is not None else "-"

@@ -5,8 +5,9 @@ Issue 8 items 1 and 3. For each model (SAM3, ObjectClear, FLUX.1-schnell), in on
 * (a) the old service's setting - ObjectClear only: attention slicing (diffusers
   ``set_attention_slice("auto")``), 384 px, 8 steps, half precision;
 * (b) plain eager at full quality - the model code as served, nothing added;
-* (c) the optimised path - (b) plus `optimise()` below: THE HOOK where torch.compile /
-  CUDA graphs settings plug in (today it adds nothing, so (b) and (c) time the same code);
+* (c) the optimised path - (b) plus `optimise()` below: the served `compile` setting
+  (torch.compile of the hot module; on CUDA with mode reduce-overhead, CUDA graphs),
+  switched on for the loaded model, so (b) and (c) run the same weights;
 
 each timed inside the model class's own ``__call__`` (pre- and post-processing included,
 ``torch.cuda.synchronize()`` around every measured call, median of `--repeats` after
@@ -53,7 +54,9 @@ from benchmarks._common import (
     fmt_x,
     parse_ints,
     parse_size,
+    pick_models,
     picture,
+    profile_settings,
     quiet,
     ratio,
     summary,
@@ -69,43 +72,43 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": dict(device="cpu", sam3_image="640x480", sam3_batch=4, sam3_max_instances=8,
                  oc_image="512x384", oc_steps=4, oc_short_side=256, old_steps=2,
                  old_short_side=256, flux_sizes="256,512", flux_steps=4, repeats=3, warmup=1,
-                 concurrency="1,2,4,8", rounds=1),
+                 concurrency="1,2,4,8", rounds=1, compile_mode="default"),
     "full": dict(device="cuda", sam3_image="1008x1008", sam3_batch=4, sam3_max_instances=8,
                  oc_image="512x512", oc_steps=20, oc_short_side=512, old_steps=8,
                  old_short_side=384, flux_sizes="512,1024", flux_steps=4, repeats=5, warmup=1,
-                 concurrency="1,2,4,8", rounds=2),
+                 concurrency="1,2,4,8", rounds=2, compile_mode="reduce-overhead"),
 }
 
 
 # =========================================================================================
 # THE OPTIMISATION HOOK
 #
-# Path (c) "optimised" = the model code as served + what `optimise` turns on. Today the
-# served code is plain eager and this turns on nothing, so (b) and (c) time the same code
-# (ratio ~1, fidelity exact). Whoever adds torch.compile / CUDA graphs plugs them in HERE,
-# for example
-#
-#     if name == "flux":
-#         pipe = parts                     # the FluxPipeline the model serves
-#         eager = pipe.transformer
-#         pipe.transformer = torch.compile(eager, mode="max-autotune-no-cudagraphs")
-#         return (lambda: setattr(pipe, "transformer", eager)), "transformer compiled"
-#
-# or, once the model classes compile on load behind a setting, by switching that setting
-# on here. It may also be given on the command line: --optimise-hook module:function.
-# It must return an `undo` that restores plain eager: fidelity is measured against plain
-# eager fp32 on the same weights, and throughput runs before `undo`. Throughput calls the
-# model from the worker's device thread, as the servers do (CUDA graphs are per thread).
+# Path (c) "optimised" = the model code as served + what `optimise` turns on: the
+# served `compile` setting, applied to the already-loaded model through the same
+# `enable_compile(CompileSpec)` that `load()` calls when MIC2E_COMPILE is on - so (b)
+# and (c) run the same weights, and (c) is exactly what a server with compile on runs.
+# The optimisations that are always on (SDPA, one VAE encode, fusion in torch, cached
+# SAM3 features, batching) are in both (b) and (c). Another hook can be given on the
+# command line: --optimise-hook module:function (same signature). It must return an
+# `undo` that restores plain eager: fidelity is measured against plain eager fp32 on the
+# same weights, and throughput runs before `undo`.
 # =========================================================================================
-def optimise(name: str, model: Any, parts: Any) -> tuple[Callable[[], None], str]:
+def optimise(name: str, model: Any, parts: Any, spec: Any = None
+             ) -> tuple[Callable[[], None], str]:
     """Turn the optimised path on for `model` in place; returns (undo, description).
 
     name: "sam3" | "objectclear" | "flux". model: the loaded model class instance
-    (Sam3Segmenter / ObjectClearModel / FluxGenerator). parts: what it was built from
-    (SAM3: dict of detector, tracker and processors; ObjectClear: the ObjectClearPipeline;
-    FLUX: the diffusers FluxPipeline).
+    (Sam3Segmenter / ObjectClearModel / FluxGenerator), whose `enable_compile` compiles
+    its hot module (SAM3's ViT, ObjectClear's UNet, FLUX's transformer). parts: what it
+    was built from (unused here). spec: the `CompileSpec` from --compile-backend /
+    --compile-mode; None means no compilation.
     """
-    return (lambda: None), "none yet: the served model code as is (plain eager)"
+    if spec is None:
+        return (lambda: None), "none: the served model code as is (plain eager)"
+    part = {"sam3": "ViT backbone", "objectclear": "UNet (64 px size grid)",
+            "flux": "transformer"}[name]
+    undo = model.enable_compile(spec)
+    return undo, f"torch.compile of the {part}: backend={spec.backend}, mode={spec.mode}"
 
 
 # =========================================================================================
@@ -142,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-fidelity", action="store_true")
     p.add_argument("--optimise-hook", help="module:function used instead of `optimise`")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of path (c) (inductor; 'eager' only traces)")
+    p.add_argument("--compile-mode", help="Inductor mode of path (c) (full: reduce-overhead, "
+                   "i.e. CUDA graphs; tiny: default)")
+    p.add_argument("--compile-cache-dir", help="persistent compile cache (default: a fresh "
+                   "temporary one, so first_call_s is a cold compile)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="path (c) without compilation (then (c) times the same code as (b))")
     p.add_argument("--tiny-dir", type=Path, help="tiny checkpoints (tiny profile; written "
                    "there if missing; default: a temporary folder)")
     add_output_args(p)
@@ -164,7 +175,8 @@ class Ctx:
     rounds: int
     throughput: bool
     fidelity: bool
-    hook: Callable[[str, Any, Any], tuple[Callable[[], None], str]]
+    hook: Callable[..., tuple[Callable[[], None], str]]
+    compile_spec: Any = None  # CompileSpec | None
     notes: list[str] = field(default_factory=list)
 
     def sync(self) -> None:
@@ -223,7 +235,7 @@ def compare_paths(ctx: Ctx, name: str, model: Any, parts: Any,
     for path, (run, setup) in paths.items():
         timings[path] = {}
         timings[path]["eager"], eager_out[path] = timed(ctx, run, setup)
-    undo, description = ctx.hook(name, model, parts)
+    undo, description = ctx.hook(name, model, parts, ctx.compile_spec)
     try:
         for path, (run, setup) in paths.items():
             timings[path]["optimised"], opt_out[path] = timed(ctx, run, setup)
@@ -658,17 +670,7 @@ BENCHES = {"sam3": bench_sam3, "objectclear": bench_objectclear, "flux": bench_f
 
 
 # -- running ---------------------------------------------------------------------------------------
-def no_cuda_message() -> str:
-    import torch
-
-    return ("benchmarks.models --profile full needs a CUDA device, and there is none on this "
-            f"machine: torch.cuda.is_available() is False (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda or 'none'}). Run it on a GPU machine "
-            "(`uv run python -m benchmarks.models --profile full --record`), or use "
-            "--profile tiny here.")
-
-
-def _hook(spec: str | None) -> Callable[[str, Any, Any], tuple[Callable[[], None], str]]:
+def _hook(spec: str | None) -> Callable[..., tuple[Callable[[], None], str]]:
     if not spec:
         return optimise
     module, _, func = spec.partition(":")
@@ -695,20 +697,11 @@ def _free(ctx: Ctx) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    from mic2e_services.runtime.model_api import CompileSpec
 
-    settings = dict(PROFILES[args.profile])
-    for key in list(settings):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
+    settings = profile_settings(PROFILES, args, NAME)
     settings["guidance"] = args.guidance
-    if settings["device"] == "cuda" and not torch.cuda.is_available():
-        print(no_cuda_message(), file=sys.stderr)
-        raise SystemExit(2)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = set(models) - set(MODELS)
-    if unknown:
-        raise SystemExit(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
+    models = pick_models(args.models, MODELS)
     max_batch = {k: int(v) for k, v in (item.split("=", 1) for item in args.max_batch.split(",")
                                           if item.strip())}
     device = torch.device(settings["device"])
@@ -731,7 +724,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       settings=settings, max_batch=max_batch,
                       levels=parse_ints(settings["concurrency"]), rounds=settings["rounds"],
                       throughput=not args.skip_throughput, fidelity=not args.skip_fidelity,
-                      hook=_hook(args.optimise_hook))
+                      hook=_hook(args.optimise_hook),
+                      compile_spec=None if args.no_compile else CompileSpec(
+                          backend=args.compile_backend, mode=settings["compile_mode"],
+                          cache_dir=args.compile_cache_dir or str(Path(work) / "compile")))
             for name in models:
                 _free(ctx)
                 t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import load, models, overhead, soak
+from benchmarks import load, memory, models, overhead, soak
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def test_models_tiny_profile(tiny_dir, tmp_path):
     r = models.main(["--tiny-dir", str(tiny_dir), "--repeats", "1", "--warmup", "0",
                      "--sam3-image", "320x240", "--sam3-batch", "2", "--oc-image", "320x256",
                      "--oc-steps", "2", "--old-steps", "1", "--flux-sizes", "256",
-                     "--concurrency", "1,2", "--out", str(out)])
+                     "--concurrency", "1,2", "--compile-backend", "eager",
+                     "--out", str(out)])
     _written(out, r)
     assert r["profile"] == "tiny" and r["device"] == "cpu"
     assert set(r["models"]) == {"sam3", "objectclear", "flux"}
@@ -71,7 +72,7 @@ def test_models_tiny_profile(tiny_dir, tmp_path):
         tp = m["throughput"]
         for level in ("1", "2"):
             assert tp[level]["requests"] == int(level) and tp[level]["requests_per_s"] > 0, name
-        assert m["optimisation"]
+        assert m["optimisation"].startswith("torch.compile of the"), m["optimisation"]
 
 
 def test_models_full_profile_refuses_without_cuda(monkeypatch, capsys):
@@ -83,6 +84,21 @@ def test_models_full_profile_refuses_without_cuda(monkeypatch, capsys):
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert "CUDA device" in message and "--profile full" in message
+
+
+def test_memory_full_profile_refuses_without_cuda_and_bad_runs_are_named(monkeypatch,
+                                                                          capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        memory.main(["--profile", "full"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "CUDA device" in message and "benchmarks.memory" in message
+    with pytest.raises(SystemExit, match="unknown mode 'int4'"):
+        memory.parse_run("int4@8")
+    assert memory.parse_run("int8+offload@16") == ("int8+offload", 16.0)
 
 
 def test_full_size_configs_have_the_real_parameter_counts(tmp_path):
@@ -170,3 +186,36 @@ def test_soak_child_processes_use_the_server_cli():
         assert (args.command, args.port, args.model) == (name, 5000, "/x")
     cmd = server_command("orchestrator", 5001, addresses={"flux": "127.0.0.1:5004"})
     assert parser.parse_args(cmd[3:]).flux_address == "127.0.0.1:5004"
+
+
+def test_memory_tiny_profile_runs_each_mode_in_its_own_process(tiny_dir, tmp_path):
+    out = tmp_path / "memory.json"
+    r = memory.main(["--tiny-dir", str(tiny_dir), "--models", "flux", "--repeats", "1",
+                     "--warmup", "0", "--out", str(out)])
+    _written(out, r)
+    runs = r["runs"]["flux"]
+    assert [x["mode"] for x in runs] == ["resident", "int8"]
+    assert all(x["fits"] is True and x["load_s"] > 0 for x in runs), runs
+    assert runs[0]["fidelity_vs_reference"] == "inf"  # the reference against itself
+    int8 = runs[1]
+    assert int8["settings"] == {"quantization": "int8"}
+    assert _finite(int8["fidelity_vs_reference"]) and _finite(int8["latency_over_reference"])
+    assert int8["lossy"] == (int8["fidelity_vs_reference"] < memory.LOSSY_DB)
+    assert r["goals"] == []  # card-size goals need a capped GPU run
+
+
+def test_memory_goals_pick_the_fastest_run_that_fits_each_card():
+    def run(mode, cap, latency, fits=True):
+        return {"mode": mode, "cap_gib": cap, "fits": fits, "latency_s": {"median": latency}}
+
+    results = {"flux": [run("resident", None, 1.0), run("int8", 24, 1.5),
+                        run("offload", 24, 3.0), run("int8+offload", 16, 2.5),
+                        run("fp8+offload", 16, 0.1, fits=False)],
+               "objectclear": [run("resident", None, 1.0), run("int8", 8, 1.2)]}
+    rows = {(g["model"], g["card_gib"]): g for g in memory.goals(results)}
+    assert rows[("flux", 24)]["run"] == "int8@24GiB" and rows[("flux", 24)]["met"]
+    # A run that did not fit never counts, however fast it was.
+    assert rows[("flux", 16)]["run"] == "int8+offload@16GiB"
+    assert not rows[("flux", 16)]["met"] and rows[("flux", 16)]["gap"] == "1.25x too slow"
+    assert rows[("objectclear", 8)]["met"]
+    assert ("sam3", 4) not in rows  # not measured: not claimed either way

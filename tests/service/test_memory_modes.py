@@ -54,13 +54,6 @@ async def test_flux_int8_tiled_compiled_serves(tiny_flux):
         assert events[-1].result.image.width == 256
 
 
-def query(width: int, height: int):
-    from mic2e_services.object_clear.model import ClearQuery
-
-    mask = np.ones((height, width), bool)
-    return ClearQuery(Image.new("RGB", (width, height)), mask, "dog", steps=2, short_side=256)
-
-
 async def test_object_clear_int8_tiled_compiled_serves(tiny_objectclear):
     settings = oc_server.Settings(host="127.0.0.1", port=0, model=str(tiny_objectclear),
                                   profile="low-memory", compile=True, compile_backend="eager")
@@ -78,9 +71,5 @@ async def test_object_clear_int8_tiled_compiled_serves(tiny_objectclear):
         weights = [type(p).__name__ for p in unet.parameters() if p.dim() == 2]
         assert any("Int8" in w for w in weights), set(weights)
         assert unet._compiled_call_impl is not None
-        # Compiled: working sizes on the coarse grid, so few shapes get compiled.
-        assert model.size_multiple == model.pipeline.size_multiple == 64
-        assert {model.batch_key(query(w, h))[0] for w, h in
-                ((640, 480), (650, 480), (660, 480), (700, 480))} == {(320, 256), (384, 256)}
         events = await drain(object_clear_pb2_grpc.ObjectClearServiceStub(channel).Clear(request))
         assert events[-1].result.image.width == 64

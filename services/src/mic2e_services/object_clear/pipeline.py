@@ -74,15 +74,12 @@ def prompt_for(label: str) -> str:
     return f"remove the instance of {label.strip() or 'object'}"
 
 
-def working_size(width: int, height: int, short_side: int,
-                 multiple: int = _SIZE_MULTIPLE) -> tuple[int, int]:
-    """(width, height) with the short side scaled to `short_side`, both multiples of
-    `multiple` (16, the VAE and UNet's need; a compiled pipeline uses a coarser grid so
-    that the shapes it meets, each one compiled and graphed, stay few)."""
+def working_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side scaled to `short_side`, both multiples of 16."""
     scale = short_side / min(width, height)
 
     def snap(x: int) -> int:
-        return max(multiple, round(x * scale / multiple) * multiple)
+        return max(_SIZE_MULTIPLE, round(x * scale / _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
 
     return snap(width), snap(height)
 
@@ -317,8 +314,6 @@ class ObjectClearPipeline:
                 "UNet added-condition size does not match 6 time ids + text_encoder_2 projection "
                 f"({unet.add_embedding.linear_1.in_features} != {expected})"
             )
-        #: Grid of the working size (see `working_size`); the model coarsens it when compiled.
-        self.size_multiple = _SIZE_MULTIPLE
         self.attention_capture = TokenAttentionCapture(OBJECT_TOKEN_INDEX)
         self.unet.get_submodule(CAPTURE_LAYER).set_processor(self.attention_capture)
 
@@ -461,7 +456,7 @@ class ObjectClearPipeline:
                 raise ValueError(
                     f"mask {i}: shape {tuple(m.shape)} differs from image {tuple(img.shape[1:])}"
                 )
-            sizes.add(working_size(img.shape[2], img.shape[1], short_side, self.size_multiple))
+            sizes.add(working_size(img.shape[2], img.shape[1], short_side))
         if len(sizes) != 1:
             raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:

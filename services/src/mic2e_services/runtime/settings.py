@@ -89,7 +89,7 @@ class ModelServerSettings(ServerSettings):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune",
                           "max-autotune-no-cudagraphs"] = Field(
         "reduce-overhead", description="Inductor mode; reduce-overhead records CUDA graphs "
-        "(shapes are bucketed so they stay few); no effect on CPU")
+        "(one per input shape); no effect on CPU")
     compile_cache_dir: str | None = Field(
         None, description="persistent torch.compile cache (Inductor + Triton): mount a "
         "volume here so a restart skips code generation; default: a temporary folder")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Fetch, on a machine with PyPI, the wheels a GPU machine without network needs to run
+# benchmarks/gpu-run.sh, into .whl/ (git-ignored). Versions come from uv.lock, so the GPU
+# run uses what the tests used.
+#
+# The GPU image is assumed to hold torch, grpcio's runtime deps, numpy, pillow, safetensors,
+# tokenizers and huggingface_hub (a typical CUDA PyTorch image; never reinstall torch).
+# It lacks diffusers and torchao, and its grpcio / protobuf are older than the generated
+# stubs accept; transformers is carried so SAM3 runs the version the tests ran.
+#   PYTHON_VERSION=3.12 benchmarks/gpu-wheels.sh     # the target's Python (default 3.12)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py=${PYTHON_VERSION:-3.12}
+packages=(diffusers torchao transformers grpcio grpcio-health-checking protobuf
+          googleapis-common-protos importlib-metadata)
+pins=$(python3 - "${packages[@]}" <<'PY'
+import sys, tomllib
+lock = {p["name"]: p["version"] for p in tomllib.load(open("uv.lock", "rb"))["package"]}
+for name in sys.argv[1:]:
+    # importlib-metadata is not in the lock (Python >= 3.8 has importlib.metadata), but
+    # diffusers declares it: take PyPI's newest.
+    print(f"{name}=={lock[name]}" if name in lock else name)
+PY
+)
+rm -rf .whl && mkdir -p .whl
+platforms=()
+for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+         manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
+  platforms+=(--platform "$p")
+done
+# shellcheck disable=SC2086
+python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$py" \
+  --implementation cp "${platforms[@]}" -d .whl $pins
+ls -1 .whl
+du -sh .whl
