@@ -68,6 +68,12 @@ def add_stack_args(parser: Any, *, models: Sequence[str] = MODEL_SERVERS,
                        help="CUDA only: the stack in this process on full-size "
                        "random-weight models built directly on the GPU (as benchmarks.models "
                        "--profile full); measures real model times without checkpoints")
+    group.add_argument("--compile", action="store_true",
+                       help="with --full: the model servers as with MIC2E_COMPILE=1 "
+                       "(torch.compile during warm-up, CUDA graphs; compile cache in "
+                       "--compile-cache-dir)")
+    group.add_argument("--compile-cache-dir", default="/tmp/mic2e-compile",
+                       help="compile cache for --compile (default /tmp/mic2e-compile)")
     if subprocess_default:
         group.add_argument("--in-process", dest="subprocess", action="store_false",
                            help="run the tiny stack inside this process instead of as child "
@@ -129,9 +135,11 @@ def no_cuda_message(what: str) -> str:
             "to use the tiny CPU stack here.")
 
 
-def full_size_models(names: Sequence[str], device: str = "cuda") -> dict[str, Any]:
+def full_size_models(names: Sequence[str], device: str = "cuda",
+                     compile: Any = None) -> dict[str, Any]:
     """Model-class instances (not loaded yet) around full-size random weights built directly
-    on `device` in the servers' dtypes; their servers' workers adopt them on load()."""
+    on `device` in the servers' dtypes; their servers' workers adopt them on load().
+    `compile`: a CompileSpec, as the servers pass with MIC2E_COMPILE on."""
     import torch
     from diffusers import FluxPipeline
     from mic2e_services.flux.model import FluxGenerator
@@ -147,13 +155,15 @@ def full_size_models(names: Sequence[str], device: str = "cuda") -> dict[str, An
     out: dict[str, Any] = {}
     for name in names:
         if name == "segmentation":
-            out[name] = Sam3Segmenter.from_models(**fm.sam3(device, torch.float16, work))
+            out[name] = Sam3Segmenter.from_models(**fm.sam3(device, torch.float16, work),
+                                                  compile=compile)
         elif name == "object-clear":
             out[name] = ObjectClearModel.from_pipeline(ObjectClearPipeline(
-                **fm.objectclear(device, torch.float16, work), revision="random-init"))
+                **fm.objectclear(device, torch.float16, work), revision="random-init"),
+                compile=compile)
         elif name == "flux":
             out[name] = FluxGenerator.from_pipeline(FluxPipeline(
-                **fm.flux(device, torch.bfloat16, work)))
+                **fm.flux(device, torch.bfloat16, work)), compile=compile)
     return out
 
 
@@ -311,7 +321,12 @@ async def stack_for(args: Any, *, models: Sequence[str], orchestrator: bool,
     if addresses:
         yield external(addresses)
     elif getattr(args, "full", False):
-        prebuilt = full_size_models(models)
+        spec = None
+        if getattr(args, "compile", False):
+            from mic2e_services.runtime.model_api import CompileSpec
+
+            spec = CompileSpec(cache_dir=args.compile_cache_dir)
+        prebuilt = full_size_models(models, compile=spec)
         async with in_process(models=models, orchestrator=orchestrator, device="cuda",
                               settings=settings, prebuilt=prebuilt) as endpoints:
             endpoints.mode = "in-process full-size"

@@ -10,6 +10,8 @@
 #                               setting / eager / compiled, fidelity, throughput (3-6 min)
 #   restart MODEL               the same model again on the SAME compile cache, timing only:
 #                               its first_call_s is a restart with a warm cache (1-2 min)
+#   remove                      benchmarks.overhead --full --compile: "remove the dog" through
+#                               the orchestrator, client-observed, vs direct calls (4-7 min)
 #   memory-goals                benchmarks.memory: references + the runs behind each goal
 #                               of issue 10, each under its card's cap (6-9 min)
 #   memory MODEL                benchmarks.memory, every run of that model (3-9 min)
@@ -49,6 +51,9 @@ case "$stage" in
     shift
     "$py" -m benchmarks.models --profile full --models "$model" --compile-cache-dir "$cache" \
       --repeats 1 --skip-throughput --skip-fidelity --out "$out/restart-$model.json" "$@" ;;
+  remove)
+    "$py" -m benchmarks.overhead --full --compile --compile-cache-dir "$cache" \
+      --image-size 1024x768 --out "$out/remove.json" "$@" ;;
   memory-goals)
     "$py" -m benchmarks.memory --profile full \
       --runs sam3=resident,resident@4,int8@4 \

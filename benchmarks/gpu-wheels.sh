@@ -12,8 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py=${PYTHON_VERSION:-3.12}
+# The model benchmarks (models, memory) need the first line; the in-process stack
+# (overhead --full: servers, orchestrator) the second.
 packages=(diffusers torchao transformers grpcio grpcio-health-checking protobuf
-          googleapis-common-protos importlib-metadata)
+          googleapis-common-protos importlib-metadata
+          pydantic pydantic-core pydantic-settings annotated-types typing-inspection
+          python-dotenv grpcio-reflection grpcio-status opentelemetry-api opentelemetry-sdk
+          opentelemetry-semantic-conventions)
 pins=$(python3 - "${packages[@]}" <<'PY'
 import sys, tomllib
 lock = {p["name"]: p["version"] for p in tomllib.load(open("uv.lock", "rb"))["package"]}

@@ -64,3 +64,59 @@ async def test_segmentation_int8_and_compile_settings_reach_the_model_and_serve(
                 text="dog", score_threshold=0.0, max_instances=3))
         assert 1 <= len(reply.instances) <= 3
         assert all(i.mask.width == 160 and i.mask.height == 120 for i in reply.instances)
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _ok(results: list) -> None:
+    for r in results:
+        assert not isinstance(r, BaseException), r
+
+
+def test_warm_up_compiles_every_shape_so_no_request_recompiles(tiny_sam3, tiny_objectclear,
+                                                                tiny_flux):
+    # The "eager" backend traces exactly as Inductor would (same graphs, same recompiles)
+    # without generating code. After warm-up, no size or batch may compile again: with a
+    # cold cache on a GPU that recompile would take minutes inside a request.
+    from mic2e_services.flux.model import FluxGenerator, GenerateQuery
+    from mic2e_services.object_clear.model import ClearQuery, ObjectClearModel
+    from mic2e_services.runtime.model_api import CompileSpec, QuietContext
+    from mic2e_services.segmentation.model import Sam3Segmenter, TextQuery
+
+    spec = CompileSpec(backend="eager")
+    ctx = QuietContext()
+
+    flux = FluxGenerator(str(tiny_flux), compile=spec, max_batch_size=4)
+    flux.load()
+    flux.warmup()
+    before = _graphs()
+    for (w, h), n in (((256, 256), 1), ((256, 256), 3), ((384, 256), 2), ((1024, 512), 1)):
+        _ok(flux([GenerateQuery("a dog", w, h, 2, i) for i in range(n)], [ctx] * n))
+    assert _graphs() == before, "a FLUX request compiled a new graph after warm-up"
+
+    clear = ObjectClearModel(str(tiny_objectclear), compile=spec, max_batch_size=2)
+    clear.load()
+    clear.warmup()
+    before = _graphs()
+    for w, h in ((256, 256), (320, 256), (256, 400), (700, 300)):
+        mask = np.zeros((h, w), bool)
+        mask[40:120, 40:120] = True
+        query = ClearQuery(Image.new("RGB", (w, h)), mask, "dog", steps=2, short_side=256)
+        _ok(clear([query, query], [ctx, ctx]))
+    assert _graphs() == before, "an ObjectClear request compiled a new graph after warm-up"
+
+    seg = Sam3Segmenter(str(tiny_sam3), compile=spec, max_batch_size=4)
+    seg.load()
+    seg.warmup()
+    before = _graphs()
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 4):
+        images = [Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+                  for _ in range(n)]
+        _ok(seg([TextQuery(image=im, image_key=f"k{n}-{i}", text="dog", score_threshold=0.0)
+                 for i, im in enumerate(images)], [ctx] * n))
+    assert _graphs() == before, "a SAM3 request compiled a new graph after warm-up"

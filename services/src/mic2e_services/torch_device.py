@@ -146,13 +146,16 @@ def configure_compile_cache(cache_dir: str | None) -> None:
     functorch_config.enable_autograd_cache = True
 
 
-def compile_module(module: torch.nn.Module, spec: CompileSpec) -> Callable[[], None]:
+def compile_module(module: torch.nn.Module, spec: CompileSpec, *,
+                   dynamic: bool | None = None) -> Callable[[], None]:
     """torch.compile `module` in place (compiled at its first call); returns an undo.
 
     In place (``nn.Module.compile``) rather than a wrapper: the module keeps its identity,
     so a pipeline reading ``transformer.config`` or two models sharing one backbone see
     the compiled module without any attribute being swapped. The first call (warm-up)
-    pays the compilation, so the server is SERVING only once it is done.
+    pays the compilation, so the server is SERVING only once it is done. `dynamic`: as
+    torch.compile's (None: static first, dynamic after a second shape; True: dynamic
+    sizes from the first compile, for modules whose inputs vary in several dimensions).
     """
     configure_compile_cache(spec.cache_dir)
     import torch._dynamo.config as dynamo_config
@@ -160,7 +163,7 @@ def compile_module(module: torch.nn.Module, spec: CompileSpec) -> Callable[[], N
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
     dynamo_config.accumulated_recompile_limit = max(
         dynamo_config.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
-    options: dict[str, object] = {"backend": spec.backend}
+    options: dict[str, object] = {"backend": spec.backend, "dynamic": dynamic}
     if spec.backend == "inductor" and spec.mode and spec.mode != "default":
         options["mode"] = spec.mode  # other backends take no mode (and warn about one)
     module.compile(**options)

@@ -172,8 +172,8 @@ class FluxGenerator:
         """torch.compile the transformer (at its next call); returns an undo.
 
         `load` calls this when the `compile` setting is on; benchmarks call it on a loaded
-        model to time the same weights eager and compiled. Sizes are the caller's
-        (multiples of 16), so each new size compiles once and then comes from the cache.
+        model to time the same weights eager and compiled. Sizes stay the caller's:
+        warm-up's second size and batch turn on dynamic shapes, which serve the rest.
         """
         return compile_module(self._pipe.transformer, spec)
 
@@ -212,6 +212,14 @@ class FluxGenerator:
             _WARMUP_SIZE,
             _WARMUP_SIZE,
         )
+        if self.compile is not None:
+            # Compiled: calls at another size, alone and (when batching is on) batched,
+            # make torch's automatic dynamic shapes recompile NOW, before SERVING, not on
+            # the first real request of another size or batch (cold: minutes). Both are
+            # needed: a batch of 1 is always specialised apart from larger ones.
+            other = GenerateQuery("a photo of a dog", _WARMUP_SIZE + 256, _WARMUP_SIZE, 1, 0)
+            for n in sorted({1, min(2, self.max_batch_size)}):
+                self._run_pipeline([other] * n, list(range(n)), lambda pipe, i, t, kwargs: {})
 
     # -- Model protocol: scheduling -----------------------------------------------------
 

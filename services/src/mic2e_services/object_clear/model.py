@@ -140,12 +140,13 @@ class ObjectClearModel:
         `load` calls this when the `compile` setting is on; benchmarks call it on a loaded
         model to time the same weights eager and compiled. Working sizes stay exact:
         snapping them to a coarser grid would cut the number of compiled shapes but
-        change the picture (16.8 dB PSNR against eager on the tiny model). The first
-        shape (warm-up's 512 px) compiles static; a second one recompiles with dynamic
-        sizes, which then serves every later size (CUDA graphs record once per size).
+        change the picture (16.8 dB PSNR against eager on the tiny model). So the UNet
+        compiles with dynamic sizes from the start - height, width and batch all vary
+        between requests - and warm-up covers the graphs that still differ (CUDA graphs
+        then record once per concrete size).
         """
         assert self.pipeline is not None
-        return compile_module(self.pipeline.unet, spec)
+        return compile_module(self.pipeline.unet, spec, dynamic=True)
 
     def memory_stats(self) -> dict[str, float]:
         """Device allocator figures for the metrics endpoint."""
@@ -177,6 +178,29 @@ class ObjectClearModel:
         self._seconds_per_step = per_step
         self._overhead_seconds = max(two - 2.0 * per_step, 0.0)
         self._calibration_pixels = side * side
+        if self.compile is not None:
+            self._warm_compiled_variants(side, context)
+
+    def _warm_compiled_variants(self, side: int, context: StepContext) -> None:
+        """Run, before SERVING, every graph variant a request can need, so that no
+        request pays a compilation (cold: minutes on a GPU): landscape and portrait
+        working sizes, alone and batched, and a guidance of 1 (no CFG: a UNet batch of
+        1, which torch always specialises). Two steps each: the last step captures the
+        fusion's attention map, a graph of its own."""
+        mask = np.zeros((side, side + 128), dtype=bool)
+        mask[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
+        landscape = Image.new("RGB", (side + 128, side), (127, 127, 127))
+        portrait = landscape.transpose(Image.Transpose.ROTATE_90)
+        runs = []
+        for image, m in ((landscape, mask), (portrait, mask.T.copy())):
+            query = ClearQuery(image, m, "object", steps=2, short_side=side, seed=0)
+            runs += [[query] * n for n in sorted({1, min(2, self.max_batch_size)})]
+        runs.append([ClearQuery(landscape, mask, "object", steps=2, guidance_scale=1.0,
+                                short_side=side, seed=0)])
+        for queries in runs:
+            for result in self(queries, [context] * len(queries)):
+                if isinstance(result, BaseException):
+                    raise result
 
     def batch_key(self, request: ClearQuery) -> Hashable | None:
         """Same working size, steps, guidance and fusion: one UNet batch can run them."""

@@ -301,6 +301,18 @@ class Sam3Segmenter:
         self._text_decode_s = max(t1 - t0 - encode_s, 0.0)
         self._prompt_decode_s = t2 - t1
         self._drop_cached(key)
+        if self.compile is not None and self.max_batch_size > 1:
+            # Compiled: a batch of two now makes torch's automatic dynamic shapes
+            # recompile the ViT for any batch size before SERVING, not on the first
+            # batched request (the image side is fixed by the processor).
+            keys = [f"{key}:{i}" for i in range(2)]
+            batch = [TextQuery(image=image, image_key=k, text="object", score_threshold=0.0)
+                     for k in keys]
+            for result in self(batch, ctx * 2):
+                if isinstance(result, BaseException):
+                    raise result
+            for k in keys:
+                self._drop_cached(k)
 
     def estimate_seconds(self, request: Any) -> float:
         """Decode cost of the request's path, plus the vision encoder unless its image is cached."""
