@@ -221,6 +221,29 @@ def test_compatible_requests_share_a_batch(model, monkeypatch):
     assert keep.events == [(STAGE, 1, 2), (STAGE, 2, 2)]
 
 
+def test_a_batched_request_gets_the_picture_it_gets_alone(model, monkeypatch):
+    # Batching is on by default on a GPU: a caller's result must not depend on its
+    # batch-mates (own noise, own object token, own attention map and fusion).
+    monkeypatch.setattr(model, "max_batch_size", 3)
+    a = query(seed=11)
+    b = query(image=make_image(seed=5), label="cat", seed=12)
+    c = query(image=make_image(seed=9), mask=~make_mask(), seed=13)
+    (alone,) = model([a], [RecordingContext()])
+    batched = model([b, a, c], [RecordingContext() for _ in range(3)])
+    assert all(isinstance(r, ClearOutput) for r in [alone, *batched])
+    x = np.asarray(alone.image, dtype=np.float64)
+    y = np.asarray(batched[1].image, dtype=np.float64)
+    mse = float(np.mean((x - y) ** 2))
+    # fp32 on CPU: only summation order may differ (a batched conv), never the picture.
+    assert mse == 0.0 or 10 * np.log10(255.0**2 / mse) > 50.0, mse
+    assert batched[0].image.tobytes() != alone.image.tobytes()  # and the batch is real
+
+
+def test_batching_is_on_by_default_on_accelerators_only():
+    assert ObjectClearModel("unused").max_batch_size == 1  # CPU: batching gains nothing
+    assert ObjectClearModel("unused", max_batch_size=4).max_batch_size == 4
+
+
 def test_warmup_calibrates_estimates(model):
     model.warmup()
     short, long = query(steps=5), query(steps=50)

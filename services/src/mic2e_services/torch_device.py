@@ -15,8 +15,9 @@ from mic2e_services.runtime.model_api import CompileSpec
 log = logging.getLogger(__name__)
 
 #: Recompiles allowed per compiled function before torch falls back to eager for new
-#: shapes. Torch's default (8) is below the shape buckets a server can meet; a silent
-#: fallback would look like a slow server, so allow them all.
+#: shapes. Torch's default (8) is close to the variants a server can meet (sizes,
+#: batches, ObjectClear's attention-capture step); a silent fallback to eager would look
+#: like a slow server, so allow well beyond them.
 _RECOMPILE_LIMIT = 64
 
 # Messages of CUDA errors after which the context is unusable: every later call fails too.

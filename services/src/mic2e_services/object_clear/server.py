@@ -30,8 +30,9 @@ class Settings(ModelServerSettings):
         "quality": {},
         # A documented quality cut: half the steps at a smaller working size.
         "fast": {"default_steps": 10, "default_short_side": 384},
-        # The 2.6 B-parameter UNet in int8 (half its fp16 memory), tiled VAE.
-        "low-memory": {"quantization": "int8", "vae_tiling": True},
+        # The 2.6 B-parameter UNet in int8 (half its fp16 memory), tiled VAE, and one
+        # removal at a time (a batch's activations are what a small card lacks).
+        "low-memory": {"quantization": "int8", "vae_tiling": True, "max_batch_size": 1},
     }
 
     def request_defaults(self) -> dict[str, Any]:
