@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One stage of the GPU benchmarks (issue 8: speed and fidelity; issue 10: memory modes) on
 # a CUDA machine whose python3 already has torch. Nothing is installed but the wheels in
-# .whl/ (from benchmarks/gpu-wheels.sh), into /tmp/site; the repo runs from source.
+# .whl/ (from benchmarks/gpu-wheels.sh; MIC2E_WHEELS names another folder), into
+# /tmp/site; the repo runs from source.
 #
 #   benchmarks/gpu-run.sh STAGE [more options for the program]
 #
@@ -24,9 +25,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py=${PYTHON:-python3}
-if compgen -G ".whl/*.whl" >/dev/null; then
+wheels=${MIC2E_WHEELS:-.whl}
+if compgen -G "$wheels/*.whl" >/dev/null; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+    --target /tmp/site "$wheels"/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/client/src:$PWD/services/src:$PWD"

@@ -12,8 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py=${PYTHON_VERSION:-3.12}
-# The model benchmarks (models, memory) need the first line; the in-process stack
-# (overhead --full: servers, orchestrator) the second.
+# The model benchmarks (models, memory) need the first two lines; the in-process stack
+# (overhead --full: servers, orchestrator) the rest too.
 packages=(diffusers torchao transformers grpcio grpcio-health-checking protobuf
           googleapis-common-protos importlib-metadata
           pydantic pydantic-core pydantic-settings annotated-types typing-inspection
@@ -22,10 +22,10 @@ packages=(diffusers torchao transformers grpcio grpcio-health-checking protobuf
 pins=$(python3 - "${packages[@]}" <<'PY'
 import sys, tomllib
 lock = {p["name"]: p["version"] for p in tomllib.load(open("uv.lock", "rb"))["package"]}
-for name in sys.argv[1:]:
-    # importlib-metadata is not in the lock (Python >= 3.8 has importlib.metadata), but
-    # diffusers declares it: take PyPI's newest.
-    print(f"{name}=={lock[name]}" if name in lock else name)
+missing = [name for name in sys.argv[1:] if name not in lock]
+if missing:
+    sys.exit(f"not in uv.lock: {missing}")
+print(" ".join(f"{name}=={lock[name]}" for name in sys.argv[1:]))
 PY
 )
 rm -rf .whl && mkdir -p .whl
