@@ -5,8 +5,9 @@
 #
 # The GPU image is assumed to hold torch, grpcio's runtime deps, numpy, pillow, safetensors,
 # tokenizers and huggingface_hub (a typical CUDA PyTorch image; never reinstall torch).
-# It lacks diffusers and torchao, and its grpcio / protobuf are older than the generated
-# stubs accept; transformers is carried so SAM3 runs the version the tests ran.
+# It lacks diffusers and torchao, and its grpcio / protobuf may be older than the generated
+# stubs accept (they check at import); transformers is carried so SAM3 runs the version
+# the tests ran.
 #   PYTHON_VERSION=3.12 benchmarks/gpu-wheels.sh     # the target's Python (default 3.12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
