@@ -10,7 +10,8 @@
  * Failures reject (unary calls) or throw from the iteration (streams) with a
  * {@link ConnectError}; its `code` is the gRPC status code ({@link Code}), e.g.
  * `Code.InvalidArgument` (3) for a bad field, `Code.NotFound` (5) for an unknown image
- * reference or a text target that found nothing.
+ * reference or a text target that found nothing. {@link errorDetails} decodes what the
+ * servers attach: the refused fields, the retry delay, the reason and its metadata.
  *
  * @module
  */
@@ -39,6 +40,7 @@ export * from "./gen/mic2e/v1/object_clear_pb.js";
 export * from "./gen/mic2e/v1/orchestrator_pb.js";
 export * from "./gen/mic2e/v1/segmentation_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
+export { type ErrorDetails, type FieldViolation, errorDetails } from "./errors.js";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
 
 /** A `RemoveObjects` request as a plain object (see `RemoveObjectsRequest` in the protos). */

@@ -9,10 +9,12 @@ import {
   Code,
   ConnectError,
   type MaskSchema,
+  errorDetails,
   Mic2eClient,
   type RemoveObjectsInit,
   type RemoveObjectsResponse,
   imageFromBytes,
+  imageFromSha256,
 } from "../src/index.js";
 import { encodePng, pngSize } from "./png.js";
 
@@ -140,8 +142,34 @@ test("a request without a target fails with INVALID_ARGUMENT", { timeout: 30_000
       if (!(err instanceof ConnectError)) assert.fail(`expected a ConnectError, got ${String(err)}`);
       assert.equal(err.code, Code.InvalidArgument);
       assert.equal(err.code, 3);
+      const details = errorDetails(err);
+      assert.deepEqual(details.fieldViolations.map((v) => v.field), ["target"], "the bad field is named");
+      assert.equal(details.domain, undefined, "INVALID_ARGUMENT carries field violations only");
       return true;
     },
   );
   assert.deepEqual(seen, [], "no event before the error");
+});
+
+test("an unknown image reference fails with NOT_FOUND, reason IMAGE_NOT_FOUND", { timeout: 30_000 }, async () => {
+  const sha = "0".repeat(64);
+  await assert.rejects(
+    async () => {
+      for await (const _ of client.removeObjects(
+        { image: imageFromSha256(sha), target: { case: "text", value: { text: "dog" } }, clearOptions: FAST },
+        CALL,
+      )) {
+        // no event is expected
+      }
+    },
+    (err: unknown) => {
+      if (!(err instanceof ConnectError)) assert.fail(`expected a ConnectError, got ${String(err)}`);
+      assert.equal(err.code, Code.NotFound);
+      const details = errorDetails(err);
+      assert.equal(details.reason, "IMAGE_NOT_FOUND");
+      assert.equal(details.domain, "mic2e.v1");
+      assert.equal(details.metadata.sha256, sha);
+      return true;
+    },
+  );
 });

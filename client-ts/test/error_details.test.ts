@@ -1,0 +1,68 @@
+// errorDetails() on details encoded here the way a gRPC server encodes them (protobuf wire
+// format of google.rpc.BadRequest / RetryInfo / ErrorInfo); no server needed.
+import * as assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { BinaryWriter } from "@bufbuild/protobuf/wire";
+
+import { Code, ConnectError, errorDetails } from "../src/index.js";
+
+const pair = (a: string, b: string) => new BinaryWriter().tag(1, 2).string(a).tag(2, 2).string(b).finish();
+
+function badRequest(...violations: [string, string][]): Uint8Array {
+  const w = new BinaryWriter();
+  for (const [field, description] of violations) w.tag(1, 2).bytes(pair(field, description));
+  return w.finish();
+}
+
+function retryInfo(seconds: number, nanos: number): Uint8Array {
+  const duration = new BinaryWriter().tag(1, 0).int64(seconds).tag(2, 0).int32(nanos).finish();
+  return new BinaryWriter().tag(1, 2).bytes(duration).finish();
+}
+
+function errorInfo(reason: string, domain: string, metadata: Record<string, string>): Uint8Array {
+  const w = new BinaryWriter().tag(1, 2).string(reason).tag(2, 2).string(domain);
+  for (const [k, v] of Object.entries(metadata)) w.tag(3, 2).bytes(pair(k, v));
+  w.tag(9, 0).int32(7); // a field from a newer version of the message: skipped
+  return w.finish();
+}
+
+const failed = (details: { type: string; value: Uint8Array }[]) => {
+  const err = new ConnectError("refused", Code.ResourceExhausted);
+  err.details = details;
+  return err;
+};
+
+test("decodes field violations, the retry delay and the ErrorInfo", () => {
+  const details = errorDetails(
+    failed([
+      { type: "google.rpc.BadRequest", value: badRequest(["target", "set one"], ["clear_options.steps", "1..100"]) },
+      { type: "google.rpc.RetryInfo", value: retryInfo(2, 500_000_000) },
+      { type: "google.rpc.ErrorInfo", value: errorInfo("QUEUE_FULL", "mic2e.v1", { stage: "object_clear" }) },
+      { type: "example.Unknown", value: new Uint8Array([8, 1]) },
+    ]),
+  );
+  assert.deepEqual(details, {
+    fieldViolations: [
+      { field: "target", description: "set one" },
+      { field: "clear_options.steps", description: "1..100" },
+    ],
+    retryAfterMs: 2500,
+    reason: "QUEUE_FULL",
+    domain: "mic2e.v1",
+    metadata: { stage: "object_clear" },
+  });
+});
+
+test("nothing to decode: empty details, never a throw", () => {
+  const empty = { fieldViolations: [], metadata: {} };
+  assert.deepEqual(errorDetails(new Error("not a ConnectError")), empty);
+  assert.deepEqual(errorDetails(undefined), empty);
+  assert.deepEqual(errorDetails(failed([])), empty);
+  // A truncated detail is dropped; the others still count.
+  const truncated = failed([
+    { type: "google.rpc.BadRequest", value: new Uint8Array([10, 40, 10]) },
+    { type: "google.rpc.ErrorInfo", value: errorInfo("NO_INSTANCES", "mic2e.v1", {}) },
+  ]);
+  assert.equal(errorDetails(truncated).reason, "NO_INSTANCES");
+});
