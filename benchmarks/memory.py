@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flux-steps", type=int, help="FLUX steps (4)")
     p.add_argument("--tiny-dir", type=Path, help="tiny checkpoints (tiny profile; written "
                    "there if missing; default: a temporary folder)")
+    p.add_argument("--compile", action="store_true",
+                   help="every run with torch.compile on (as MIC2E_COMPILE=1), the reference "
+                   "too; the warm-up request compiles (int8 kernels are fast only compiled)")
+    p.add_argument("--compile-mode", default="reduce-overhead",
+                   help="Inductor mode with --compile (reduce-overhead: CUDA graphs)")
+    p.add_argument("--compile-cache-dir", default="/tmp/mic2e-compile",
+                   help="compile cache with --compile (default /tmp/mic2e-compile)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run (900)")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: one run, as JSON
     add_output_args(p)
@@ -146,7 +153,13 @@ def _build(job: dict[str, Any]) -> tuple[Any, Any]:
     import torch
     from mic2e import codecs
 
-    name, settings, tiny = job["model"], MODES[job["mode"]], job["profile"] == "tiny"
+    name, settings, tiny = job["model"], dict(MODES[job["mode"]]), job["profile"] == "tiny"
+    if job.get("compile_cache_dir"):
+        from mic2e_services.runtime.model_api import CompileSpec
+
+        # As MIC2E_COMPILE=1: the first (warm-up) request compiles; cache shared by runs.
+        settings["compile"] = CompileSpec(mode=job["compile_mode"],
+                                          cache_dir=job["compile_cache_dir"])
     device = job["device"]
     if name == "sam3":
         from mic2e_services.segmentation.model import Sam3Segmenter, TextQuery
@@ -212,7 +225,8 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(job["device"])
     cuda = device.type == "cuda"
     out: dict[str, Any] = {"model": job["model"], "mode": job["mode"], "cap_gib": job["cap_gib"],
-                           "settings": MODES[job["mode"]]}
+                           "settings": MODES[job["mode"]],
+                           "compiled": bool(job.get("compile_cache_dir"))}
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
         out["device_total_gib"] = total / 2**30
@@ -375,6 +389,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 mode, cap = parse_run(spec)
                 output = Path(work) / f"{name}-{i}{suffix}"
                 job = {**settings, "model": name, "mode": mode, "cap_gib": cap,
+                       "compile_mode": args.compile_mode,
+                       "compile_cache_dir": args.compile_cache_dir if args.compile else None,
                        "profile": args.profile, "workdir": work, "output": str(output),
                        "result": str(Path(work) / f"{name}-{i}.json"),
                        "checkpoint": str(tiny_dir / name) if tiny_dir else None}
