@@ -16,9 +16,12 @@
  * @module
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { type CallOptions, type Client, Code, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { createHash } from "node:crypto";
 import type { SecureClientSessionOptions } from "node:http2";
+
+import { errorDetails } from "./errors.js";
 
 import type { ImageSchema } from "./gen/mic2e/v1/common_pb.js";
 import type { GenerateRequestSchema, GenerateResponse } from "./gen/mic2e/v1/flux_pb.js";
@@ -69,7 +72,16 @@ export interface Mic2eClientOptions {
   maxMessageBytes?: number;
   /** Interceptors run on every call, e.g. to add authentication metadata. */
   interceptors?: Interceptor[];
+  /**
+   * Send an image's bytes once, then only its SHA-256 (the orchestrator keeps recent
+   * images); when the server has dropped it (NOT_FOUND, reason IMAGE_NOT_FOUND) the call
+   * is made again once with the bytes. Default true, as the Python client.
+   */
+  imageReferences?: boolean;
 }
+
+/** A request that may carry an input image. */
+type WithImage = { image?: ImageInit };
 
 const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
@@ -97,7 +109,8 @@ function baseUrlOf(address: string, tls: boolean): string {
  *
  * One HTTP/2 connection is opened on the first call, shared by all calls, kept alive with
  * PING frames while calls run, and does not keep the process alive when idle. Call
- * {@link Mic2eClient.close} to drop it at once.
+ * {@link Mic2eClient.close} to drop it at once. An image's bytes are sent once; later
+ * calls with the same bytes send its SHA-256 (see {@link Mic2eClientOptions.imageReferences}).
  *
  * @example
  * ```ts
@@ -116,6 +129,9 @@ export class Mic2eClient {
   readonly address: string;
   readonly #sessions: Http2SessionManager;
   readonly #edit: Client<typeof EditService>;
+  readonly #imageReferences: boolean;
+  /** SHA-256 of every image this client has sent in full. */
+  readonly #sent = new Set<string>();
 
   /**
    * @param address `host:port` of the orchestrator (e.g. `localhost:50051`, `[::1]:50051`),
@@ -141,6 +157,60 @@ export class Mic2eClient {
       ...(options.timeoutMs !== undefined ? { defaultTimeoutMs: options.timeoutMs } : {}),
     });
     this.#edit = createClient(EditService, transport);
+    this.#imageReferences = options.imageReferences ?? true;
+  }
+
+  /**
+   * The request to send first: its image by reference when these bytes were sent before.
+   * `retry` is the request with the bytes, when the reference may be unknown to the server.
+   */
+  #byReference<R extends WithImage>(request: R): { first: R; retry?: R; digest?: string } {
+    const source = request.image?.source;
+    if (!this.#imageReferences || source?.case !== "data" || !(source.value instanceof Uint8Array)) {
+      return { first: request };
+    }
+    const digest = createHash("sha256").update(source.value).digest("hex");
+    if (!this.#sent.has(digest)) {
+      this.#sent.add(digest);
+      return { first: request };
+    }
+    return { first: { ...request, image: imageFromSha256(digest) }, retry: request, digest };
+  }
+
+  /** Whether `err` says the server no longer holds the referenced image. */
+  #lostImage(err: unknown, digest: string | undefined): boolean {
+    if (digest === undefined || !(err instanceof ConnectError) || err.code !== Code.NotFound) return false;
+    if (errorDetails(err).reason !== "IMAGE_NOT_FOUND") return false;
+    this.#sent.delete(digest); // the next call sends the bytes again
+    return true;
+  }
+
+  async #unary<R extends WithImage, T>(request: R, call: (r: R) => Promise<T>): Promise<T> {
+    const { first, retry, digest } = this.#byReference(request);
+    try {
+      return await call(first);
+    } catch (err) {
+      if (retry === undefined || !this.#lostImage(err, digest)) throw err;
+      this.#sent.add(digest!);
+      return await call(retry);
+    }
+  }
+
+  async *#stream<R extends WithImage, T>(request: R, call: (r: R) => AsyncIterable<T>): AsyncIterable<T> {
+    const { first, retry, digest } = this.#byReference(request);
+    let delivered = false;
+    try {
+      for await (const event of call(first)) {
+        delivered = true;
+        yield event;
+      }
+      return;
+    } catch (err) {
+      // Only before the first event: an unknown reference fails before any work starts.
+      if (delivered || retry === undefined || !this.#lostImage(err, digest)) throw err;
+    }
+    this.#sent.add(digest!);
+    yield* call(retry);
   }
 
   /**
@@ -157,7 +227,7 @@ export class Mic2eClient {
    *   the next step), `headers`.
    */
   removeObjects(request: RemoveObjectsInit, options?: CallOptions): AsyncIterable<RemoveObjectsResponse> {
-    return this.#edit.removeObjects(request, options);
+    return this.#stream(request, (r) => this.#edit.removeObjects(r, options));
   }
 
   /**
@@ -165,7 +235,7 @@ export class Mic2eClient {
    * Passed through to the segmentation server.
    */
   segmentByText(request: SegmentByTextInit, options?: CallOptions): Promise<SegmentByTextResponse> {
-    return this.#edit.segmentByText(request, options);
+    return this.#unary(request, (r) => this.#edit.segmentByText(r, options));
   }
 
   /**
@@ -174,7 +244,7 @@ export class Mic2eClient {
    * server.
    */
   segmentByPrompt(request: SegmentByPromptInit, options?: CallOptions): Promise<SegmentByPromptResponse> {
-    return this.#edit.segmentByPrompt(request, options);
+    return this.#unary(request, (r) => this.#edit.segmentByPrompt(r, options));
   }
 
   /**

@@ -1,31 +1,10 @@
-// errorDetails() on details encoded here the way a gRPC server encodes them (protobuf wire
+// errorDetails() on details encoded the way a gRPC server encodes them (protobuf wire
 // format of google.rpc.BadRequest / RetryInfo / ErrorInfo); no server needed.
 import * as assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { BinaryWriter } from "@bufbuild/protobuf/wire";
-
 import { Code, ConnectError, errorDetails } from "../src/index.js";
-
-const pair = (a: string, b: string) => new BinaryWriter().tag(1, 2).string(a).tag(2, 2).string(b).finish();
-
-function badRequest(...violations: [string, string][]): Uint8Array {
-  const w = new BinaryWriter();
-  for (const [field, description] of violations) w.tag(1, 2).bytes(pair(field, description));
-  return w.finish();
-}
-
-function retryInfo(seconds: number, nanos: number): Uint8Array {
-  const duration = new BinaryWriter().tag(1, 0).int64(seconds).tag(2, 0).int32(nanos).finish();
-  return new BinaryWriter().tag(1, 2).bytes(duration).finish();
-}
-
-function errorInfo(reason: string, domain: string, metadata: Record<string, string>): Uint8Array {
-  const w = new BinaryWriter().tag(1, 2).string(reason).tag(2, 2).string(domain);
-  for (const [k, v] of Object.entries(metadata)) w.tag(3, 2).bytes(pair(k, v));
-  w.tag(9, 0).int32(7); // a field from a newer version of the message: skipped
-  return w.finish();
-}
+import { badRequest, errorInfo, retryInfo } from "./wire.js";
 
 const failed = (details: { type: string; value: Uint8Array }[]) => {
   const err = new ConnectError("refused", Code.ResourceExhausted);
