@@ -220,6 +220,7 @@ def _save_output(name: str, output: Any, path: Path) -> None:
 def child(job: dict[str, Any]) -> dict[str, Any]:
     """One (model, mode, cap) run; never raises for an out-of-memory: that is a finding."""
     import torch
+    from mic2e_services import errors
     from mic2e_services.runtime.model_api import QuietContext
 
     device = torch.device(job["device"])
@@ -281,7 +282,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
                                     if cuda else None)
         _save_output(job["model"], result, Path(job["output"]))
         out["fits"] = True
-    except torch.OutOfMemoryError as exc:
+    except (torch.OutOfMemoryError, errors.ResourceExhausted) as exc:
+        # The models turn an out-of-memory inside a request into RESOURCE_EXHAUSTED.
+        if isinstance(exc, errors.ResourceExhausted) and exc.reason != "OUT_OF_MEMORY":
+            raise
         out.update(fits=False, failed_at=stage, peak_gib=peak(),
                    error=f"out of memory: {str(exc).splitlines()[0]}")
     except ValueError as exc:  # a mode this device refuses (e.g. fp8 before Ada)

@@ -105,7 +105,7 @@ def optimise(name: str, model: Any, parts: Any, spec: Any = None
     """
     if spec is None:
         return (lambda: None), "none: the served model code as is (plain eager)"
-    part = {"sam3": "ViT backbone", "objectclear": "UNet (64 px size grid)",
+    part = {"sam3": "ViT backbone", "objectclear": "UNet (dynamic sizes)",
             "flux": "transformer"}[name]
     undo = model.enable_compile(spec)
     return undo, f"torch.compile of the {part}: backend={spec.backend}, mode={spec.mode}"

@@ -180,7 +180,9 @@ export class Mic2eClient {
   /** Whether `err` says the server no longer holds the referenced image. */
   #lostImage(err: unknown, digest: string | undefined): boolean {
     if (digest === undefined || !(err instanceof ConnectError) || err.code !== Code.NotFound) return false;
-    if (errorDetails(err).reason !== "IMAGE_NOT_FOUND") return false;
+    const { reason, metadata } = errorDetails(err);
+    if (reason !== "IMAGE_NOT_FOUND") return false;
+    if (metadata.sha256 !== undefined && metadata.sha256 !== digest) return false; // another image
     this.#sent.delete(digest); // the next call sends the bytes again
     return true;
   }

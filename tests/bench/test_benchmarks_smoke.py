@@ -204,6 +204,26 @@ def test_memory_tiny_profile_runs_each_mode_in_its_own_process(tiny_dir, tmp_pat
     assert r["goals"] == []  # card-size goals need a capped GPU run
 
 
+def test_memory_run_that_runs_out_of_memory_is_reported_as_not_fitting(monkeypatch, tmp_path):
+    # The models turn an OOM inside a request into RESOURCE_EXHAUSTED (OUT_OF_MEMORY):
+    # that is the finding "does not fit", not a crashed run.
+    from mic2e_services import errors
+
+    class OutOfMemory:
+        def load(self) -> None:
+            pass
+
+        def __call__(self, requests, contexts):
+            return [errors.ResourceExhausted("out of device memory", reason="OUT_OF_MEMORY")]
+
+    monkeypatch.setattr(memory, "_build", lambda job: (OutOfMemory(), object()))
+    job = {**memory.PROFILES["tiny"], "model": "flux", "mode": "int8", "cap_gib": None,
+           "profile": "tiny", "output": str(tmp_path / "out.png")}
+    result = memory.child(job)
+    assert result["fits"] is False and result["failed_at"] == "requests", result
+    assert "out of memory" in result["error"]
+
+
 def test_memory_goals_pick_the_fastest_run_that_fits_each_card():
     def run(mode, cap, latency, fits=True):
         return {"mode": mode, "cap_gib": cap, "fits": fits, "latency_s": {"median": latency}}

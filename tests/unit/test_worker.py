@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -51,6 +52,21 @@ async def test_load_failure_reaches_start_and_nothing_is_accepted():
     worker = ModelWorker(model)
     with pytest.raises(RuntimeError, match="corrupt"):
         await worker.start()
+    assert not worker.ready
+    with pytest.raises(Unavailable):
+        worker.submit(FakeRequest(1))
+
+
+async def test_stop_while_loading_wins_over_the_end_of_loading():
+    gate = threading.Event()
+    worker = ModelWorker(FakeModel(load_gate=gate))
+    starting = asyncio.create_task(worker.start())
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(worker.stop(timeout_s=5))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await starting
+    await stopping
     assert not worker.ready
     with pytest.raises(Unavailable):
         worker.submit(FakeRequest(1))

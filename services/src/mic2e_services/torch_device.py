@@ -128,18 +128,21 @@ def quantize_weights(module: torch.nn.Module, quantization: str,
 
 
 def configure_compile_cache(cache_dir: str | None) -> None:
-    """Point Inductor's (and so Triton's) on-disk caches at `cache_dir`.
+    """Point Inductor's and Triton's on-disk caches at `cache_dir`.
 
     Inductor reads TORCHINDUCTOR_CACHE_DIR whenever it looks for its cache, not at
     import, so setting it before the first compile is enough. The FX-graph and
     AOT-autograd caches then survive restarts: a warm restart re-traces but skips code
     generation and autotuning, which is most of the 80-100 s a cold compile costs.
+    Triton's kernel cache goes beside it, over any TRITON_CACHE_DIR inherited (the
+    image points that at /tmp for its read-only root), so it survives too.
     """
     if cache_dir is None:
         return
     path = Path(cache_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 

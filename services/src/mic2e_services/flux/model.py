@@ -90,6 +90,12 @@ class FluxGenerator:
         compile: CompileSpec | None = None,
     ) -> None:
         self.model_id = model_id
+        if compile is not None and offload != "none":
+            # Offload moves the weights on and off the device on every call: new addresses
+            # each time defeat CUDA graphs, and the hooks break the compiled graph.
+            raise ValueError(f"compile with offload={offload!r} is not supported: offload "
+                             "moves the weights every call; set MIC2E_COMPILE=0 or "
+                             "MIC2E_OFFLOAD=none")
         self.device = resolve_device(device)
         # Refuse a memory mode this device cannot run now, not after minutes of loading.
         check_memory_options(self.device, quantization=quantization, offload=offload)
@@ -154,9 +160,12 @@ class FluxGenerator:
             pipe.to(dtype=self.dtype)
         # Memory modes before placement: quantised weights are what reaches the device,
         # layer by layer (from_pretrained loaded into CPU memory). The 12 B transformer
-        # and the 4.8 B T5 are the big parts.
+        # and the 4.8 B T5 are the big parts. With offload they are quantised in CPU
+        # memory: quantising on the device would leave both there at once (torchao moves
+        # the parent modules too), the very peak offload exists to avoid.
+        staging = None if self.offload == "model" else self.device
         for part in (pipe.transformer, pipe.text_encoder_2):
-            quantize_weights(part, self.quantization, device=self.device)
+            quantize_weights(part, self.quantization, device=staging)
         if self.vae_tiling:
             pipe.vae.enable_tiling()
         if self.offload == "model":

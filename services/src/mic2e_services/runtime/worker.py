@@ -193,7 +193,9 @@ class ModelWorker:
         self._thread = threading.Thread(target=main, name=f"{self.name}-worker", daemon=True)
         self._thread.start()
         await ready
-        self._accepting = True
+        with self._cond:
+            # A stop() that came while the model loaded wins: never start taking work then.
+            self._accepting = not self._stopping
 
     @property
     def ready(self) -> bool:
