@@ -60,7 +60,7 @@ from benchmarks._common import (
     summary,
     table,
 )
-from benchmarks.models import PROMPT, iou, psnr
+from benchmarks.models import PROMPT, masks_iou, psnr
 
 NAME = "memory"
 MODELS = ("sam3", "objectclear", "flux")
@@ -331,11 +331,7 @@ def _fidelity(name: str, output: Path, reference: Path) -> float | None:
         return None
     if name == "sam3":
         xs, ys = (list(np.load(p).values()) for p in (output, reference))
-        if not xs and not ys:
-            return 1.0
-        if not xs or not ys:
-            return 0.0
-        return sum(max(iou(x, y) for y in ys) for x in xs) / len(xs)
+        return masks_iou(xs, ys)
     from PIL import Image
 
     return psnr(Image.open(output).convert("RGB"), Image.open(reference).convert("RGB"))

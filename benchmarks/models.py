@@ -197,19 +197,9 @@ def _ok(results: list[Any]) -> list[Any]:
 def timed(ctx: Ctx, run: Callable[[], Any], setup: Callable[[], None] | None = None
           ) -> tuple[dict[str, Any], Any]:
     """(median etc. of `repeats` synced calls after `warmup`, the last output)."""
-    first = None
+    times: list[float] = []
     out = None
-    for i in range(ctx.warmup):
-        if setup:
-            setup()
-        ctx.sync()
-        t0 = time.perf_counter()
-        out = run()
-        ctx.sync()
-        if i == 0:
-            first = time.perf_counter() - t0
-    times = []
-    for _ in range(ctx.repeats):
+    for _ in range(ctx.warmup + ctx.repeats):
         if setup:
             setup()
         ctx.sync()
@@ -217,7 +207,8 @@ def timed(ctx: Ctx, run: Callable[[], Any], setup: Callable[[], None] | None = N
         out = run()
         ctx.sync()
         times.append(time.perf_counter() - t0)
-    return {"s": summary(times), "first_call_s": first}, out
+    first = times[0] if ctx.warmup else None
+    return {"s": summary(times[ctx.warmup:]), "first_call_s": first}, out
 
 
 def compare_paths(ctx: Ctx, name: str, model: Any, parts: Any,
@@ -334,13 +325,18 @@ def iou(a: Any, b: Any) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def segments_iou(xs: list[Any], ys: list[Any]) -> float:
-    """Mean over `xs` of the best mask IoU in `ys` (order-free: near-tied scores may swap)."""
+def masks_iou(xs: list[Any], ys: list[Any]) -> float:
+    """Mean over masks `xs` of the best IoU in `ys` (order-free: near-tied scores may swap)."""
     if not xs and not ys:
         return 1.0
     if not xs or not ys:
         return 0.0
-    return sum(max(iou(x.mask, y.mask) for y in ys) for x in xs) / len(xs)
+    return sum(max(iou(x, y) for y in ys) for x in xs) / len(xs)
+
+
+def segments_iou(xs: list[Any], ys: list[Any]) -> float:
+    """`masks_iou` of two lists of SAM3 segments."""
+    return masks_iou([x.mask for x in xs], [y.mask for y in ys])
 
 
 @contextlib.contextmanager

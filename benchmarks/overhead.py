@@ -154,23 +154,14 @@ class Paths:
         from mic2e import codecs
 
         sha = codecs.sha256_hex(data)
-        for force in (False, True):
-            req = self.request(target, self.refs[ORCHESTRATOR].image(sha, data, force))
-            try:
-                result = None
-                async for msg in self.edit.RemoveObjects(req, metadata=self.md):
-                    if msg.WhichOneof("event") == "result":
-                        result = msg.result
-            except Exception as exc:
-                if not force and _lost_image(exc):
-                    continue
-                raise
-            if result is None or not result.image.data:
-                raise RuntimeError("RemoveObjects ended without a result image")
-            return {t.stage: t.duration.ToNanoseconds() / 1e9 for t in result.timings}
-        raise AssertionError("unreachable")
+        result = await self._stream_with_refs(
+            ORCHESTRATOR, sha, data,
+            lambda img: self.edit.RemoveObjects(self.request(target, img), metadata=self.md),
+            "RemoveObjects")
+        return {t.stage: t.duration.ToNanoseconds() / 1e9 for t in result.timings}
 
     async def _unary_with_refs(self, server: str, sha: str, data: bytes, call):
+        """`call(image)` with the image by reference, again with its bytes if it was lost."""
         for force in (False, True):
             try:
                 return await call(self.refs[server].image(sha, data, force))
@@ -179,6 +170,19 @@ class Paths:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    async def _stream_with_refs(self, server: str, sha: str, data: bytes, call, what: str):
+        """The final result of the stream `call(image)`, with the same image handling."""
+        async def drain(image):
+            result = None
+            async for msg in call(image):
+                if msg.WhichOneof("event") == "result":
+                    result = msg.result
+            if result is None or not result.image.data:
+                raise RuntimeError(f"{what} ended without a result image")
+            return result
+
+        return await self._unary_with_refs(server, sha, data, drain)
 
     async def direct(self, target: str, data: bytes) -> dict[str, Any]:
         """What the orchestrator does, done by the client: same requests, same image handling."""
@@ -201,23 +205,13 @@ class Paths:
             masks = list(caller.masks.masks)
         t1 = time.perf_counter()
         label = oc.label_of(caller)
-        for force in (False, True):
-            img = self.refs["object-clear"].image(sha, data, force)
-            req = oc.clear_request(caller, img, masks, label)
-            try:
-                result = None
-                async for msg in self.clear.Clear(req, metadata=self.md):
-                    if msg.WhichOneof("event") == "result":
-                        result = msg.result
-            except Exception as exc:
-                if not force and _lost_image(exc):
-                    continue
-                raise
-            if result is None or not result.image.data:
-                raise RuntimeError("Clear ended without a result image")
-            timings["object_clear"] = time.perf_counter() - t1
-            return timings
-        raise AssertionError("unreachable")
+        await self._stream_with_refs(
+            "object-clear", sha, data,
+            lambda img: self.clear.Clear(oc.clear_request(caller, img, masks, label),
+                                         metadata=self.md),
+            "Clear")
+        timings["object_clear"] = time.perf_counter() - t1
+        return timings
 
 
 async def _timed(fn, *args) -> tuple[float | None, dict[str, Any] | str]:
