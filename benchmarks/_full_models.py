@@ -2,9 +2,10 @@
 target dtype (no download, no CPU copy, no fp32 detour).
 
 Random weights run exactly as fast as real ones (PERFORMANCE.md), so these give the real
-models' speeds. Configs are the facts of /work/shared/MODELS.md: ``Sam3Config()`` and
-``FluxTransformer2DModel()`` defaults ARE the full models; the SDXL-inpainting UNet, CLIP-L,
-OpenCLIP-bigG, CLIP ViT-L/14, the SDXL and FLUX VAEs and T5-XXL are spelled out below.
+models' speeds. ObjectClear is built from its published configs (`mic2e_services.published`,
+as make-tiny builds the tiny one); for the others, ``Sam3Config()`` and
+``FluxTransformer2DModel()`` defaults ARE the full models, and CLIP-L, the FLUX VAE and
+T5-XXL are spelled out below (the facts of MODELS.md).
 
 Tokenizers are the offline tiny ones (`mic2e_services.tiny_tokenizers`): what costs time is
 the token COUNT, and the pipelines pad to the real lengths (SAM3 32, CLIP 77, T5 256);
@@ -29,39 +30,10 @@ from mic2e_services import tiny_tokenizers
 CLIP_VOCAB = 49408
 T5_VOCAB = 32128
 
-#: The SDXL-inpainting UNet of ObjectClear (2.567 B parameters).
-OBJECTCLEAR_UNET = dict(
-    sample_size=128,
-    in_channels=9,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
 #: CLIP ViT-L/14 text tower (SDXL text_encoder, FLUX text_encoder).
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                    num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu")
-#: OpenCLIP ViT-bigG/14 text tower with projection (SDXL text_encoder_2).
-CLIP_BIGG_TEXT = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                      num_attention_heads=20, projection_dim=1280, hidden_act="gelu")
-#: CLIP ViT-L/14 vision tower (ObjectClear's image_prompt_encoder).
-CLIP_L_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                     num_attention_heads=16, image_size=224, patch_size=14,
-                     projection_dim=768, hidden_act="quick_gelu")
-#: The VAEs: SDXL's (4 latent channels) and FLUX's (16, no quant convs).
-SDXL_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=1024,
-    scaling_factor=0.13025, force_upcast=True)
+#: FLUX's VAE (16 latent channels, no quant convs).
 FLUX_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
@@ -72,11 +44,6 @@ FLUX_VAE = dict(
 T5_XXL = dict(vocab_size=T5_VOCAB, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
               num_heads=64, relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
               tie_word_embeddings=False, dropout_rate=0.0)
-#: The SDXL base scheduler (as the real ObjectClear checkpoint's scheduler_config.json).
-SDXL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                      beta_schedule="scaled_linear", prediction_type="epsilon",
-                      interpolation_type="linear", timestep_spacing="leading", steps_offset=1,
-                      use_karras_sigmas=False)
 
 
 @contextlib.contextmanager
@@ -147,45 +114,39 @@ def sam3_parameters(parts: dict[str, Any]) -> dict[str, int]:
 
 # -- ObjectClear -------------------------------------------------------------------------------
 def objectclear(device: str | torch.device, dtype: torch.dtype, workdir: Path) -> dict[str, Any]:
-    """The components of `ObjectClearPipeline` at full size (its constructor's arguments)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from mic2e_services.object_clear.pipeline import PostfuseModule
-    from transformers import (
-        CLIPConfig,
-        CLIPModel,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
+    """The components of `ObjectClearPipeline` at full size (its constructor's arguments),
+    built from the published configs (`mic2e_services.published`) as make-tiny builds the
+    tiny ones; the image prompt encoder is the vision tower the pipeline loads."""
+    from diffusers import EulerDiscreteScheduler
+    from mic2e_services.object_clear import tiny
+    from mic2e_services.published import published
+    from transformers import CLIPTokenizer, CLIPVisionModelWithProjection
 
-    tokenizers = {}
+    tokenizers, root = {}, Path(workdir) / "objectclear"
     for name in ("tokenizer", "tokenizer_2"):
-        folder = Path(workdir) / f"objectclear-{name}"
-        tiny_tokenizers.save_clip_tokenizer(folder, model_max_length=77)
-        tokenizers[name] = CLIPTokenizer.from_pretrained(str(folder))
+        tiny_tokenizers.write_clip_vocab(root / name)
+        for file in ("tokenizer_config.json", "special_tokens_map.json"):
+            published("objectclear", f"{name}/{file}").write(root)
+        tokenizers[name] = CLIPTokenizer.from_pretrained(str(root / name))
     with building(device, dtype):
-        unet = UNet2DConditionModel(**OBJECTCLEAR_UNET)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**_clip_text(CLIP_L_TEXT)))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_clip_text(CLIP_BIGG_TEXT)))
-        image_prompt_encoder = CLIPModel(CLIPConfig(text_config=_clip_text(CLIP_L_TEXT),
-                                                    vision_config=CLIP_L_VISION,
-                                                    projection_dim=768))
-        postfuse_module = PostfuseModule(in_dim=768, out_dim=2048)
-    # Only the vision tower is used (as ObjectClearPipeline.from_pretrained does).
-    del image_prompt_encoder.text_model
-    del image_prompt_encoder.text_projection
-    # SDXL's VAE overflows in fp16: the pipeline keeps it in fp32 (from_pretrained likewise).
-    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    with building(device, vae_dtype):
-        vae = AutoencoderKL(**SDXL_VAE)
-    _frozen(unet, text_encoder, text_encoder_2, image_prompt_encoder, postfuse_module, vae)
-    return {
-        "unet": unet, "vae": vae, "text_encoder": text_encoder,
-        "text_encoder_2": text_encoder_2, **tokenizers,
-        "scheduler": EulerDiscreteScheduler(**SDXL_SCHEDULER),
-        "image_prompt_encoder": image_prompt_encoder, "postfuse_module": postfuse_module,
-    }
+        parts, _ = tiny.build_components(None)
+    clip = parts.pop("image_prompt_encoder")
+    with torch.device("meta"):  # a shell: both of its parts are replaced just below
+        tower = CLIPVisionModelWithProjection(clip.config.vision_config)
+    tower.vision_model, tower.visual_projection = clip.vision_model, clip.visual_projection
+    _frozen(tower, *parts.values())
+    scheduler = published("objectclear", "scheduler/scheduler_config.json").data
+    return {**parts, **tokenizers, "image_prompt_encoder": tower,
+            "scheduler": EulerDiscreteScheduler.from_config(scheduler)}
+
+
+def objectclear_pipeline(device: str | torch.device, dtype: torch.dtype, workdir: Path) -> Any:
+    """`ObjectClearPipeline` around `objectclear(...)`; its revision says random-init."""
+    from mic2e_services.object_clear.pipeline import ObjectClearPipeline
+
+    pipeline = ObjectClearPipeline(**objectclear(device, dtype, workdir))
+    pipeline.revision = "random-init"
+    return pipeline
 
 
 # -- FLUX.1-schnell ----------------------------------------------------------------------------

@@ -144,7 +144,6 @@ def full_size_models(names: Sequence[str], device: str = "cuda",
     from diffusers import FluxPipeline
     from mic2e_services.flux.model import FluxGenerator
     from mic2e_services.object_clear.model import ObjectClearModel
-    from mic2e_services.object_clear.pipeline import ObjectClearPipeline
     from mic2e_services.segmentation.model import Sam3Segmenter
 
     from benchmarks import _full_models as fm
@@ -158,9 +157,8 @@ def full_size_models(names: Sequence[str], device: str = "cuda",
             out[name] = Sam3Segmenter.from_models(**fm.sam3(device, torch.float16, work),
                                                   compile=compile)
         elif name == "object-clear":
-            out[name] = ObjectClearModel.from_pipeline(ObjectClearPipeline(
-                **fm.objectclear(device, torch.float16, work), revision="random-init"),
-                compile=compile)
+            out[name] = ObjectClearModel.from_pipeline(
+                fm.objectclear_pipeline(device, torch.float16, work), compile=compile)
         elif name == "flux":
             out[name] = FluxGenerator.from_pipeline(FluxPipeline(
                 **fm.flux(device, torch.bfloat16, work)), compile=compile)

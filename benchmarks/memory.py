@@ -86,7 +86,8 @@ RUNS: dict[str, dict[str, list[str]]] = {
     "tiny": {"sam3": ["resident", "int8"], "objectclear": ["resident", "int8"],
              "flux": ["resident", "int8"]},
     "full": {"sam3": ["resident", "resident@4", "int8@4"],
-             "objectclear": ["resident", "resident@8", "int8@8", "int8+tiling@8"],
+             "objectclear": ["resident", "resident@8", "int8@8", "int8+tiling@8", "offload@8",
+                             "int8+offload@8"],
              "flux": ["resident", "int8@24", "offload@24", "int8+offload@24",
                       "int8+offload@16", "fp8+offload@16"]},
 }
@@ -177,20 +178,17 @@ def _build(job: dict[str, Any]) -> tuple[Any, Any]:
                                          **settings), request
     if name == "objectclear":
         from mic2e_services.object_clear.model import ClearQuery, ObjectClearModel
-        from mic2e_services.object_clear.pipeline import ObjectClearPipeline
 
         width, height = parse_size(job["oc_image"])
         image = codecs.decode_image(picture(11, width, height))
         request = ClearQuery(image=image, mask=box_mask(width, height, (0.35, 0.3, 0.65, 0.75)),
-                             label="dog", steps=job["oc_steps"], guidance_scale=2.5,
+                             steps=job["oc_steps"], guidance_scale=2.5,
                              short_side=job["oc_short_side"], seed=0, fusion=True)
         if tiny:
             return ObjectClearModel(job["checkpoint"], device=device, **settings), request
         from benchmarks import _full_models
 
-        pipeline = ObjectClearPipeline(
-            **_full_models.objectclear("cpu", torch.float16, Path(job["workdir"])),
-            revision="random-init")
+        pipeline = _full_models.objectclear_pipeline("cpu", torch.float16, Path(job["workdir"]))
         return ObjectClearModel.from_pipeline(pipeline, device=device, dtype="float16",
                                               **settings), request
     from diffusers import FluxPipeline

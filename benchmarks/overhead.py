@@ -204,10 +204,9 @@ class Paths:
         else:
             masks = list(caller.masks.masks)
         t1 = time.perf_counter()
-        label = oc.label_of(caller)
         await self._stream_with_refs(
             "object-clear", sha, data,
-            lambda img: self.clear.Clear(oc.clear_request(caller, img, masks, label),
+            lambda img: self.clear.Clear(oc.clear_request(caller, img, masks),
                                          metadata=self.md),
             "Clear")
         timings["object_clear"] = time.perf_counter() - t1

@@ -24,6 +24,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Bit-identical outputs need a fixed thread count (SDXL sums change with it), and this
     # 2-core machine runs servers and clients side by side.
     torch.set_num_threads(1)
+    # As in every model server: the libraries' progress bars and chatter stay out.
+    from mic2e_services.quiet import quiet_model_libraries
+
+    quiet_model_libraries()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from tests.grpc_helpers import drain
     (["object-clear", "--offload", "model"], "offload"),
     (["segmentation", "--offload", "model"], "offload"),
     (["flux", "--offload", "model", "--compile"], "compile"),
+    (["object-clear", "--offload", "model", "--compile"], "compile"),
     (["segmentation", "--quantization", "fp8"], "quantization"),
 ])
 def test_modes_the_cpu_cannot_run_are_refused_at_start_up(argv, setting, capsys):

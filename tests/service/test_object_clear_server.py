@@ -180,3 +180,38 @@ async def test_unknown_reference_is_not_found(oc):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     info_detail = detail(await rich_status(call), error_details_pb2.ErrorInfo)
     assert info_detail.reason == "IMAGE_NOT_FOUND"
+
+
+async def test_the_published_layout_serves_the_references_picture_through_clear():
+    """`mic2e-server object-clear --model <the parity kit's checkpoint>` (the published
+    layout, unedited) serves, and `Clear` with the seeded case's seed and the defaults
+    draws the reference's picture."""
+    import json
+
+    from mic2e_services import cli
+    from mic2e_services.runtime.settings import load_settings
+
+    from tests.fixtures import OBJECTCLEAR_KIT
+
+    case = OBJECTCLEAR_KIT / "cases" / "s320_seed"
+    params = json.loads((case / "params.json").read_text())
+    args = cli.build_parser().parse_args([
+        "object-clear", "--model", str(OBJECTCLEAR_KIT / "checkpoint"), "--device", "cpu",
+        "--host", "127.0.0.1", "--port", "0"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "print_settings")}
+    settings = load_settings(Settings, **flags)
+    assert settings.model == str(OBJECTCLEAR_KIT / "checkpoint")
+    mask = np.array(Image.open(case / "mask.png")) > 127
+    request = object_clear_pb2.ClearRequest(
+        image=common_pb2.Image(data=(case / "input.png").read_bytes()),
+        masks=[common_pb2.Mask(width=mask.shape[1], height=mask.shape[0],
+                               png=codecs.encode_mask_png(mask))],
+        options=object_clear_pb2.ClearOptions(seed=params["seed"]))  # all else: defaults
+    async with serving(create_server(settings)) as (_, channel):
+        events = await drain(object_clear_pb2_grpc.ObjectClearServiceStub(channel).Clear(request))
+    result = events[-1].result
+    assert result.provenance.steps == params["steps"] == 20
+    ours = np.asarray(Image.open(io.BytesIO(result.image.data)).convert("RGB"), np.float64)
+    theirs = np.asarray(Image.open(case / "final.png"), np.float64)
+    mse = float(np.mean((ours - theirs) ** 2))
+    assert mse == 0 or 10 * math.log10(255.0**2 / mse) >= 45.0, mse

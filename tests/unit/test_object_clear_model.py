@@ -26,13 +26,21 @@ from mic2e_services.object_clear.model import (  # noqa: E402
     ClearQuery,
     ObjectClearModel,
 )
-from mic2e_services.object_clear.pipeline import COMPONENTS, working_size  # noqa: E402
+from mic2e_services.object_clear.pipeline import (  # noqa: E402
+    DEFAULT_PROMPT,
+    ObjectClearPipeline,
+    prompt_for,
+    working_size,
+)
 from mic2e_services.object_clear.tiny import write_tiny  # noqa: E402
 from PIL import Image  # noqa: E402
 
-# Non-square and small: short side 256 gives a 336x256 working size, fast on CPU.
+from tests.fixtures import OBJECTCLEAR_KIT  # noqa: E402
+
+# Non-square and small: below the 512 short side, so it runs at its own size rounded up
+# to multiples of 16 (96x80), fast on CPU.
 WIDTH, HEIGHT = 96, 72
-SHORT_SIDE = 256
+SHORT_SIDE = 512
 
 
 class RecordingContext:
@@ -104,43 +112,60 @@ def run_one(model: ObjectClearModel, q: ClearQuery, context=None):
 # -- checkpoint ---------------------------------------------------------------------------
 
 
-def test_tiny_checkpoint_layout_is_small_and_byte_identical(tiny_dir, tmp_path):
-    write_tiny(tmp_path)
-    first = {p.relative_to(tiny_dir): p.read_bytes() for p in tiny_dir.rglob("*") if p.is_file()}
-    second = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert first == second
-    assert sum(len(b) for b in first.values()) < 5 * 1024 * 1024
-    folders = {p.parts[0] for p in first if len(p.parts) > 1}
-    assert folders == set(COMPONENTS)
-    assert (tiny_dir / "model_index.json").is_file()
-    assert (tiny_dir / "postfuse_module" / "model.safetensors").is_file()
-    assert (tiny_dir / "postfuse_module" / "config.json").is_file()
+def test_make_tiny_writes_the_parity_kits_checkpoint_byte_for_byte(tiny_dir):
+    # The kit's checkpoint is the published layout with tiny sizes, on the weights the
+    # reference's outputs were made with: make-tiny must write exactly that.
+    ours = {p.relative_to(tiny_dir): p.read_bytes() for p in tiny_dir.rglob("*") if p.is_file()}
+    kit = OBJECTCLEAR_KIT / "checkpoint"
+    theirs = {p.relative_to(kit): p.read_bytes() for p in kit.rglob("*") if p.is_file()}
+    assert sorted(map(str, ours)) == sorted(map(str, theirs))
+    different = [str(name) for name in ours if ours[name] != theirs[name]]
+    assert different == []
+    assert sum(len(b) for b in ours.values()) < 5 * 1024 * 1024
 
 
-def test_every_component_loads_without_missing_or_unexpected_keys(model):
-    info = model.pipeline.loading_info
-    assert set(info) == {
-        "unet",
-        "vae",
-        "text_encoder",
-        "text_encoder_2",
-        "image_prompt_encoder",
-        "postfuse_module",
-    }
-    for name, loading in info.items():
-        assert loading == {"missing_keys": [], "unexpected_keys": []}, name
-    names = {k.rsplit(".", 1)[0] for k in model.pipeline.postfuse_module.state_dict()}
-    assert names == {
-        "mlp1.layernorm",
-        "mlp1.fc1",
-        "mlp1.fc2",
-        "mlp2.layernorm",
-        "mlp2.fc1",
-        "mlp2.fc2",
-        "layer_norm",
-    }
+def test_the_checkpoint_loads_as_published(model):
+    pipe = model.pipeline
+    # The published model_index.json lists neither extra: loaded from their folders.
+    assert type(pipe.image_prompt_encoder).__name__ == "CLIPVisionModelWithProjection"
+    assert (pipe.postfuse_module.config.embed_dim, pipe.postfuse_module.config.embed_dim_img) \
+        == (64, 32)
+    names = {k.rsplit(".", 1)[0] for k in pipe.postfuse_module.state_dict()}
+    assert names == {"mlp1.layernorm", "mlp1.fc1", "mlp1.fc2", "mlp2.layernorm", "mlp2.fc1",
+                     "mlp2.fc2", "layer_norm"}
+    assert pipe.config.force_zeros_for_empty_prompt is True
+    assert pipe.vae.config.force_upcast is False
     assert model.revision == "local"
     assert (model.dtype_name, model.device_name) == ("float32", "cpu")
+
+
+def test_a_missing_tensor_is_an_error_not_random_weights(tiny_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    weights = broken / "text_encoder_2" / "model.safetensors"
+    state = load_file(str(weights))
+    state.pop("text_model.final_layer_norm.weight")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="text_encoder_2.*1 missing"):
+        ObjectClearPipeline.from_pretrained(broken)
+
+
+def test_save_pretrained_round_trip_keeps_the_published_index(model, tmp_path):
+    import json
+
+    model.pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert "image_prompt_encoder" not in index and "postfuse_module" not in index
+    assert (tmp_path / "postfuse_module" / "model.safetensors").is_file()
+    again = ObjectClearPipeline.from_pretrained(tmp_path)
+    for name in ("unet", "postfuse_module", "image_prompt_encoder"):
+        ours = getattr(model.pipeline, name).state_dict()
+        theirs = getattr(again, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
 
 
 # -- the model ----------------------------------------------------------------------------
@@ -211,12 +236,12 @@ def test_compatible_requests_share_a_batch(model, monkeypatch):
     # Different image sizes, same working size: one UNet batch. One caller cancels midway;
     # its batch-mate still gets its result and the cancelled one gets Cancelled.
     monkeypatch.setattr(model, "max_batch_size", 2)
-    big = query(image=make_image(2 * WIDTH, 2 * HEIGHT), mask=make_mask(2 * WIDTH, 2 * HEIGHT))
+    other = query(image=make_image(90, 70), mask=make_mask(90, 70))  # also runs at 96x80
     small = query(label="cat", seed=7)
-    assert model.batch_key(big) == model.batch_key(small)
+    assert model.batch_key(other) == model.batch_key(small)
     keep, cancel = RecordingContext(), RecordingContext(cancel_after=1)
-    out_big, out_small = model([big, small], [keep, cancel])
-    assert isinstance(out_big, ClearOutput) and out_big.image.size == (2 * WIDTH, 2 * HEIGHT)
+    out_other, out_small = model([other, small], [keep, cancel])
+    assert isinstance(out_other, ClearOutput) and out_other.image.size == (90, 70)
     assert isinstance(out_small, errors.Cancelled)
     assert keep.events == [(STAGE, 1, 2), (STAGE, 2, 2)]
 
@@ -256,24 +281,40 @@ def test_warmup_calibrates_estimates(model):
 
 def test_attention_map_has_latent_size_and_unit_range(model):
     pipe = model.pipeline
-    image = torch.rand(3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(0))
-    mask = torch.from_numpy(make_mask())
-    out = pipe(
-        image,
-        mask,
-        "dog",
-        num_inference_steps=2,
-        short_side=SHORT_SIDE,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = pipe(make_image(), make_mask(), num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0))
     width, height = out.working_size
-    assert (width, height) == working_size(WIDTH, HEIGHT, SHORT_SIDE)
+    assert (width, height) == working_size(WIDTH, HEIGHT) == (96, 80)
     amap = out.attention_maps
     assert amap.shape == (1, 1, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     assert float(amap.min()) == pytest.approx(0.0, abs=1e-6)
-    assert float(amap.max()) == pytest.approx(1.0, abs=1e-6)
-    assert out.images[0].shape == (3, HEIGHT, WIDTH)
+    assert float(amap.max()) == pytest.approx(1.0, abs=1e-4)  # (a - min) / (max - min + 1e-8)
+    assert out.prefusion.shape == (1, 3, height, width) and out.prefusion.dtype == torch.uint8
+    assert out.images[0].size == (WIDTH, HEIGHT)
     assert pipe.attention_capture.capture is False  # only ever on during the last step
+
+
+@pytest.mark.parametrize(("size", "short_side", "expected"), [
+    ((320, 240), 512, (320, 240)),    # below 512: not scaled
+    ((640, 480), 512, (640, 480)),
+    ((448, 448), 512, (448, 448)),
+    ((500, 300), 512, (512, 304)),    # each side rounded UP to 16
+    ((800, 600), 512, (688, 512)),    # short side 512, long int(800 * 512 / 600) = 682 -> 688
+    ((513, 1000), 512, (512, 1008)),  # int(998.05) = 998 -> 1008
+    ((512, 512), 512, (512, 512)),
+    ((1000, 750), 384, (512, 384)),   # a caller's own short side: 1000 * 384 / 750 = 512
+    ((5, 3), 512, (16, 16)),
+])
+def test_working_size_is_the_reference_scripts(size, short_side, expected):
+    assert working_size(*size, short_side) == expected
+
+
+def test_the_prompt_is_the_references_unless_a_label_is_asked_for(model):
+    assert prompt_for("") == prompt_for("  ") == DEFAULT_PROMPT == "remove the instance of object"
+    assert prompt_for("dog") == "remove the instance of dog"
+    ids = model.pipeline.tokenizer_2(DEFAULT_PROMPT, padding="max_length", max_length=77).input_ids
+    # Token 5 is the word the object embedding replaces; tokenizer_2 pads with "!" (id 0).
+    assert ids[:8] == [1175, 1073, 1132, 969, 677, 1030, 1176, 0]
 
 
 # -- fusion.py alone ----------------------------------------------------------------------
@@ -284,7 +325,7 @@ def _smooth_image(height: int, width: int, seed: int) -> torch.Tensor:
     coarse = torch.rand(1, 3, height // 16, width // 16, generator=g)
     smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic")
     detail = 0.05 * torch.rand(1, 3, height, width, generator=g)
-    return (0.9 * smooth + detail).clamp(0, 1)
+    return ((0.9 * smooth + detail).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def test_fusion_keeps_far_background_and_generated_object():
@@ -295,23 +336,36 @@ def test_fusion_keeps_far_background_and_generated_object():
     amap[..., 10:14, 14:18] = 1.0
     g = torch.Generator().manual_seed(1)
     # The model repaints the object and leaves the background nearly untouched (noise).
-    generated = (original + 0.03 * torch.randn(original.shape, generator=g)).clamp(0, 1)
-    generated[..., 72:120, 104:152] = torch.rand(1, 3, 48, 48, generator=g)
+    noise = (8 * torch.randn(original.shape, generator=g)).round()
+    generated = (original.float() + noise).clamp(0, 255).to(torch.uint8)
+    generated[..., 72:120, 104:152] = torch.randint(0, 256, (1, 3, 48, 48), generator=g,
+                                                    dtype=torch.uint8)
 
     fused = fusion.attention_guided_fusion(original, generated, amap)
 
-    hard, soft = fusion.soft_fusion_mask(amap, (h, w))
+    assert fused.dtype == torch.uint8 and fused.shape == original.shape
+    hard, soft = fusion.fusion_masks(amap, (h, w))
     inside = hard[0, 0] > 0.5
     assert torch.equal(fused[0][:, inside], generated[0][:, inside])
     far = ~fusion.dilate_mask(inside, 32)
     assert far.sum() > 0.5 * h * w
-    error = (fused[0][:, far] - original[0][:, far]).abs()
-    assert error.mean() < 0.005 and error.max() < 0.03
-    # The colour fix keeps the original's detail: closer than the generated pixels were.
-    assert error.mean() < (generated[0][:, far] - original[0][:, far]).abs().mean() / 4
-    assert fused.min() >= 0 and fused.max() <= 1
+    error = (fused[0][:, far].float() - original[0][:, far].float()).abs()
+    # The colour fix keeps the original's detail: far closer than the generated pixels.
+    assert error.mean() < 2.0 and error.mean() < (
+        generated[0][:, far].float() - original[0][:, far].float()).abs().mean() / 3
     # soft = 1 on the hard mask, feathered just outside it, 0 far away.
     assert torch.all(soft >= hard) and soft[0, 0][far].max() == 0
+
+
+def test_the_pyramid_resamples_as_scipy_zoom_does():
+    # zoom(order=1) aligns corners, and gives 0 to a sample whose float64 coordinate falls
+    # past the last pixel: 320 -> 160 puts the last column at 159 * (319 / 159) > 319.
+    row = torch.arange(320, dtype=torch.float32).view(1, 1, 1, 320).expand(1, 1, 2, 320)
+    small = fusion._zoom_linear(row.contiguous(), (1, 160))
+    expected = torch.arange(160, dtype=torch.float64) * (319 / 159)
+    expected[-1] = 0.0
+    torch.testing.assert_close(small[0, 0, 0].double(), expected, atol=1e-3, rtol=0)
+    assert fusion._beyond_edge(240, 120) == [] and fusion._beyond_edge(320, 160) == [159]
 
 
 def test_wavelet_bands_sum_to_the_image():
@@ -346,3 +400,28 @@ def test_mask_dilation_is_a_disk_both_ways():
     direct = fusion.binary_dilate(blob, fusion.disk_kernel(20)) > 0.5
     assert torch.equal(fusion.dilate_mask(blob, 20), direct)
     assert torch.equal(fusion.dilate_mask(mask, 0), mask)
+
+
+def test_model_cpu_offload_reaches_every_component_through_its_hook(tiny_dir):
+    # Offload moves a component to the device in its forward hook; a component used
+    # without going through it (e.g. a CLIPModel's vision tower called directly) would
+    # run off the device. On CPU the moves are no-ops, but the hooks still run.
+    pipe = ObjectClearPipeline.from_pretrained(tiny_dir)
+    pipe.enable_model_cpu_offload(device="cpu")
+    calls = {}
+    for name in ("text_encoder", "text_encoder_2", "image_prompt_encoder", "postfuse_module",
+                 "unet", "vae"):
+        hook = getattr(pipe, name)._hf_hook
+        original = hook.pre_forward
+
+        def counted(module, *args, _name=name, _original=original, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(module, *args, **kwargs)
+
+        hook.pre_forward = counted
+    out = pipe(make_image(), make_mask(), num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (WIDTH, HEIGHT)
+    assert set(calls) == {"text_encoder", "text_encoder_2", "image_prompt_encoder",
+                          "postfuse_module", "unet", "vae"}, calls
+    assert calls["unet"] == 2 and calls["vae"] == 2  # two steps; one encode, one decode

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny":
         from mic2e_services.tiny import make_tiny
 
+
         for name, path in make_tiny(args.directory).items():
             print(f"{name}: {path}")
         return 0
@@ -118,6 +119,10 @@ def run_server(name: str, options: dict[str, Any]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mic2e_services.runtime.server import serve
 
+    if name in MODEL_SERVERS:
+        from mic2e_services.quiet import quiet_model_libraries
+
+        quiet_model_libraries()
     try:
         # Builds the model object (not its weights): a memory mode the device cannot run
         # is refused here, naming the setting, before anything slow happens.

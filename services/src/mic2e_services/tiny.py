@@ -15,6 +15,9 @@ TINY_FOLDERS = {"segmentation": "sam3", "object-clear": "objectclear", "flux": "
 
 def make_tiny(directory: Path, seed: int = 0) -> dict[str, Path]:
     """Write sam3/, objectclear/ and flux/ under `directory`; returns server -> folder."""
+    from mic2e_services.quiet import quiet_model_libraries
+
+    quiet_model_libraries()
     from mic2e_services.flux.tiny import write_tiny as write_flux
     from mic2e_services.object_clear.tiny import write_tiny as write_objectclear
     from mic2e_services.segmentation.tiny import write_tiny as write_sam3

@@ -31,6 +31,7 @@ __all__ = [
     "save_clip_tokenizer",
     "save_t5_tokenizer",
     "t5_pieces",
+    "write_clip_vocab",
 ]
 
 # Words the tiny tokenizers know whole: prompt vocabulary of the three services
@@ -169,7 +170,15 @@ def save_clip_tokenizer(directory: Path, *, model_max_length: int = 77) -> None:
     )
     _save(tokenizer, Path(directory))
     # Slow/legacy readers (transformers 4, open_clip-style code) want these two files.
+    write_clip_vocab(directory)
+
+
+def write_clip_vocab(directory: Path) -> None:
+    """Only `vocab.json` and `merges.txt` of the tiny CLIP tokenizer: with a published
+    tokenizer_config.json beside them they are a whole CLIP tokenizer, as CLIP-L's
+    repositories ship it (no tokenizer.json)."""
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     _write_text(directory / "vocab.json", json.dumps(_CLIP_VOCAB, ensure_ascii=False) + "\n")
     _write_text(
         directory / "merges.txt",

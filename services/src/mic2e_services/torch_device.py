@@ -63,6 +63,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def diffusers_dtype_kwarg() -> str:
+    """diffusers renamed `torch_dtype` to `dtype` (0.42); older releases ignore `dtype`."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__) >= Version("0.42.1") else "torch_dtype"
+
+
 def translate_error(exc: BaseException) -> BaseException | None:
     """Map a device failure to a domain error; None for anything else.
 
@@ -80,11 +88,17 @@ def translate_error(exc: BaseException) -> BaseException | None:
 
 
 def check_memory_options(device: torch.device, *, quantization: str = "none",
-                         offload: str = "none") -> None:
+                         offload: str = "none", compile: CompileSpec | None = None) -> None:
     """Refuse, before anything loads, a memory mode this device cannot run.
 
     The message names the setting, so an operator knows what to change.
     """
+    if compile is not None and offload != "none":
+        # Offload moves the weights on and off the device on every call: new addresses
+        # each time defeat CUDA graphs, and the hooks break the compiled graph.
+        raise ValueError(f"compile with offload={offload!r} is not supported: offload "
+                         "moves the weights every call; set MIC2E_COMPILE=0 or "
+                         "MIC2E_OFFLOAD=none")
     if offload != "none" and device.type == "cpu":
         raise ValueError(f"offload={offload!r} moves idle parts off an accelerator, but "
                          "device is 'cpu'; set MIC2E_OFFLOAD=none (--offload none)")

@@ -29,6 +29,7 @@ from mic2e_services.runtime.model_api import CompileSpec, StepContext
 from mic2e_services.torch_device import (
     check_memory_options,
     compile_module,
+    diffusers_dtype_kwarg,
     dtype_name,
     memory_stats,
     quantize_weights,
@@ -90,15 +91,10 @@ class FluxGenerator:
         compile: CompileSpec | None = None,
     ) -> None:
         self.model_id = model_id
-        if compile is not None and offload != "none":
-            # Offload moves the weights on and off the device on every call: new addresses
-            # each time defeat CUDA graphs, and the hooks break the compiled graph.
-            raise ValueError(f"compile with offload={offload!r} is not supported: offload "
-                             "moves the weights every call; set MIC2E_COMPILE=0 or "
-                             "MIC2E_OFFLOAD=none")
         self.device = resolve_device(device)
         # Refuse a memory mode this device cannot run now, not after minutes of loading.
-        check_memory_options(self.device, quantization=quantization, offload=offload)
+        check_memory_options(self.device, quantization=quantization, offload=offload,
+                             compile=compile)
         self.quantization, self.offload, self.vae_tiling = quantization, offload, vae_tiling
         self.compile = compile
         # bf16 rather than fp16: FLUX is trained in bf16 and it measured faster (MODELS.md).
@@ -155,7 +151,7 @@ class FluxGenerator:
                 else (self._requested_revision or "main")
             )
         if pipe is None:
-            pipe = FluxPipeline.from_pretrained(folder, **{_dtype_kwarg(): self.dtype})
+            pipe = FluxPipeline.from_pretrained(folder, **{diffusers_dtype_kwarg(): self.dtype})
         if pipe.transformer.dtype != self.dtype:  # never serve silently in another dtype
             pipe.to(dtype=self.dtype)
         # Memory modes before placement: quantised weights are what reaches the device,
@@ -437,14 +433,6 @@ class FluxGenerator:
         # Truncation keeps MAX_SEQUENCE_LENGTH - 1 pieces and then appends </s>.
         kept = ids[: MAX_SEQUENCE_LENGTH - 1]
         return True, tokenizer.decode(kept, skip_special_tokens=True)
-
-
-def _dtype_kwarg() -> str:
-    """diffusers renamed `torch_dtype` to `dtype` (0.42); older releases ignore `dtype`."""
-    import diffusers
-    from packaging.version import Version
-
-    return "dtype" if Version(diffusers.__version__) >= Version("0.42.1") else "torch_dtype"
 
 
 def _is_int(value: Any) -> bool:

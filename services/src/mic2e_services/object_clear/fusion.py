@@ -1,12 +1,15 @@
 """Attention-Guided Fusion in pixel space, and mask dilation, in pure torch.
 
-Everything runs on the device of its inputs (the GPU in production): no numpy, OpenCV or
-SciPy, no host syncs. Images are float tensors (B, C, H, W) with values in [0, 1]; masks
-are float tensors (B, 1, H, W) with values in [0, 1] (binary where said so).
+Everything runs on the device of its inputs (the GPU in production): no NumPy, OpenCV or
+SciPy, no host syncs. The reference ObjectClear does the fusion with OpenCV and SciPy on
+8-bit pictures on the CPU; the operations here are the same ones, including where the
+reference truncates to 8 bits, so that the pictures match:
 
-The original ObjectClear does this step with OpenCV / SciPy on the CPU; the kernels here
-reproduce the same operations (OpenCV's elliptic structuring element, Gaussian blur with
-OpenCV's default reflect-101 border, binomial wavelet blur with edge replication).
+- OpenCV's elliptic structuring element and dilation (outside pixels never count);
+- OpenCV's Gaussian blur with its default reflect-101 border;
+- the binomial wavelet blur with edge replication, and SciPy's ``zoom(order=1)`` for the
+  pyramid's shrink and enlarge (linear, corners aligned);
+- ``astype(uint8)`` (truncation) where the reference converts to 8 bits.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ __all__ = [
     "dilate_mask",
     "disk_kernel",
     "ellipse_kernel",
+    "fusion_masks",
     "gaussian_blur",
-    "soft_fusion_mask",
     "wavelet_color_fix",
     "wavelet_decompose",
 ]
@@ -110,9 +113,13 @@ def _fft_dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, ksize: int = 9, sigma: float = 2.0) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) with reflect-101 borders (OpenCV's default)."""
+    """Separable Gaussian blur of (B, C, H, W) with reflect-101 borders (OpenCV's default).
+
+    The kernel is computed in float64 and rounded to the input's dtype, as OpenCV's
+    getGaussianKernel does for float pictures.
+    """
     half = ksize // 2
-    offsets = torch.arange(ksize, dtype=torch.float32, device=x.device) - half
+    offsets = torch.arange(ksize, dtype=torch.float64, device=x.device) - half
     g = torch.exp(-(offsets**2) / (2.0 * sigma * sigma))
     g = (g / g.sum()).to(x.dtype)
     channels = x.shape[1]
@@ -137,8 +144,9 @@ def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
     """Split (B, C, H, W) into (high, low) frequencies with `levels` wavelet levels.
 
     Level i blurs the running low band with the binomial kernel and, for i > 0, shrinks it
-    bilinearly by 2**i and enlarges it back; the residual goes to the high band.
-    ``high + low == x`` up to rounding.
+    by 2**i and enlarges it back with linear interpolation whose corners align, as
+    ``scipy.ndimage.zoom(order=1)`` does (the small size rounded as zoom rounds it). The
+    residual goes to the high band; ``high + low == x`` up to rounding.
     """
     h, w = x.shape[-2:]
     low = x
@@ -146,12 +154,37 @@ def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
     for i in range(levels):
         blurred = _binomial_blur(low)
         if i > 0:
-            small = (max(1, h >> i), max(1, w >> i))
-            blurred = F.interpolate(blurred, size=small, mode="bilinear", align_corners=False)
-            blurred = F.interpolate(blurred, size=(h, w), mode="bilinear", align_corners=False)
+            small = (max(1, round(h / 2**i)), max(1, round(w / 2**i)))
+            blurred = _zoom_linear(_zoom_linear(blurred, small), (h, w))
         high = high + (low - blurred)
         low = blurred
     return high, low
+
+
+def _zoom_linear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) resized as ``scipy.ndimage.zoom(order=1)`` resizes it.
+
+    Linear with corners aligned; and, as zoom's default ``mode="constant"`` does, a sample
+    whose float64 coordinate ``k * (n - 1) / (m - 1)`` lands beyond the last input pixel
+    gets 0: that happens to the last row or column at some sizes (240 -> 120 -> 240 is
+    fine, 320 -> 160 zeroes the last column), and the reference's pictures carry it.
+    """
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    rows = _beyond_edge(x.shape[-2], size[0])
+    cols = _beyond_edge(x.shape[-1], size[1])
+    if rows or cols:
+        out[..., rows, :] = 0.0
+        out[..., :, cols] = 0.0
+    return out
+
+
+def _beyond_edge(n: int, m: int) -> list[int]:
+    """Output indices of an n -> m zoom whose coordinate exceeds n - 1 (Python floats are
+    float64, as SciPy's coordinates)."""
+    if m < 2:
+        return []
+    step = (n - 1) / (m - 1)
+    return [k for k in range(m - 1, 0, -1) if k * step > n - 1]
 
 
 def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 5) -> torch.Tensor:
@@ -161,24 +194,25 @@ def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 
     return content_high + style_low
 
 
-def soft_fusion_mask(
+def fusion_masks(
     attention_map: torch.Tensor,
     size: tuple[int, int],
     *,
-    threshold: float = 0.5,
+    threshold: int = 128,
     dilation: int = 21,
     blur_ksize: int = 9,
     blur_sigma: float = 2.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hard, soft) masks at `size` from a (B, 1, h, w) attention map in [0, 1].
+    """(hard, soft) float masks (B, 1, H, W) at `size` from a (B, 1, h, w) map in [0, 1].
 
-    hard = the map thresholded, resized (nearest) and dilated with an elliptic kernel;
-    soft = max(hard, Gaussian blur of hard): 1 on the hard mask, feathered just outside.
+    hard: the map in 8 bits (``uint8(255 * a)``, truncated) kept where above `threshold`,
+    enlarged with nearest neighbours. soft: hard dilated with an elliptic kernel and
+    Gaussian-blurred, then ``max(hard, that)``: 1 on the hard mask, feathered around it.
     """
-    binary = (attention_map > threshold).float()
-    binary = F.interpolate(binary, size=size, mode="nearest")
-    hard = binary_dilate(binary, ellipse_kernel(dilation, device=binary.device))
-    soft = torch.maximum(hard, gaussian_blur(hard, blur_ksize, blur_sigma))
+    levels = (attention_map.float() * 255.0).to(torch.uint8)
+    hard = F.interpolate((levels > threshold).float(), size=size, mode="nearest")
+    dilated = binary_dilate(hard, ellipse_kernel(dilation, device=hard.device))
+    soft = torch.maximum(hard, gaussian_blur(dilated, blur_ksize, blur_sigma)).clamp(0.0, 1.0)
     return hard, soft
 
 
@@ -187,29 +221,22 @@ def attention_guided_fusion(
     generated: torch.Tensor,
     attention_map: torch.Tensor,
     *,
-    threshold: float = 0.5,
-    dilation: int = 21,
-    blur_ksize: int = 9,
-    blur_sigma: float = 2.0,
     levels: int = 5,
 ) -> torch.Tensor:
-    """Keep the generated pixels where the model attended to the object, the original elsewhere.
+    """Keep the generated pixels where the model attended to the object, the original's
+    detail (with the generated image's colour) elsewhere.
 
-    `original`, `generated`: (B, 3, H, W) in [0, 1] at the same (working) size;
-    `attention_map`: (B, 1, h, w) in [0, 1] at any size. Outside the soft mask the result
-    is the original's detail with the generated image's colour (wavelet colour fix, both
-    images zeroed inside the hard mask first so the removed object does not bleed into the
-    background's low frequencies); inside it is the generated image.
+    `original`, `generated`: (B, 3, H, W) uint8 at the same (working) size;
+    `attention_map`: (B, 1, h, w) in [0, 1]. Returns (B, 3, H, W) uint8. Both pictures are
+    zeroed inside the hard mask before the wavelet colour fix (so the removed object does
+    not bleed into the background's low frequencies), the fixed background is truncated to
+    8 bits, and the soft mask blends it with the generated picture, truncated again.
     """
-    hard, soft = soft_fusion_mask(
-        attention_map.float(),
-        tuple(original.shape[-2:]),
-        threshold=threshold,
-        dilation=dilation,
-        blur_ksize=blur_ksize,
-        blur_sigma=blur_sigma,
-    )
+    hard, soft = fusion_masks(attention_map, tuple(original.shape[-2:]))
     keep = 1.0 - hard
-    background = wavelet_color_fix(original * keep, generated * keep, levels)
-    fused = background * (1.0 - soft) + generated * soft
-    return fused.clamp(0.0, 1.0)
+    generated_f = generated.float()
+    background = wavelet_color_fix(original.float() * keep / 255.0,
+                                   generated_f * keep / 255.0, levels)
+    background = (background * 255.0).clamp(0.0, 255.0).to(torch.uint8)
+    fused = background.float() * (1.0 - soft) + generated_f * soft
+    return fused.to(torch.uint8)

@@ -18,7 +18,12 @@ from PIL import Image
 
 from mic2e_services import errors
 from mic2e_services.object_clear.fusion import dilate_mask
-from mic2e_services.object_clear.pipeline import ObjectClearPipeline, working_size
+from mic2e_services.object_clear.pipeline import (
+    REFERENCE_SHORT_SIDE,
+    ObjectClearPipeline,
+    prompt_for,
+    working_size,
+)
 from mic2e_services.object_clear.types import ClearOutput, ClearQuery
 from mic2e_services.runtime.model_api import CompileSpec, QuietContext, StepContext
 from mic2e_services.torch_device import (
@@ -71,16 +76,12 @@ class ObjectClearModel:
     ) -> None:
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if offload != "none":
-            # Not a diffusers pipeline: model offload is not wired here. int8 is the
-            # memory saver for this model: the UNet is two thirds of it, and in int8 the
-            # whole model (~5 GB) fits an 8 GB card resident, with no transfers per call.
-            raise ValueError(f"offload={offload!r} is not supported by object-clear; set "
-                             "MIC2E_OFFLOAD=none and use MIC2E_QUANTIZATION=int8 instead")
         self.model_id = model_id
         self.device = resolve_device(device)
-        check_memory_options(self.device, quantization=quantization, offload=offload)
-        self.quantization, self.vae_tiling, self.compile = quantization, vae_tiling, compile
+        check_memory_options(self.device, quantization=quantization, offload=offload,
+                             compile=compile)
+        self.quantization, self.offload = quantization, offload
+        self.vae_tiling, self.compile = vae_tiling, compile
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
@@ -127,20 +128,23 @@ class ObjectClearModel:
     def load(self) -> None:
         """Load (or adopt the in-memory pipeline), apply the memory modes, place, compile."""
         prebuilt, self._prebuilt = self._prebuilt, None
-        # A quantised UNet is loaded into CPU memory and quantised layer by layer on its
-        # way to the device: its fp16 weights alone would fill most of a small card.
-        staging = torch.device("cpu") if self.quantization != "none" else self.device
         if prebuilt is not None:
             pipeline = prebuilt
             self.revision = prebuilt.revision or "in-memory"
         else:
-            pipeline = ObjectClearPipeline.from_pretrained(
-                self.model_id, torch_dtype=self.dtype, device=staging
-            )
+            # Into CPU memory first (from_pretrained's default): a quantised UNet is then
+            # quantised layer by layer on its way to the device, as its fp16 weights alone
+            # would fill most of a small card.
+            pipeline = ObjectClearPipeline.from_pretrained(self.model_id, torch_dtype=self.dtype)
             self.revision = pipeline.revision
-        # Memory modes and compilation: the 2.6 B UNet is the big and the hot part.
-        quantize_weights(pipeline.unet, self.quantization, device=self.device)
-        pipeline.to(self.device)
+        # Memory modes and compilation: the 2.6 B UNet is the big and the hot part. With
+        # offload it is quantised in CPU memory and only visits the device per call.
+        staging = self.device if self.offload == "none" else None
+        quantize_weights(pipeline.unet, self.quantization, device=staging)
+        if self.offload == "model":
+            pipeline.enable_model_cpu_offload(device=self.device)
+        else:
+            pipeline.to(self.device)
         if self.vae_tiling:
             pipeline.vae.enable_tiling()
         self.pipeline = pipeline
@@ -171,7 +175,7 @@ class ObjectClearModel:
         At the default 512 px on an accelerator; on CPU (tiny models: tests, the demo) at
         256 px, the smallest allowed, so that starting a CPU server stays quick.
         """
-        side = 512 if self.device.type != "cpu" else SHORT_SIDE_RANGE[0]
+        side = REFERENCE_SHORT_SIDE if self.device.type != "cpu" else SHORT_SIDE_RANGE[0]
         image = Image.new("RGB", (side, side), (127, 127, 127))
         mask = np.zeros((side, side), dtype=bool)
         mask[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
@@ -324,38 +328,42 @@ class ObjectClearModel:
 
         # 1. Seeds: the caller's, or a fresh one that the output reports
         seeds = [q.seed if q.seed is not None else secrets.randbelow(2**32) for q in queries]
-        # CPU generators: the noise for a seed is the same on every device and dtype.
+        # CPU generators: the numbers for a seed are the same on every device and dtype.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
-        # 2. Image and mask onto the device; grow the mask as asked
-        images = [_image_to_tensor(q.image, self.device) for q in queries]
+        # 2. Grow the masks as asked, on the device (an FFT for large radii)
         masks = []
         for q in queries:
-            mask = torch.from_numpy(np.ascontiguousarray(q.mask, dtype=bool)).to(self.device)
-            masks.append(dilate_mask(mask, q.mask_dilation) if q.mask_dilation else mask)
+            mask = np.ascontiguousarray(q.mask, dtype=bool)
+            if q.mask_dilation:
+                grown = dilate_mask(torch.from_numpy(mask).to(self.device), q.mask_dilation)
+                mask = grown.cpu().numpy()
+            masks.append(mask)
 
         # 3. Denoise with progress and cancellation at every step
-        def on_step(index: int, total: int) -> None:
+        def on_step_end(pipe: ObjectClearPipeline, index: int, t: object, tensors: dict
+                        ) -> dict:
             for context in contexts:
-                context.progress(STAGE, index + 1, total)
+                context.progress(STAGE, index + 1, first.steps)
+            if all(context.cancelled() for context in contexts):
+                pipe._interrupt = True
+            return tensors
 
-        def should_stop() -> bool:
-            return all(context.cancelled() for context in contexts)
-
+        if all(context.cancelled() for context in contexts):
+            raise errors.Cancelled("cancelled before object removal")
         output = self.pipeline(
-            images,
+            [q.image for q in queries],
             masks,
-            [q.label for q in queries],
+            [prompt_for(q.label) for q in queries],
+            short_side=first.short_side,
             num_inference_steps=first.steps,
             guidance_scale=float(first.guidance_scale),
-            short_side=first.short_side,
-            generator=generators,
             fusion=first.fusion,
-            callback=on_step,
-            should_stop=should_stop,
+            generator=generators,
+            callback_on_step_end=on_step_end,
         )
 
-        # 4. Back to the host, at each input's own size
+        # 4. One result each, at each input's own size
         results: list[ClearOutput | BaseException] = []
         for q, context, image, mask, seed in zip(
             queries, contexts, output.images, masks, seeds, strict=True
@@ -363,23 +371,5 @@ class ObjectClearModel:
             if context.cancelled():  # cancelled while batch-mates kept the run going
                 results.append(errors.Cancelled("cancelled during object removal"))
                 continue
-            results.append(
-                ClearOutput(
-                    image=_tensor_to_image(image),
-                    mask=mask.cpu().numpy(),
-                    steps=q.steps,
-                    seed=seed,
-                )
-            )
+            results.append(ClearOutput(image=image, mask=mask, steps=q.steps, seed=seed))
         return results
-
-
-def _image_to_tensor(image: Image.Image, device: torch.device) -> torch.Tensor:
-    """(3, H, W) uint8 on `device`; the float conversion happens there."""
-    array = np.array(image.convert("RGB") if image.mode != "RGB" else image)  # writable copy
-    return torch.from_numpy(array).to(device).permute(2, 0, 1)
-
-
-def _tensor_to_image(image: torch.Tensor) -> Image.Image:
-    pixels = (image * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
-    return Image.fromarray(pixels.cpu().numpy())

@@ -1,18 +1,31 @@
-"""ObjectClear: object-and-effect removal on SDXL-inpainting components (torch only).
+"""ObjectClear as a diffusers pipeline: remove an object and its effects (torch only).
 
-Written from the description in MODELS.md ("ObjectClear"): an SDXL inpainting loop whose
-prompt "remove the instance of {label}" carries, at token 5, an embedding of the object
-itself (CLIP vision tower + a small "postfuse" MLP), plus Attention-Guided Fusion (AGF):
-a latent blend after the first step and a pixel-space blend driven by the last step's
-cross-attention to that token.
+ObjectClear (github.com/zjx0101/ObjectClear, weights `jixin0101/ObjectClear`) is an
+SDXL inpainting loop whose prompt "remove the instance of object" carries, at token 5, an
+embedding of the object itself (a CLIP vision tower + a small "postfuse" MLP), plus
+Attention-Guided Fusion (AGF): a latent blend after the first step and a pixel-space blend
+driven by the last step's cross-attention to that token.
 
-Everything stays on the pipeline's device; the denoising loop has no host syncs.
+This pipeline draws what the reference pipeline and its inference script draw on the same
+weights (`tests/fixtures/parity/objectclear` holds the reference's outputs; the parity
+test checks every stage), and loads the published checkpoint as it is. What it adds for
+serving: one pipeline call runs a batch of compatible removals, each with its own
+generator, object token and fusion; cancellation between steps; the fusion runs in torch
+on the device, emulating the reference's 8-bit NumPy/OpenCV steps there; the image is
+VAE-encoded once (the reference encodes the same pixels twice and draws two samples).
+
+Steps that must stay as the reference has them (each changes the picture):
+- working size: `working_size` (no scaling below a 512 short side, sides rounded UP to 16);
+- resizing with PIL on 8-bit pictures: bicubic for the image, nearest for the mask, and
+  bicubic back to the input size;
+- random numbers per generator, in this order: the VAE posterior sample of the image (the
+  step-0 blend target), the initial noise, a second posterior sample (the UNet's condition);
+- the step-0 latent blend only when fusion is on;
+- the prompt "remove the instance of object", token 5 replaced (positive half only).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -20,15 +33,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import PIL.Image
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    ModelMixin,
+    UNet2DConditionModel,
+)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from mic2e_services.errors import Cancelled
 from mic2e_services.object_clear.fusion import attention_guided_fusion
+from mic2e_services.torch_device import diffusers_dtype_kwarg
 
 __all__ = [
+    "CAPTURE_LAYER",
+    "DEFAULT_PROMPT",
     "OBJECT_TOKEN_INDEX",
+    "REFERENCE_SHORT_SIDE",
     "ObjectClearPipeline",
     "ObjectClearPipelineOutput",
     "PostfuseModule",
@@ -37,140 +70,148 @@ __all__ = [
     "working_size",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: Position of the label word in "<bos> remove the instance of {label} ...": the token the
+#: The reference's prompt; its token 5 ("object") is replaced by the object embedding.
+DEFAULT_PROMPT = "remove the instance of object"
+#: Position of the object word in "<bos> remove the instance of object ...": the token the
 #: object embedding replaces and whose cross-attention drives the fusion.
 OBJECT_TOKEN_INDEX = 5
+#: The reference script's short side: larger images are scaled down to it.
+REFERENCE_SHORT_SIDE = 512
 #: The cross-attention layer whose map AGF reads (queries at half the latent resolution).
 CAPTURE_LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
-COMPONENTS = (
-    "unet",
-    "vae",
-    "text_encoder",
-    "text_encoder_2",
-    "tokenizer",
-    "tokenizer_2",
-    "scheduler",
-    "image_prompt_encoder",
-    "postfuse_module",
-)
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _SIZE_MULTIPLE = 16
+#: Components the published model_index.json does not list: the reference passes them in.
+EXTRA_COMPONENTS = ("image_prompt_encoder", "postfuse_module")
+#: Every folder of the published checkpoint.
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+              "scheduler", *EXTRA_COMPONENTS)
 _HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
-_WEIGHTED_COMPONENTS = (
-    "unet",
-    "vae",
-    "text_encoder",
-    "text_encoder_2",
-    "image_prompt_encoder",
-    "postfuse_module",
-)
+# Tensors of the image prompt encoder's checkpoint (a whole CLIPModel) that only its text
+# tower uses; loading the vision tower alone leaves them unread, by design.
+_TEXT_TOWER_KEYS = re.compile(r"^(text_model\.|text_projection\.|logit_scale$)")
 
 
-def prompt_for(label: str) -> str:
-    """The ObjectClear prompt; the label word lands on token `OBJECT_TOKEN_INDEX`."""
-    return f"remove the instance of {label.strip() or 'object'}"
+def prompt_for(label: str = "") -> str:
+    """The prompt: the reference's, or with the caller's own label in place of "object".
+
+    A label is a departure from the reference (which always says "object"): it moves the
+    text embeddings of every token, and a label of several words pushes the object
+    embedding onto its first word.
+    """
+    label = label.strip()
+    return f"remove the instance of {label}" if label else DEFAULT_PROMPT
 
 
-def working_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the short side scaled to `short_side`, both multiples of 16."""
-    scale = short_side / min(width, height)
+def working_size(width: int, height: int, short_side: int = REFERENCE_SHORT_SIDE
+                 ) -> tuple[int, int]:
+    """(width, height) the model runs at: the reference script's rule.
 
-    def snap(x: int) -> int:
-        return max(_SIZE_MULTIPLE, round(x * scale / _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
+    A short side below `short_side` is not scaled; otherwise the short side becomes
+    `short_side` and the long side ``int(long * short_side / short)``. Both are then
+    rounded UP to a multiple of 16 (800x600 -> 688x512, 320x240 stays, 500x300 -> 512x304).
+    """
 
-    return snap(width), snap(height)
+    def up(x: int) -> int:
+        return max(_SIZE_MULTIPLE, -(-x // _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
+
+    if min(width, height) < short_side:
+        return up(width), up(height)
+    if width < height:
+        return up(short_side), up(int(height * short_side / width))
+    return up(int(width * short_side / height)), up(short_side)
 
 
 # ---------------------------------------------------------------------------------------
-# The two ObjectClear extras.
+# The postfuse module: a checkpoint component of its own.
 
 
 class _MLP(nn.Module):
     """LayerNorm -> Linear -> GELU -> Linear, optionally with a residual around it."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, *, residual: bool) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, *, residual: bool) -> None:
         super().__init__()
         if residual and in_dim != out_dim:
             raise ValueError("a residual MLP needs in_dim == out_dim")
         self.layernorm = nn.LayerNorm(in_dim)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
-        self.act = nn.GELU()
+        self.act_fn = nn.GELU()
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fc2(self.act(self.fc1(self.layernorm(x))))
+        y = self.fc2(self.act_fn(self.fc1(self.layernorm(x))))
         return x + y if self.residual else y
 
 
-class PostfuseModule(nn.Module):
+class PostfuseModule(ModelMixin, ConfigMixin):
     """Maps the CLIP image embedding of the object to a prompt-token embedding.
 
-    mlp1 (no residual) lifts `in_dim` (768: CLIP ViT-L/14 projection) to `out_dim` (2048:
-    both SDXL text encoders' hidden sizes concatenated), mlp2 refines it with a residual,
-    and a final LayerNorm matches the scale of the text tokens it stands in for.
+    mlp1 (no residual) lifts `embed_dim_img` (768: CLIP ViT-L/14 projection) to
+    `embed_dim` (2048: both SDXL text encoders' hidden sizes side by side), mlp2 refines it
+    with a residual, and a final LayerNorm matches the scale of the text tokens it stands
+    in for. The published folder holds `config.json` (these two keys) and
+    `model.safetensors` (tensors `mlp1.*`, `mlp2.*`, `layer_norm.*`).
     """
 
-    WEIGHTS_NAME = "model.safetensors"
-    CONFIG_NAME = "config.json"
+    config_name = "config.json"
+    weights_name = "model.safetensors"
 
-    def __init__(self, in_dim: int = 768, out_dim: int = 2048) -> None:
+    @register_to_config
+    def __init__(self, embed_dim: int = 2048, embed_dim_img: int = 768) -> None:
         super().__init__()
-        self.in_dim = in_dim
-        self.out_dim = out_dim
-        self.mlp1 = _MLP(in_dim, out_dim, out_dim, residual=False)
-        self.mlp2 = _MLP(out_dim, out_dim, out_dim, residual=True)
-        self.layer_norm = nn.LayerNorm(out_dim)
+        self.mlp1 = _MLP(embed_dim_img, embed_dim, embed_dim, residual=False)
+        self.mlp2 = _MLP(embed_dim, embed_dim, embed_dim, residual=True)
+        self.layer_norm = nn.LayerNorm(embed_dim)
 
     def forward(self, object_embeds: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(self.mlp2(self.mlp1(object_embeds)))
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / self.WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {
-            "_class_name": type(self).__name__,
-            "in_dim": self.in_dim,
-            "out_dim": self.out_dim,
-        }
-        (directory / self.CONFIG_NAME).write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]
         cls,
-        directory: str | Path,
-        *,
-        torch_dtype: torch.dtype = torch.float32,
-        output_loading_info: bool = False,
-    ) -> PostfuseModule | tuple[PostfuseModule, dict[str, list[str]]]:
-        """Load from `directory`; dims from config.json, else from the weights' shapes."""
+        pretrained_model_name_or_path: str | Path,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        **_: Any,
+    ) -> PostfuseModule:
+        """Load a local folder in the published layout; every tensor must match the config.
+
+        diffusers' own loader looks for `diffusion_pytorch_model.safetensors`; the
+        published file is `model.safetensors` (`model.fp16.safetensors` as the fp16 variant).
+        """
         from safetensors.torch import load_file
 
-        directory = Path(directory)
-        state = load_file(str(directory / cls.WEIGHTS_NAME))
-        config_path = directory / cls.CONFIG_NAME
-        if config_path.is_file():
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            in_dim, out_dim = int(config["in_dim"]), int(config["out_dim"])
-        else:
-            out_dim, in_dim = state["mlp1.fc1.weight"].shape
-        module = cls(in_dim=in_dim, out_dim=out_dim)
+        folder = Path(pretrained_model_name_or_path) / (subfolder or "")
+        module = cls.from_config(cls.load_config(folder))
+        name = cls.weights_name if not variant else f"model.{variant}.safetensors"
+        state = load_file(str(folder / name))
         result = module.load_state_dict(state, strict=False)
-        info = {
-            "missing_keys": list(result.missing_keys),
-            "unexpected_keys": list(result.unexpected_keys),
-        }
-        module = module.to(dtype=torch_dtype).eval()
-        return (module, info) if output_loading_info else module
+        if result.missing_keys or result.unexpected_keys:
+            missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
+            raise ValueError(f"{folder / name}: tensors do not match config.json (missing "
+                             f"{missing[:3]}, unexpected {unexpected[:3]})")
+        if torch_dtype is not None:
+            module = module.to(torch_dtype)
+        return module.eval()
+
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | Path, variant: str | None = None, **_: Any
+    ) -> None:
+        """Write `config.json` and `model[.variant].safetensors` (the published names)."""
+        from safetensors.torch import save_file
+
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_config(folder)
+        name = self.weights_name if not variant else f"model.{variant}.safetensors"
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / name), metadata={"format": "pt"})
+
+
+# ---------------------------------------------------------------------------------------
 
 
 class TokenAttentionCapture:
@@ -178,8 +219,9 @@ class TokenAttentionCapture:
 
     Installed once on the AGF layer and left there: the pipeline flips `capture` for the
     last step only, so the module graph never changes (no recompiles under torch.compile,
-    unlike swapping processors). The attention output is always the SDPA one, so
-    capturing does not change the picture. `probs` holds (batch, heads, queries) in fp32.
+    unlike swapping processors as the reference does). The attention output is always the
+    SDPA one; the reference's classic processor differs from it by float rounding only.
+    `probs` holds (batch, heads, queries) in fp32.
     """
 
     def __init__(self, token_index: int = OBJECT_TOKEN_INDEX) -> None:
@@ -234,12 +276,7 @@ class TokenAttentionCapture:
             self.probs = scores.softmax(dim=-1)[..., self.token_index]
 
         hidden_states = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
             scale=attn.scale,
         )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
@@ -256,57 +293,65 @@ class TokenAttentionCapture:
 
 @dataclass
 class ObjectClearPipelineOutput:
-    """Results of one batch, all on the pipeline's device.
+    """Results of one batch.
 
-    images: per input, (3, H, W) float in [0, 1] at that input's own size.
-    attention_maps: (B, 1, h, w) in [0, 1] at the latent size (None without fusion).
+    images: per input, the result at that input's own size (RGB).
+    prefusion: (B, 3, h, w) uint8 on the device: the decoded image before fusion, at the
+        working size.
+    attention_maps: (B, 1, h/8, w/8) in [0, 1] on the device (None without fusion).
     working_size: (width, height) the model ran at.
     """
 
-    images: list[torch.Tensor]
+    images: list[PIL.Image.Image]
+    prefusion: torch.Tensor
     attention_maps: torch.Tensor | None
     working_size: tuple[int, int]
 
 
-ImageInput = torch.Tensor | Sequence[torch.Tensor]
-StepCallback = Callable[[int, int], None]
+ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image]
+MaskInput = PIL.Image.Image | np.ndarray | Sequence[PIL.Image.Image | np.ndarray]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+StepEndCallback = Callable[["ObjectClearPipeline", int, torch.Tensor, dict], dict]
 
 
-class ObjectClearPipeline:
+class ObjectClearPipeline(DiffusionPipeline):
     """SDXL-inpainting components + CLIP object embedding + Attention-Guided Fusion.
 
-    Not thread-safe (the scheduler keeps the step index): one caller at a time, as the
-    model worker does.
+    Loads the published `jixin0101/ObjectClear` layout as it is (`from_pretrained`), and
+    works with `save_pretrained`, `.to()`, `enable_model_cpu_offload()` and quantised
+    components as any diffusers pipeline. Not thread-safe (the scheduler keeps the step
+    index): one caller at a time, as the model worker does.
     """
+
+    model_cpu_offload_seq = ("text_encoder->text_encoder_2->image_prompt_encoder->postfuse_module"
+                             "->unet->vae")
 
     def __init__(
         self,
-        *,
-        unet: Any,
-        vae: Any,
-        text_encoder: Any,
-        text_encoder_2: Any,
-        tokenizer: Any,
-        tokenizer_2: Any,
-        scheduler: Any,
-        image_prompt_encoder: Any,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: EulerDiscreteScheduler,
+        image_prompt_encoder: CLIPVisionModelWithProjection,
         postfuse_module: PostfuseModule,
-        revision: str | None = None,
-        loading_info: dict[str, dict[str, list[str]]] | None = None,
+        force_zeros_for_empty_prompt: bool = True,
+        requires_aesthetics_score: bool = False,
     ) -> None:
-        self.unet = unet
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.text_encoder_2 = text_encoder_2
-        self.tokenizer = tokenizer
-        self.tokenizer_2 = tokenizer_2
-        self.scheduler = scheduler
-        self.image_prompt_encoder = image_prompt_encoder
-        self.postfuse_module = postfuse_module
-        self.revision = revision
-        self.loading_info = loading_info or {}
+        super().__init__()
+        if requires_aesthetics_score:
+            # SDXL-refiner micro-conditioning; no ObjectClear checkpoint uses it.
+            raise ValueError("requires_aesthetics_score=True is not supported")
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+            image_prompt_encoder=image_prompt_encoder, postfuse_module=postfuse_module,
+        )
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+                                requires_aesthetics_score=requires_aesthetics_score)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-
         time_ids_dim = 6 * unet.config.addition_time_embed_dim
         expected = time_ids_dim + text_encoder_2.config.projection_dim
         if unet.add_embedding.linear_1.in_features != expected:
@@ -316,111 +361,67 @@ class ObjectClearPipeline:
             )
         self.attention_capture = TokenAttentionCapture(OBJECT_TOKEN_INDEX)
         self.unet.get_submodule(CAPTURE_LAYER).set_processor(self.attention_capture)
+        self.revision: str | None = None
+        self._interrupt = False
 
     @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    def to(self, device: str | torch.device) -> ObjectClearPipeline:
-        """Move every weighted component to `device` (dtypes unchanged); returns self."""
-        for name in _WEIGHTED_COMPONENTS:
-            getattr(self, name).to(device)
-        return self
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+    def interrupt(self) -> bool:
+        return self._interrupt
 
     # -----------------------------------------------------------------------------------
-    # Loading
+    # Loading and saving
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]
         cls,
-        path_or_hub_id: str | Path,
+        pretrained_model_name_or_path: str | Path,
         *,
         torch_dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
         revision: str | None = None,
+        **kwargs: Any,
     ) -> ObjectClearPipeline:
-        """Load every component with its own library's from_pretrained.
+        """Load the published layout: a hub id (through the local cache / hub, honouring
+        HF_HUB_OFFLINE) or a local folder, unchanged.
 
-        `path_or_hub_id`: a local folder in the checkpoint layout, or a hub id resolved
-        through the local cache / hub (honours HF_HUB_OFFLINE). Missing weights (which would
-        silently stay random) are an error; unexpected ones are logged.
+        The published model_index.json lists neither `image_prompt_encoder` (a whole
+        CLIPModel checkpoint, of which only the vision tower and its projection are
+        loaded) nor `postfuse_module`, as the reference passes both in; they are loaded
+        here from their folders. The transformers components load strictly: a missing
+        tensor (which would silently stay random) is an error.
         """
-        from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-        from transformers import (
-            CLIPModel,
-            CLIPTextModel,
-            CLIPTextModelWithProjection,
-            CLIPTokenizer,
-        )
+        root, resolved_revision = _resolve_checkpoint(pretrained_model_name_or_path, revision)
+        loaders = {
+            "text_encoder": CLIPTextModel,
+            "text_encoder_2": CLIPTextModelWithProjection,
+            "image_prompt_encoder": CLIPVisionModelWithProjection,
+        }
+        for name, model_cls in loaders.items():
+            if name not in kwargs:
+                kwargs[name] = _load_transformers_model(model_cls, root / name, torch_dtype)
+        if "postfuse_module" not in kwargs:
+            kwargs["postfuse_module"] = PostfuseModule.from_pretrained(
+                root, subfolder="postfuse_module", torch_dtype=torch_dtype)
+        pipe = super().from_pretrained(str(root), **{diffusers_dtype_kwarg(): torch_dtype},
+                                       **kwargs)
+        pipe.revision = resolved_revision
+        return pipe
 
-        root, resolved_revision = _resolve_checkpoint(path_or_hub_id, revision)
-        device = torch.device(device)
-        info: dict[str, dict[str, list[str]]] = {}
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Save every component; model_index.json stays in the published form, without the
+        two extra components, so the reference's loader reads it too.
 
-        def load(name: str, loader: Callable[..., Any], **kwargs: Any) -> Any:
-            model, loading = loader(str(root / name), output_loading_info=True, **kwargs)
-            info[name] = {
-                "missing_keys": sorted(loading.get("missing_keys", [])),
-                "unexpected_keys": sorted(loading.get("unexpected_keys", [])),
-            }
-            return model
+        One departure: `image_prompt_encoder/` holds the vision tower only (the published
+        folder is a whole CLIPModel whose text tower is never used).
+        """
+        import json
 
-        unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype)
-        # SDXL's VAE overflows in fp16 (its config says force_upcast): keep it in fp32
-        # rather than casting it back and forth on every call.
-        vae_config = AutoencoderKL.load_config(str(root / "vae"))
-        vae_dtype = torch_dtype
-        if torch_dtype == torch.float16 and vae_config.get("force_upcast", True):
-            vae_dtype = torch.float32
-        vae = load("vae", AutoencoderKL.from_pretrained, torch_dtype=vae_dtype)
-        text_encoder = load("text_encoder", CLIPTextModel.from_pretrained, dtype=torch_dtype)
-        text_encoder_2 = load(
-            "text_encoder_2", CLIPTextModelWithProjection.from_pretrained, dtype=torch_dtype
-        )
-        image_prompt_encoder = load(
-            "image_prompt_encoder", CLIPModel.from_pretrained, dtype=torch_dtype
-        )
-        postfuse_module = load(
-            "postfuse_module", PostfuseModule.from_pretrained, torch_dtype=torch_dtype
-        )
-        # Only the vision tower and its projection are used: free the text tower.
-        del image_prompt_encoder.text_model
-        del image_prompt_encoder.text_projection
-
-        for name, loading in info.items():
-            if loading["missing_keys"]:
-                raise ValueError(
-                    f"{root / name}: weights missing for {len(loading['missing_keys'])} tensors "
-                    f"(e.g. {loading['missing_keys'][:3]}); they would stay randomly initialised"
-                )
-            if loading["unexpected_keys"]:
-                logger.warning(
-                    "%s: %d unexpected tensors ignored (e.g. %s)",
-                    root / name,
-                    len(loading["unexpected_keys"]),
-                    loading["unexpected_keys"][:3],
-                )
-
-        modules = [unet, vae, text_encoder, text_encoder_2, image_prompt_encoder, postfuse_module]
-        for module in modules:
-            module.to(device).eval().requires_grad_(False)
-        return cls(
-            unet=unet,
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=CLIPTokenizer.from_pretrained(str(root / "tokenizer")),
-            tokenizer_2=CLIPTokenizer.from_pretrained(str(root / "tokenizer_2")),
-            scheduler=EulerDiscreteScheduler.from_pretrained(str(root / "scheduler")),
-            image_prompt_encoder=image_prompt_encoder,
-            postfuse_module=postfuse_module,
-            revision=resolved_revision,
-            loading_info=info,
-        )
+        super().save_pretrained(str(save_directory), **kwargs)
+        index_path = Path(save_directory) / "model_index.json"
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        for name in EXTRA_COMPONENTS:
+            index.pop(name, None)
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n",
+                              encoding="utf-8")
 
     # -----------------------------------------------------------------------------------
     # Steps of __call__
@@ -428,128 +429,138 @@ class ObjectClearPipeline:
     def check_inputs(
         self,
         image: ImageInput,
-        mask: ImageInput,
-        label: str | Sequence[str],
+        mask_image: MaskInput,
+        prompt: str | Sequence[str] | None,
+        short_side: int,
         num_inference_steps: int,
         guidance_scale: float,
-        short_side: int,
-        strength: float,
-        generator: torch.Generator | Sequence[torch.Generator] | None,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str], tuple[int, int]]:
-        """Validate and normalise to lists; returns (images, masks, labels, working size)."""
-        images = [image] if isinstance(image, torch.Tensor) else list(image)
-        masks = [mask] if isinstance(mask, torch.Tensor) else list(mask)
-        labels = [label] * len(images) if isinstance(label, str) else list(label)
+        generator: Generators,
+    ) -> tuple[list[PIL.Image.Image], list[PIL.Image.Image], list[str], tuple[int, int]]:
+        """Normalise to lists and validate; returns (images, masks, prompts, working size)."""
+        images = [image] if isinstance(image, PIL.Image.Image) else list(image)
+        if isinstance(mask_image, (PIL.Image.Image, np.ndarray)):
+            mask_image = [mask_image]
+        masks = [_mask_to_pil(m) for m in mask_image]
+        if prompt is None:
+            prompt = DEFAULT_PROMPT
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
         if not images:
-            raise ValueError("no images given")
-        if not (len(images) == len(masks) == len(labels)):
-            raise ValueError(
-                f"got {len(images)} images, {len(masks)} masks and {len(labels)} labels"
-            )
+            raise ValueError("no image given")
+        if not len(images) == len(masks) == len(prompts):
+            raise ValueError(f"got {len(images)} images, {len(masks)} masks and "
+                             f"{len(prompts)} prompts")
         if isinstance(generator, Sequence) and len(generator) != len(images):
             raise ValueError(f"got {len(generator)} generators for {len(images)} images")
-        sizes = set()
-        for i, (img, m) in enumerate(zip(images, masks, strict=True)):
-            if img.ndim != 3 or img.shape[0] != 3:
-                raise ValueError(f"image {i}: expected (3, H, W), got {tuple(img.shape)}")
-            if m.shape != img.shape[1:]:
-                raise ValueError(
-                    f"mask {i}: shape {tuple(m.shape)} differs from image {tuple(img.shape[1:])}"
-                )
-            sizes.add(working_size(img.shape[2], img.shape[1], short_side))
-        if len(sizes) != 1:
-            raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(
-                f"num_inference_steps must be a positive int, got {num_inference_steps}"
-            )
-        if not (math.isfinite(guidance_scale) and guidance_scale >= 1.0):
+            raise ValueError(f"num_inference_steps must be a positive int, got "
+                             f"{num_inference_steps!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 1.0:
             raise ValueError(f"guidance_scale must be finite and >= 1, got {guidance_scale}")
         if short_side < _SIZE_MULTIPLE:
             raise ValueError(f"short_side must be >= {_SIZE_MULTIPLE}, got {short_side}")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if int(num_inference_steps * strength) < 1:
-            raise ValueError("strength leaves no denoising step")
-        return images, masks, labels, sizes.pop()
+        sizes = set()
+        for i, (img, m) in enumerate(zip(images, masks, strict=True)):
+            if not isinstance(img, PIL.Image.Image):
+                raise ValueError(f"image {i}: expected a PIL image, got {type(img).__name__}")
+            if m.size != img.size:
+                raise ValueError(f"mask {i}: size {m.size} differs from image {img.size}")
+            sizes.add(working_size(img.width, img.height, short_side))
+        if len(sizes) != 1:
+            raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
+        return images, masks, prompts, sizes.pop()
 
     def preprocess(
-        self, images: list[torch.Tensor], masks: list[torch.Tensor], width: int, height: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, h, w) fp32 image in [-1, 1] and (B, 1, h, w) binary mask at working size."""
-        batch_images, batch_masks = [], []
-        for img, m in zip(images, masks, strict=True):
-            img = img.to(self.device)
-            img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            img = F.interpolate(
-                img[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False
-            ).clamp(0.0, 1.0)
-            batch_images.append(img * 2.0 - 1.0)
-            m = m.to(self.device).float()[None, None]
-            m = F.interpolate(m, size=(height, width), mode="bilinear", antialias=True)
-            batch_masks.append((m >= 0.5).float())
-        return torch.cat(batch_images), torch.cat(batch_masks)
+        self, images: list[PIL.Image.Image], masks: list[PIL.Image.Image], width: int, height: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """At the working size, on the device: the image as uint8 (B, 3, h, w) and in
+        [-1, 1] fp32, and the binary mask (B, 1, h, w).
 
-    def encode_prompt(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 77, d1 + d2) penultimate hidden states of both encoders, (B, proj) pooled."""
-        prompts = [prompt_for(label) for label in labels]
+        PIL does the resizing, on 8-bit pictures, as the reference script does: bicubic
+        for the image, nearest for the mask.
+        """
+        device = self._execution_device
+        pixels, binary = [], []
+        for img, m in zip(images, masks, strict=True):
+            img = img.convert("RGB") if img.mode != "RGB" else img
+            if img.size != (width, height):
+                img = img.resize((width, height), PIL.Image.Resampling.BICUBIC)
+                m = m.resize((width, height), PIL.Image.Resampling.NEAREST)
+            pixels.append(torch.from_numpy(np.array(img)).permute(2, 0, 1))
+            binary.append(torch.from_numpy(np.array(m) >= 128)[None])
+        image_u8 = torch.stack(pixels).to(device)
+        mask = torch.stack(binary).to(device=device, dtype=torch.float32)
+        return image_u8, image_u8.float() / 255.0 * 2.0 - 1.0, mask
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 77, d1 + d2) penultimate hidden states of both encoders, (B, proj) pooled
+        output of the second, as SDXL's encode_prompt without clip skip."""
+        device = self._execution_device
         hidden, pooled = [], None
-        for tokenizer, encoder in (
-            (self.tokenizer, self.text_encoder),
-            (self.tokenizer_2, self.text_encoder_2),
-        ):
-            ids = tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            out = encoder(ids, output_hidden_states=True)
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
+                                   (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            out = encoder(ids.to(device), output_hidden_states=True)
+            if out[0].ndim == 2:  # the projecting encoder's text_embeds
+                pooled = out[0]
             hidden.append(out.hidden_states[-2])
-            pooled = getattr(out, "text_embeds", None)  # the second (projecting) encoder's
-        return torch.cat(hidden, dim=-1).to(self.dtype), pooled.to(self.dtype)
+        dtype = self.text_encoder_2.dtype
+        return torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype)
 
     def encode_object(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, d1 + d2) token embedding of the masked object (CLIP vision + postfuse)."""
+        """(B, d1 + d2) token embedding of the masked object: the [-1, 1] image cut out by
+        the mask, at the vision tower's size (bilinear, antialiased), CLIP-normalised,
+        through the vision tower and its projection, then the postfuse module."""
         encoder = self.image_prompt_encoder
-        size = encoder.config.vision_config.image_size  # 224 for the real ViT-L/14
-        # As the original: the [-1, 1] image, cut out by the mask, CLIP-normalised.
+        size = encoder.config.image_size  # 224 for the real ViT-L/14
         pixels = image * (mask > 0.5)
-        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
         mean = torch.tensor(_CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(_CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
-        pixels = ((pixels - mean) / std).to(encoder.dtype)
-        pooled = encoder.vision_model(pixel_values=pixels).pooler_output
-        object_embeds = encoder.visual_projection(pooled)
-        return self.postfuse_module(object_embeds.to(self.postfuse_module.layer_norm.weight.dtype))
+        object_embeds = encoder(pixel_values=((pixels - mean) / std).to(encoder.dtype)).image_embeds
+        return self.postfuse_module(object_embeds[:, None].to(self.postfuse_module.dtype))[:, 0]
 
-    def encode_image(
-        self, image: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
-    ) -> torch.Tensor:
-        """Scaled VAE latents of the (unmasked) image, in the UNet's dtype."""
+    def prepare_latents(
+        self, image: torch.Tensor, generator: Generators, latent_hw: tuple[int, int],
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image_latents, noise, masked_image_latents) with the reference's draws.
+
+        The reference encodes the same unmasked image twice and samples each posterior:
+        first for the step-0 blend target, then (after drawing the initial noise) for the
+        UNet's masked-image condition. One encode gives the same posterior; the three
+        draws keep their order, per generator.
+        """
+        self._upcast_vae_if_needed()
         latent_dist = self.vae.encode(image.to(self.vae.dtype)).latent_dist
-        noise = _randn(latent_dist.mean.shape, generator, latent_dist.mean.device)
-        latents = latent_dist.mean + latent_dist.std * noise.to(latent_dist.mean.dtype)
-        return (latents * self.vae.config.scaling_factor).to(self.dtype)
+        shape = (image.shape[0], self.vae.config.latent_channels, *latent_hw)
+        eps_image, noise, eps_condition = _draw(3, shape, generator, image.device)
+        scale = self.vae.config.scaling_factor
+
+        def sample(eps: torch.Tensor) -> torch.Tensor:
+            latents = latent_dist.mean + latent_dist.std * eps.to(latent_dist.mean.dtype)
+            return (scale * latents).to(dtype)
+
+        return sample(eps_image), noise.to(dtype), sample(eps_condition)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) fp32 image in [0, 1]."""
+        """(B, 3, h, w) uint8: ``round(clamp(x / 2 + 0.5, 0, 1) * 255)`` as diffusers'
+        image processor quantises."""
+        self._upcast_vae_if_needed()
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift:
-            latents = latents + shift
-        image = self.vae.decode(latents).sample
-        return (image.float() / 2.0 + 0.5).clamp(0.0, 1.0)
+        image = self.vae.decode(latents, return_dict=False)[0]
+        return ((image.float() / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
     def attention_map(self, latent_hw: tuple[int, int], do_cfg: bool) -> torch.Tensor:
-        """(B, 1, h, w) min-max normalised last-step attention to the object token."""
+        """(B, 1, h, w) min-max normalised last-step attention to the object token
+        (conditional half under CFG), as the reference computes it."""
         probs = self.attention_capture.probs
         if probs is None:
             raise RuntimeError("no attention was captured")
         self.attention_capture.probs = None
         if do_cfg:
-            probs = probs.chunk(2)[1]  # conditional half
+            probs = probs.chunk(2)[1]
         h, w = latent_hw
         # down_blocks.0's stride-2 conv (padding 1) gives ceil(h / 2) x ceil(w / 2) queries.
         qh, qw = -(-h // 2), -(-w // 2)
@@ -559,7 +570,14 @@ class ObjectClearPipeline:
         amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)
         lo = amap.amin(dim=(2, 3), keepdim=True)
         hi = amap.amax(dim=(2, 3), keepdim=True)
-        return (amap - lo) / (hi - lo).clamp_min(1e-8)
+        return (amap - lo) / (hi - lo + 1e-8)
+
+    def _upcast_vae_if_needed(self) -> None:
+        # A VAE whose config says force_upcast overflows in fp16: run it in fp32 for good
+        # rather than casting back and forth on every call (the published config says
+        # false, so the published VAE runs in the pipeline's dtype).
+        if self.vae.dtype == torch.float16 and self.vae.config.force_upcast:
+            self.vae.to(dtype=torch.float32)
 
     # -----------------------------------------------------------------------------------
 
@@ -567,168 +585,188 @@ class ObjectClearPipeline:
     def __call__(
         self,
         image: ImageInput,
-        mask: ImageInput,
-        label: str | Sequence[str] = "",
+        mask_image: MaskInput,
+        prompt: str | Sequence[str] | None = None,
         *,
+        short_side: int = REFERENCE_SHORT_SIDE,
         num_inference_steps: int = 20,
         guidance_scale: float = 2.5,
-        short_side: int = 512,
-        strength: float = 1.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
         fusion: bool = True,
-        callback: StepCallback | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        generator: Generators = None,
+        callback_on_step_end: StepEndCallback | None = None,
     ) -> ObjectClearPipelineOutput:
         """Remove the masked object(s) and their effects.
 
-        image: (3, H, W) tensor (uint8, or float in [0, 1]) or a list of them; mask: (H, W)
-        tensor (nonzero = object) or a list; one label per image (or one for all). All
-        images of a batch must map to the same working size. `generator`: one, or one per
-        image (CPU generators make the noise independent of the device). `callback(i,
-        total)` runs after step i (0-based); `should_stop()` is polled before every step
-        and raises `errors.Cancelled` when it returns True.
+        image: a PIL image or a list of them; mask_image: per image a PIL image or an
+        (H, W) array at that image's size (nonzero = object). prompt: None for the
+        reference's; one for all or one per image. The defaults are the reference
+        script's (20 steps, guidance 2.5, short side 512, fusion on). All images of a
+        batch must map to the same working size. generator: one, or one per image (an
+        item's numbers then do not depend on its batch-mates); CPU generators make them
+        independent of the device. `callback_on_step_end(pipe, i, t, {"latents": ...})`
+        runs after step i, diffusers style; setting `pipe._interrupt` there stops the run
+        before the next step with `errors.Cancelled` (nothing is decoded).
         """
         # 1. Check inputs
-        images, masks, labels, (width, height) = self.check_inputs(
-            image,
-            mask,
-            label,
-            num_inference_steps,
-            guidance_scale,
-            short_side,
-            strength,
-            generator,
-        )
+        images, masks, prompts, (width, height) = self.check_inputs(
+            image, mask_image, prompt, short_side, num_inference_steps, guidance_scale,
+            generator)
+        self._interrupt = False
         batch = len(images)
         do_cfg = guidance_scale > 1.0
-        device, dtype = self.device, self.dtype
+        device, dtype = self._execution_device, self.unet.dtype
         if isinstance(generator, Sequence) and len(generator) == 1:
             generator = generator[0]
+        latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
 
-        # 2. Preprocess image and mask at the working size
-        init_image, mask_image = self.preprocess(images, masks, width, height)
+        # 2. Image and mask at the working size
+        image_u8, init_image, mask = self.preprocess(images, masks, width, height)
 
-        # 3. Encode the prompt; the object embedding replaces the label token (positive only)
-        prompt_embeds, pooled_embeds = self.encode_prompt(labels)
-        object_embeds = self.encode_object(init_image, mask_image)
+        # 3. Prompt embeddings; the object embedding replaces token 5 (positive half only)
+        prompt_embeds, pooled_embeds = self.encode_prompt(prompts)
         prompt_embeds = prompt_embeds.clone()
-        prompt_embeds[:, OBJECT_TOKEN_INDEX] = object_embeds.to(dtype)
-        add_time_ids = torch.tensor(
-            [[height, width, 0, 0, height, width]], device=device, dtype=dtype
-        ).repeat(batch, 1)
+        prompt_embeds[:, OBJECT_TOKEN_INDEX] = self.encode_object(init_image, mask).to(
+            prompt_embeds.dtype)
+        add_time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device,
+                                    dtype=prompt_embeds.dtype).repeat(batch, 1)
         if do_cfg:
-            # No negative prompt: zeros, as SDXL's force_zeros_for_empty_prompt.
-            prompt_embeds = torch.cat([torch.zeros_like(prompt_embeds), prompt_embeds])
-            pooled_embeds = torch.cat([torch.zeros_like(pooled_embeds), pooled_embeds])
+            negative, negative_pooled = self._negative_embeddings(prompt_embeds, pooled_embeds)
+            prompt_embeds = torch.cat([negative, prompt_embeds])
+            pooled_embeds = torch.cat([negative_pooled, pooled_embeds])
             add_time_ids = torch.cat([add_time_ids, add_time_ids])
-        added_cond = {"text_embeds": pooled_embeds, "time_ids": add_time_ids}
+        added_cond = {"text_embeds": pooled_embeds.to(device), "time_ids": add_time_ids}
+        prompt_embeds = prompt_embeds.to(device)
 
-        # 4. Timesteps (strength < 1 starts part-way, as diffusers' inpaint pipeline)
+        # 4. Timesteps
         scheduler = self.scheduler
         scheduler.set_timesteps(num_inference_steps, device=device)
-        t_start = num_inference_steps - min(
-            int(num_inference_steps * strength), num_inference_steps
-        )
-        timesteps = scheduler.timesteps[t_start * scheduler.order :]
-        scheduler.set_begin_index(t_start * scheduler.order)
-        total_steps = len(timesteps)
+        scheduler.set_begin_index(0)
+        timesteps = scheduler.timesteps
 
-        # 5. Image latents, encoded ONCE: the UNet's conditioning and AGF's blend target
-        latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        noise = _randn((batch, self.vae.config.latent_channels, *latent_hw), generator, device)
-        noise = noise.to(dtype)
-        image_latents = self.encode_image(init_image, generator)
-        if strength >= 1.0:
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(batch))
-        mask_latents = F.interpolate(mask_image, size=latent_hw, mode="nearest").to(dtype)
-        condition = torch.cat([mask_latents, image_latents], dim=1)
+        # 5. Latents: the reference's three draws; pure noise to start (strength 1)
+        image_latents, noise, masked_image_latents = self.prepare_latents(
+            init_image, generator, latent_hw, dtype)
+        latents = noise * scheduler.init_noise_sigma
+        mask_latents = F.interpolate(mask, size=latent_hw, mode="nearest").to(dtype)
+        condition = torch.cat([mask_latents, masked_image_latents], dim=1)
         if do_cfg:
             condition = torch.cat([condition, condition])
 
         # 6. Denoising loop
         capture = self.attention_capture
+        total = len(timesteps)
         for i, t in enumerate(timesteps):
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"cancelled before step {i + 1} of {total_steps}")
+            if self.interrupt:
+                raise Cancelled(f"cancelled before step {i + 1} of {total}")
             model_input = torch.cat([latents, latents]) if do_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            model_input = torch.cat([model_input, condition], dim=1)
-            capture.capture = fusion and i == total_steps - 1
+            model_input = torch.cat([scheduler.scale_model_input(model_input, t), condition], 1)
+            capture.capture = fusion and i == total - 1
             try:
-                noise_pred = self.unet(
-                    model_input,
-                    t,
-                    encoder_hidden_states=prompt_embeds,
-                    added_cond_kwargs=added_cond,
-                    return_dict=False,
-                )[0]
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds,
+                                       added_cond_kwargs=added_cond, return_dict=False)[0]
             finally:
                 capture.capture = False
             if do_cfg:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-            if i == 0:
-                # AGF latent blend: outside the object, restart from the image itself
+            if fusion and i == 0:
+                # AGF's latent blend: outside the object, restart from the image itself
                 # (noised to the next timestep) so the background stays anchored.
                 target = image_latents
-                if total_steps > 1:
+                if total > 1:
                     target = scheduler.add_noise(image_latents, noise, timesteps[1:2])
                 latents = (1.0 - mask_latents) * target + mask_latents * latents
-            if callback is not None:
-                callback(i, total_steps)
-        if should_stop is not None and should_stop():
+            if callback_on_step_end is not None:
+                outputs = callback_on_step_end(self, i, t, {"latents": latents})
+                latents = outputs.get("latents", latents) if outputs else latents
+        if self.interrupt:
             raise Cancelled("cancelled after the last step")
 
-        # 7. Decode
+        # 7. Decode (8-bit, as the reference's output)
         generated = self.decode_latents(latents)
 
-        # 8. Attention-guided fusion in pixel space, at the working size
-        attention_maps = None
+        # 8. Attention-guided fusion in pixel space, at the working size, on the device
+        attention_maps, final = None, generated
         if fusion:
             attention_maps = self.attention_map(latent_hw, do_cfg)
-            original = (init_image + 1.0) / 2.0
-            generated = attention_guided_fusion(original, generated, attention_maps)
+            final = attention_guided_fusion(image_u8, generated, attention_maps)
 
-        # 9. Back to each input's own size
+        # 9. Back to each input's own size (PIL bicubic on 8-bit, as the reference script)
         outputs = []
-        for k, img in enumerate(images):
-            size = tuple(img.shape[1:])
-            out = generated[k : k + 1]
-            if size != (height, width):
-                out = F.interpolate(
-                    out, size=size, mode="bicubic", antialias=True, align_corners=False
-                )
-            outputs.append(out[0].clamp(0.0, 1.0))
-        return ObjectClearPipelineOutput(
-            images=outputs, attention_maps=attention_maps, working_size=(width, height)
-        )
+        for k, pixels in enumerate(final.permute(0, 2, 3, 1).cpu().numpy()):
+            out = PIL.Image.fromarray(pixels)
+            if out.size != images[k].size:
+                out = out.resize(images[k].size, PIL.Image.Resampling.BICUBIC)
+            outputs.append(out)
+        self.maybe_free_model_hooks()
+        return ObjectClearPipelineOutput(images=outputs, prefusion=generated,
+                                         attention_maps=attention_maps,
+                                         working_size=(width, height))
+
+    def _negative_embeddings(self, prompt_embeds: torch.Tensor, pooled_embeds: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeros, as SDXL's force_zeros_for_empty_prompt (the published setting), else the
+        embeddings of an empty prompt. There is no negative prompt."""
+        if self.config.force_zeros_for_empty_prompt:
+            return torch.zeros_like(prompt_embeds), torch.zeros_like(pooled_embeds)
+        embeds, pooled = self.encode_prompt([""] * prompt_embeds.shape[0])
+        return embeds.to(prompt_embeds.dtype), pooled.to(pooled_embeds.dtype)
 
 
-def _randn(
-    shape: tuple[int, ...],
-    generator: torch.Generator | Sequence[torch.Generator] | None,
-    device: torch.device,
-) -> torch.Tensor:
-    """fp32 standard normal noise drawn on the generator's device, then moved to `device`.
+# ---------------------------------------------------------------------------------------
 
-    One generator per batch item draws that item's noise alone, so an item's noise does not
-    depend on what it is batched with. Drawing in fp32 keeps the noise identical across
-    compute dtypes (fidelity checks compare fp16 against fp32 on the same seed).
+
+def _mask_to_pil(mask: PIL.Image.Image | np.ndarray | torch.Tensor) -> PIL.Image.Image:
+    """A mask as an 8-bit picture, 255 = object (the reference resizes it as such)."""
+    if isinstance(mask, PIL.Image.Image):
+        return mask.convert("L") if mask.mode != "L" else mask
+    array = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"a mask must be 2-D, got shape {array.shape}")
+    return PIL.Image.fromarray(np.where(array > 0, 255, 0).astype(np.uint8))
+
+
+def _draw(count: int, shape: tuple[int, ...], generator: Generators, device: torch.device
+          ) -> list[torch.Tensor]:
+    """`count` fp32 standard-normal tensors of `shape`, drawn in order from each generator
+    on its own device, then moved to `device`.
+
+    One generator per batch item draws that item's tensors alone, in order, so an item's
+    numbers do not depend on what it is batched with. Drawing in fp32 keeps them identical
+    across compute dtypes (fidelity checks compare fp16 against fp32 on the same seed).
     """
     if isinstance(generator, Sequence):
-        parts = [_randn((1, *shape[1:]), g, device) for g in generator]
-        return torch.cat(parts)
+        per_item = [_draw(count, (1, *shape[1:]), g, device) for g in generator]
+        return [torch.cat([item[k] for item in per_item]) for k in range(count)]
     source = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=source, dtype=torch.float32).to(device)
+    return [torch.randn(shape, generator=generator, device=source, dtype=torch.float32).to(device)
+            for _ in range(count)]
+
+
+def _load_transformers_model(model_cls: Any, folder: Path, dtype: torch.dtype) -> Any:
+    """from_pretrained with the loading report checked: missing tensors are an error;
+    unexpected ones other than an unused CLIP text tower are an error too, since they
+    mean the checkpoint is not the architecture its config names."""
+    model, info = model_cls.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
+    missing = sorted(info.get("missing_keys", []))
+    unexpected = sorted(k for k in info.get("unexpected_keys", [])
+                        if not (model_cls is CLIPVisionModelWithProjection
+                                and _TEXT_TOWER_KEYS.match(k)))
+    if missing or unexpected:
+        raise ValueError(f"{folder}: the weights do not match {model_cls.__name__} "
+                         f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} "
+                         f"unexpected, e.g. {unexpected[:3]})")
+    return model.eval()
 
 
 def _resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None) -> tuple[Path, str]:
     """A local folder for `path_or_hub_id` and the revision it holds.
 
     A local folder reports the snapshot hash when it is a hub cache snapshot, else "local".
+    From the hub: configs, tokenizers and safetensors weights of every published folder
+    (diffusers' own download would skip the two folders model_index.json does not list);
+    no fp16 variants, which from_pretrained does not read without `variant`.
     """
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
@@ -736,26 +774,7 @@ def _resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None) -> tup
         return path, match.group(1) if match else "local"
     from huggingface_hub import snapshot_download
 
-    # Configs, tokenizers and safetensors weights only; fp16 variants would double the
-    # download and are not what from_pretrained reads without `variant`.
-    local = Path(
-        snapshot_download(
-            str(path_or_hub_id),
-            revision=revision,
-            allow_patterns=_HUB_PATTERNS,
-            ignore_patterns=["*.fp16.*"],
-        )
-    )
-    # A component published only as a pickle (.bin) still loads: fetch just that one.
-    for name in _WEIGHTED_COMPONENTS:
-        if not any((local / name).glob("*.safetensors")):
-            local = Path(
-                snapshot_download(
-                    str(path_or_hub_id),
-                    revision=revision,
-                    allow_patterns=[f"{name}/*.bin"],
-                    ignore_patterns=["*.fp16.*"],
-                )
-            )
+    local = Path(snapshot_download(str(path_or_hub_id), revision=revision,
+                                   allow_patterns=_HUB_PATTERNS, ignore_patterns=["*.fp16.*"]))
     match = re.search(r"snapshots/([0-9a-f]{40})", local.as_posix())
     return local, match.group(1) if match else (revision or "unknown")

@@ -17,8 +17,12 @@ class ClearQuery:
     """One removal request.
 
     mask: bool (H, W) at the image's size, all the caller's masks already merged.
-    seed: None draws one (reported in the output). fusion: Attention-Guided Fusion in
-    pixel space. mask_dilation: grow the mask by this many pixels (a disk) first.
+    label: "" for the reference's prompt ("remove the instance of object"); a word puts
+    the caller's label there instead (a departure from the reference). short_side: images
+    whose short side is at least this are scaled down to it (the reference's 512); smaller
+    ones run at their own size (`pipeline.working_size`). seed: None draws one (reported
+    in the output). fusion: Attention-Guided Fusion. mask_dilation: grow the mask by this
+    many pixels (a disk) first.
     """
 
     image: Image.Image
