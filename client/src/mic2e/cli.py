@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p, masks=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
     p.add_argument("--dilation", type=int, help="grow the mask by N pixels (default 10)")
-    p.add_argument("--label", default="", help="what the object is (improves removal)")
+    p.add_argument("--label", default="",
+                   help="a word for the object in the removal prompt (default: the "
+                        "reference ObjectClear's 'object'; another word changes the picture)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's 20)")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
 

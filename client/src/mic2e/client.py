@@ -282,7 +282,9 @@ class Client:
         """ObjectClear directly on an object-clear server: remove what `masks` cover.
 
         `options`: steps, guidance_scale, short_side, seed, fusion, mask_dilation,
-        output_format - unset ones take the server's defaults (the model's own).
+        output_format - unset ones take the server's defaults (the reference ObjectClear's).
+        `label`: empty for the reference's prompt; a word in place of its "object" departs
+        from the reference and changes the picture.
         """
         data = cv.image_bytes(image)
         mask_msgs = [cv.mask_proto(m) for m in masks]

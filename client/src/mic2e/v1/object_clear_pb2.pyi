@@ -37,8 +37,11 @@ class ClearOptions(_message.Message):
     guidance_scale: _builtins.float
     """Classifier-free guidance scale, 1.0 (off) to 20.0. Default 2.5."""
     short_side: _builtins.int
-    """Working resolution: the image's short side is resized to this (then both sides are
-    rounded to multiples of 16), 256 to 2048. Default 512.
+    """Working resolution, 256 to 2048. Default 512, as the reference ObjectClear: an image
+    whose short side is at least this is scaled so that its short side is this (the long
+    side in proportion); a smaller image runs at its own size. Both sides are then
+    rounded up to multiples of 16 (800x600 runs at 688x512, 320x240 at 320x240). Another
+    value than 512 departs from the reference: it changes the picture (and the time).
     """
     seed: _builtins.int
     """Random seed of the initial noise. Unset: a random seed, reported in the provenance."""
@@ -99,8 +102,11 @@ class ClearRequest(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     label: _builtins.str
-    """What the object is ("dog"), used in the prompt "remove the instance of {label}".
-    Optional; "object" when empty. At most 100 characters.
+    """Optional; at most 100 characters. Empty (the default) uses the reference
+    ObjectClear's prompt, "remove the instance of object", whose word "object" carries
+    the object's own image embedding. A label ("dog") takes the place of "object" in the
+    prompt: a departure from the reference that changes the picture, for callers who
+    want it.
     """
     @_builtins.property
     def image(self) -> _common_pb2.Image:

@@ -124,7 +124,10 @@ class RemoveObjectsRequest(_message.Message):
     mask_dilation: _builtins.int
     """Grow the merged mask by this many pixels, 0 to 256. Unset: 10."""
     label: _builtins.str
-    """Label for the removal prompt. Unset with a text target: the target's text."""
+    """Label for the removal prompt, as ObjectClear's `ClearRequest.label`. Unset (the
+    default, whatever the target): the reference's prompt "remove the instance of
+    object"; a label is a departure from the reference.
+    """
     @_builtins.property
     def image(self) -> _common_pb2.Image:
         """The image. Required."""

@@ -47,17 +47,14 @@ def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2
 
 
 def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image,
-                  masks: list[common_pb2.Mask], label: str) -> object_clear_pb2.ClearRequest:
+                  masks: list[common_pb2.Mask]) -> object_clear_pb2.ClearRequest:
+    """The removal of `masks`; the label only when the caller set one (the reference's
+    prompt otherwise, whatever the target's text)."""
     options = object_clear_pb2.ClearOptions()
     options.CopyFrom(req.clear_options)
     options.mask_dilation = mask_dilation(req)
-    return object_clear_pb2.ClearRequest(image=image, masks=masks, label=label, options=options)
-
-
-def label_of(req: orchestrator_pb2.RemoveObjectsRequest) -> str:
-    if req.label:
-        return req.label
-    return req.text.text.strip() if req.WhichOneof("target") == "text" else ""
+    return object_clear_pb2.ClearRequest(image=image, masks=masks, label=req.label,
+                                         options=options)
 
 
 def caller_field(target: str) -> Callable[[str], str]:

@@ -160,10 +160,9 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         # 3. Remove: pass the per-step progress through, keep the result.
         t_clear = time.monotonic()
         result = None
-        label = oc.label_of(request)
         async for msg in self.object_clear.stream(
                 "object_clear", sha, data, lambda img: self._clear.Clear(
-                    oc.clear_request(request, img, masks, label),
+                    oc.clear_request(request, img, masks),
                     timeout=context.time_remaining(), metadata=self.object_clear.metadata),
                 rename):
             if msg.WhichOneof("event") == "progress":

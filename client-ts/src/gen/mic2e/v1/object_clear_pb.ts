@@ -37,8 +37,11 @@ export type ClearOptions = Message<"mic2e.v1.ClearOptions"> & {
   guidanceScale?: number | undefined;
 
   /**
-   * Working resolution: the image's short side is resized to this (then both sides are
-   * rounded to multiples of 16), 256 to 2048. Default 512.
+   * Working resolution, 256 to 2048. Default 512, as the reference ObjectClear: an image
+   * whose short side is at least this is scaled so that its short side is this (the long
+   * side in proportion); a smaller image runs at its own size. Both sides are then
+   * rounded up to multiples of 16 (800x600 runs at 688x512, 320x240 at 320x240). Another
+   * value than 512 departs from the reference: it changes the picture (and the time).
    *
    * @generated from field: optional uint32 short_side = 3;
    */
@@ -102,8 +105,11 @@ export type ClearRequest = Message<"mic2e.v1.ClearRequest"> & {
   masks: Mask[];
 
   /**
-   * What the object is ("dog"), used in the prompt "remove the instance of {label}".
-   * Optional; "object" when empty. At most 100 characters.
+   * Optional; at most 100 characters. Empty (the default) uses the reference
+   * ObjectClear's prompt, "remove the instance of object", whose word "object" carries
+   * the object's own image embedding. A label ("dog") takes the place of "object" in the
+   * prompt: a departure from the reference that changes the picture, for callers who
+   * want it.
    *
    * @generated from field: string label = 3;
    */

@@ -167,7 +167,9 @@ export type RemoveObjectsRequest = Message<"mic2e.v1.RemoveObjectsRequest"> & {
   clearOptions?: ClearOptions | undefined;
 
   /**
-   * Label for the removal prompt. Unset with a text target: the target's text.
+   * Label for the removal prompt, as ObjectClear's `ClearRequest.label`. Unset (the
+   * default, whatever the target): the reference's prompt "remove the instance of
+   * object"; a label is a departure from the reference.
    *
    * @generated from field: string label = 7;
    */
