@@ -146,7 +146,7 @@ def test_tiny_checkpoint_is_deterministic_small_and_in_the_real_layout(
 def test_load_shares_one_backbone_and_reports_provenance(seg: Sam3Segmenter) -> None:
     assert seg.shares_backbone
     assert seg._tracker.vision_encoder.backbone is seg._detector.vision_encoder.backbone
-    assert (seg.revision, seg.dtype_name, seg.device_name) == ("tiny", "float32", "cpu")
+    assert (seg.revision, seg.dtype_name, seg.device_name) == ("local", "float32", "cpu")
     assert seg.estimate_seconds(_text(seed=99)) > 0
 
 

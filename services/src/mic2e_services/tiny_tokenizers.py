@@ -30,8 +30,10 @@ __all__ = [
     "clip_vocab_and_merges",
     "save_clip_tokenizer",
     "save_t5_tokenizer",
+    "special_token_ids",
     "t5_pieces",
     "write_clip_vocab",
+    "write_t5_spiece",
 ]
 
 # Words the tiny tokenizers know whole: prompt vocabulary of the three services
@@ -245,6 +247,44 @@ def save_t5_tokenizer(directory: Path, *, model_max_length: int = 256) -> None:
         model_max_length=model_max_length,
     )
     _save(tokenizer, Path(directory))
+
+
+def special_token_ids(directory: Path) -> dict[str, int]:
+    """Token -> id of the special tokens of a tiny tokenizer written here: the added
+    tokens of its tokenizer.json, or CLIP's start/end-of-text ids in its vocab.json."""
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        return {t["content"]: t["id"] for t in data["added_tokens"]}
+    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    return {token: vocab[token] for token in (CLIP_BOS_TOKEN, CLIP_EOS_TOKEN)}
+
+
+def write_t5_spiece(path: Path) -> None:
+    """The tiny T5 vocabulary as a SentencePiece model file (`spiece.model`), as T5's
+    repositories ship it beside tokenizer.json: the same pieces and scores, a Unigram
+    model with `<pad>` 0, `</s>` 1, `<unk>` 2 and no sentinels (the tokenizer adds the
+    `<extra_id_N>` ones). Deterministic bytes."""
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    model = sp.ModelProto()
+    kinds = {"<pad>": sp.ModelProto.SentencePiece.CONTROL,
+             "</s>": sp.ModelProto.SentencePiece.CONTROL,
+             "<unk>": sp.ModelProto.SentencePiece.UNKNOWN}
+    for piece, score in _T5_PIECES:
+        model.pieces.add(piece=piece, score=score,
+                         type=kinds.get(piece, sp.ModelProto.SentencePiece.NORMAL))
+    spec = model.trainer_spec
+    spec.model_type = sp.TrainerSpec.UNIGRAM
+    spec.vocab_size = len(_T5_PIECES)
+    spec.pad_id, spec.eos_id, spec.unk_id, spec.bos_id = 0, 1, 2, -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = True
+    model.normalizer_spec.escape_whitespaces = True
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString(deterministic=True))
 
 
 # ---------------------------------------------------------------------------------

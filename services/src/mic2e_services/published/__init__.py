@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PublishedFile", "published", "save_weights", "shrink"]
+__all__ = ["PublishedFile", "Whole", "published", "save_weights", "shrink"]
 
 
 class PublishedFile:
@@ -51,8 +51,14 @@ def published(checkpoint: str, relpath: str) -> PublishedFile:
     return PublishedFile(checkpoint, relpath)
 
 
+class Whole(dict):
+    """A dict value that `shrink` puts in place as a whole: for maps keyed by sizes, such
+    as a tokenizer's `added_tokens_decoder` (token id -> token)."""
+
+
 def shrink(config: dict[str, Any], sizes: dict[str, Any]) -> dict[str, Any]:
-    """`config` with the values in `sizes` replaced (nested dicts recursively).
+    """`config` with the values in `sizes` replaced (nested dicts recursively, but a
+    `Whole` as it is).
 
     Only existing keys may be replaced: a tiny checkpoint has exactly the published keys.
     """
@@ -60,10 +66,11 @@ def shrink(config: dict[str, Any], sizes: dict[str, Any]) -> dict[str, Any]:
     for key, value in sizes.items():
         if key not in config:
             raise KeyError(f"{key!r} is not a key of the published config")
-        if isinstance(value, dict) and isinstance(config[key], dict):
+        if isinstance(value, dict) and not isinstance(value, Whole) \
+                and isinstance(config[key], dict):
             out[key] = shrink(config[key], value)
         else:
-            out[key] = value
+            out[key] = dict(value) if isinstance(value, Whole) else value
     return out
 
 

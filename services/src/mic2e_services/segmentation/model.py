@@ -94,12 +94,10 @@ class _Features:
 
 
 def _revision(model_id: str) -> str:
-    """Provenance: "tiny" for `write_tiny` folders, "local" for other folders, else the commit."""
-    from mic2e_services.segmentation.tiny import TINY_MARKER
-
+    """Provenance: "local" for a local folder, else the commit."""
     folder = Path(model_id)
     if folder.is_dir():
-        return "tiny" if (folder / TINY_MARKER).is_file() else "local"
+        return "local"
     # A hub id was just loaded, so its files sit in the cache under snapshots/<commit>/.
     from huggingface_hub import try_to_load_from_cache
 
