@@ -174,7 +174,7 @@ def _build(job: dict[str, Any]) -> tuple[Any, Any]:
         from benchmarks import _full_models
 
         parts = _full_models.sam3("cpu", torch.float16, Path(job["workdir"]))
-        return Sam3Segmenter.from_models(**parts, device=device, dtype="float16",
+        return Sam3Segmenter.from_parts(parts, device=device, dtype="float16",
                                          **settings), request
     if name == "objectclear":
         from mic2e_services.object_clear.model import ClearQuery, ObjectClearModel
@@ -189,7 +189,7 @@ def _build(job: dict[str, Any]) -> tuple[Any, Any]:
         from benchmarks import _full_models
 
         pipeline = _full_models.objectclear_pipeline("cpu", torch.float16, Path(job["workdir"]))
-        return ObjectClearModel.from_pipeline(pipeline, device=device, dtype="float16",
+        return ObjectClearModel.from_parts(pipeline, device=device, dtype="float16",
                                               **settings), request
     from diffusers import FluxPipeline
     from mic2e_services.flux.model import FluxGenerator, GenerateQuery
@@ -202,7 +202,7 @@ def _build(job: dict[str, Any]) -> tuple[Any, Any]:
     from benchmarks import _full_models
 
     pipe = FluxPipeline(**_full_models.flux("cpu", torch.bfloat16, Path(job["workdir"])))
-    return FluxGenerator.from_pipeline(pipe, device=device, dtype="bfloat16",
+    return FluxGenerator.from_parts(pipe, device=device, dtype="bfloat16",
                                        **settings), request
 
 

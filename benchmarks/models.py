@@ -254,6 +254,9 @@ class _Served:
     def warmup(self) -> None:
         pass
 
+    def check(self, request: Any) -> None:
+        self._model.check(request)
+
     def batch_key(self, request: Any) -> Any:
         return self._model.batch_key(request)
 
@@ -387,7 +390,7 @@ def bench_sam3(ctx: Ctx) -> dict[str, Any]:
 
         parts = _full_models.sam3(ctx.device, dtype, ctx.workdir)
     kwargs = {"max_batch_size": ctx.max_batch["sam3"]} if "sam3" in ctx.max_batch else {}
-    model = Sam3Segmenter.from_models(**parts, device=str(ctx.device), dtype=dtype_name(dtype),
+    model = Sam3Segmenter.from_parts(parts, device=str(ctx.device), dtype=dtype_name(dtype),
                                       **kwargs)
     model.load()
     build_s = time.perf_counter() - t0
@@ -439,7 +442,7 @@ def bench_sam3(ctx: Ctx) -> dict[str, Any]:
                 model.clear_cache()
                 parts["detector"].float()
                 parts["tracker"].float()
-                reference = Sam3Segmenter.from_models(**parts, device=str(ctx.device),
+                reference = Sam3Segmenter.from_parts(parts, device=str(ctx.device),
                                                       dtype="float32")
                 reference.load()
             with strict_fp32():
@@ -509,7 +512,7 @@ def bench_objectclear(ctx: Ctx) -> dict[str, Any]:
         pipeline = _full_models.objectclear_pipeline(ctx.device, dtype, ctx.workdir)
     kwargs = ({"max_batch_size": ctx.max_batch["objectclear"]}
               if "objectclear" in ctx.max_batch else {})
-    model = ObjectClearModel.from_pipeline(pipeline, **kwargs)
+    model = ObjectClearModel.from_parts(pipeline, **kwargs)
     model.load()
     build_s = time.perf_counter() - t0
     vae_dtype = dtype_name(pipeline.vae.dtype)  # fp32 where the VAE's config says force_upcast
@@ -556,7 +559,7 @@ def bench_objectclear(ctx: Ctx) -> dict[str, Any]:
                                pipeline.text_encoder_2, pipeline.image_prompt_encoder,
                                pipeline.postfuse_module):
                     module.float()
-                reference = ObjectClearModel.from_pipeline(pipeline)
+                reference = ObjectClearModel.from_parts(pipeline)
                 reference.load()
             with strict_fp32():
                 ref = _ok(reference([full_q], one))[0]
@@ -604,7 +607,7 @@ def bench_flux(ctx: Ctx) -> dict[str, Any]:
     else:
         pipe = FluxPipeline(**_full_models.flux(ctx.device, dtype, ctx.workdir))
     kwargs = {"max_batch_size": ctx.max_batch["flux"]} if "flux" in ctx.max_batch else {}
-    model = FluxGenerator.from_pipeline(pipe, device=str(ctx.device), **kwargs)
+    model = FluxGenerator.from_parts(pipe, device=str(ctx.device), **kwargs)
     model.load()
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -636,7 +639,7 @@ def bench_flux(ctx: Ctx) -> dict[str, Any]:
             reference = model
             if dtype != torch.float32:
                 pipe.to(torch.float32)
-                reference = FluxGenerator.from_pipeline(pipe)
+                reference = FluxGenerator.from_parts(pipe)
                 reference.load()
             with strict_fp32():
                 ref = _ok(reference([query(sizes[0])], one))[0]

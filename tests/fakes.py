@@ -1,4 +1,5 @@
-"""A fake model for testing the runtime (worker, server, status), not any model path."""
+"""Fakes for the runtime's tests: a fake model (worker, server, status; not any model
+path) and a recording `StepContext` for calling real models directly."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mic2e_services.errors import Cancelled, InvalidArgument
+from mic2e_services.errors import Cancelled, FieldViolation, InvalidArgument
+from mic2e_services.schema import raise_if
 
 
 @dataclass(frozen=True)
@@ -16,7 +18,8 @@ class FakeRequest:
     value: int
     key: Hashable | None = "k"
     steps: int = 5
-    bad: bool = False
+    bad: bool = False  # the model finds it bad while running (fails alone in its batch)
+    invalid: tuple[str, ...] = ()  # fields `check` refuses, before it is queued
 
 
 class FakeModel:
@@ -49,6 +52,9 @@ class FakeModel:
     def warmup(self) -> None:
         self.threads["warmup"].add(threading.get_ident())
 
+    def check(self, request: FakeRequest) -> None:
+        raise_if(FieldViolation(name, "invalid on purpose") for name in request.invalid)
+
     def batch_key(self, request: FakeRequest) -> Hashable | None:
         return request.key
 
@@ -72,3 +78,17 @@ class FakeModel:
                 c.progress("fake", step, steps)
         return [InvalidArgument("value", "bad on purpose") if r.bad else r.value * 2
                 for r in requests]
+
+
+class Recorder:
+    """A StepContext that records progress and cancels after `cancel_after` steps."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.events: list[tuple[str, int, int]] = []
+        self.cancel_after = cancel_after
+
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.events) >= self.cancel_after
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        self.events.append((stage, step, total))

@@ -11,8 +11,11 @@ M = TypeVar("M", bound=Message)
 
 
 async def rich_status(call) -> status_pb2.Status:
-    """The google.rpc.Status a server attached to a failed call."""
-    raw = dict(await call.trailing_metadata()).get("grpc-status-details-bin")
+    """The google.rpc.Status a server attached to a failed call (the call, or its error)."""
+    metadata = call.trailing_metadata()
+    if hasattr(metadata, "__await__"):
+        metadata = await metadata
+    raw = dict(metadata).get("grpc-status-details-bin")
     assert raw is not None, "the server sent no google.rpc details"
     return status_pb2.Status.FromString(raw)
 

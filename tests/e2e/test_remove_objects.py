@@ -25,7 +25,6 @@ from mic2e.v1 import (
 from mic2e_services.runtime import worker as worker_mod
 from PIL import Image
 
-from tests.e2e.conftest import orchestrator_for, started
 from tests.grpc_helpers import detail, drain, rich_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -86,13 +85,17 @@ async def test_removal_streams_stages_in_order_and_one_result(stack, kind):
     assert timing_names[-1] == "total" and "object_clear" in timing_names
 
 
-async def test_mask_dilation_defaults_to_ten_pixels(stack):
-    req = orchestrator_pb2.RemoveObjectsRequest(
-        image=common_pb2.Image(data=picture()), clear_options=FAST,
-        masks=orchestrator_pb2.MaskTarget(masks=[mask((90, 70, 91, 71))]))
-    result = (await drain(stub(stack).RemoveObjects(req)))[-1].result
-    used = codecs.decode_mask_png(result.mask.png)
-    ys, xs = np.nonzero(used)
+async def test_mask_dilation_is_the_references_none_unless_asked(stack):
+    def removed(**dilation) -> np.ndarray:
+        req = orchestrator_pb2.RemoveObjectsRequest(
+            image=common_pb2.Image(data=picture()), clear_options=FAST,
+            masks=orchestrator_pb2.MaskTarget(masks=[mask((90, 70, 91, 71))]), **dilation)
+        return req
+
+    result = (await drain(stub(stack).RemoveObjects(removed())))[-1].result
+    assert np.count_nonzero(codecs.decode_mask_png(result.mask.png)) == 1  # as sent
+    result = (await drain(stub(stack).RemoveObjects(removed(mask_dilation=10))))[-1].result
+    ys, xs = np.nonzero(codecs.decode_mask_png(result.mask.png))
     assert xs.max() - xs.min() == 20 and ys.max() - ys.min() == 20  # 1 px grown by 10 each way
 
 
@@ -253,10 +256,15 @@ async def test_object_clear_server_killed_mid_way(stack, tiny_objectclear):
         from mic2e_services.stack import wait_serving
 
         await asyncio.to_thread(wait_serving, f"127.0.0.1:{port}", 120)
-        orch = orchestrator_for(stack.model_address(stack.segmentation), f"127.0.0.1:{port}",
-                                stack.model_address(stack.flux))
-        async with started(orch):
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{orch.port}")
+        from mic2e_services import stack as stack_launcher
+
+        # The orchestrator alone, wired to the killable object-clear server.
+        addresses = {"segmentation_address": stack.model_address(stack.segmentation),
+                     "object_clear_address": f"127.0.0.1:{port}",
+                     "flux_address": stack.model_address(stack.flux)}
+        async with stack_launcher.in_process(
+                {}, settings={"orchestrator": addresses}) as servers:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{servers['orchestrator'].port}")
             req = orchestrator_pb2.RemoveObjectsRequest(
                 image=common_pb2.Image(data=picture()), **TARGETS["click"],
                 clear_options=object_clear_pb2.ClearOptions(steps=100, short_side=256))

@@ -29,21 +29,9 @@ from mic2e_services.flux.model import (  # noqa: E402
 from mic2e_services.flux.tiny import write_tiny  # noqa: E402
 from mic2e_services.runtime.model_api import Model  # noqa: E402
 
+from tests.fakes import Recorder  # noqa: E402
+
 SMALL = 256  # the smallest size the API allows: keeps every generation fast
-
-
-class Ctx:
-    """A StepContext that records progress and cancels after `cancel_after` steps."""
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.events: list[tuple[str, int, int]] = []
-        self.cancel_after = cancel_after
-
-    def cancelled(self) -> bool:
-        return self.cancel_after is not None and len(self.events) >= self.cancel_after
-
-    def progress(self, stage: str, step: int, total: int) -> None:
-        self.events.append((stage, step, total))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,8 +59,9 @@ def model(checkpoint: Path) -> FluxGenerator:
     return generator
 
 
-def run_one(model: FluxGenerator, query: GenerateQuery, ctx: Ctx | None = None) -> GenerateOutput:
-    (result,) = model([query], [ctx or Ctx()])
+def run_one(model: FluxGenerator, query: GenerateQuery,
+            ctx: Recorder | None = None) -> GenerateOutput:
+    (result,) = model([query], [ctx or Recorder()])
     assert isinstance(result, GenerateOutput), result
     return result
 
@@ -139,7 +128,7 @@ def test_provenance_and_protocol(model: FluxGenerator, checkpoint: Path) -> None
 
 
 def test_progress_once_per_step_in_order(model: FluxGenerator) -> None:
-    ctx = Ctx()
+    ctx = Recorder()
     result = run_one(model, GenerateQuery("a red bicycle", SMALL, SMALL, steps=3, seed=1), ctx)
     assert ctx.events == [("generation", i, 3) for i in (1, 2, 3)]
     assert result.steps == 3
@@ -173,7 +162,7 @@ def test_batch_matches_one_by_one(model: FluxGenerator) -> None:
     q2 = GenerateQuery("a dog on a beach at sunset", SMALL, SMALL, steps=2, seed=2)
     assert model.batch_key(q1) == model.batch_key(q2) is not None
     alone = [run_one(model, q1), run_one(model, q2)]
-    together = model([q1, q2], [Ctx(), Ctx()])
+    together = model([q1, q2], [Recorder(), Recorder()])
     for single, batched in zip(alone, together, strict=True):
         assert isinstance(batched, GenerateOutput)
         assert batched.seed == single.seed
@@ -189,7 +178,7 @@ def test_cancel_after_first_step_stops_within_one_step(model: FluxGenerator) -> 
     calls = []
     hook = model._pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
     try:
-        ctx = Ctx(cancel_after=1)
+        ctx = Recorder(cancel_after=1)
         with pytest.raises(errors.Cancelled):
             model([GenerateQuery("a red bicycle", SMALL, SMALL, steps=4, seed=0)], [ctx])
     finally:
@@ -202,7 +191,7 @@ def test_cancel_after_first_step_stops_within_one_step(model: FluxGenerator) -> 
 
 def test_cancel_one_of_a_batch_keeps_the_other(model: FluxGenerator) -> None:
     q = GenerateQuery("a red bicycle", SMALL, SMALL, steps=3, seed=3)
-    keep, drop = Ctx(), Ctx(cancel_after=1)
+    keep, drop = Recorder(), Recorder(cancel_after=1)
     results = model([q, q], [keep, drop])
     assert isinstance(results[0], GenerateOutput)
     assert isinstance(results[1], errors.Cancelled)
@@ -247,22 +236,15 @@ def test_bad_input_names_its_field(model: FluxGenerator, field: str, change: dic
         }
     )
     with pytest.raises(errors.InvalidArgument) as info:
-        model.check_inputs(query)
-    assert info.value.field == field
-    assert model.batch_key(query) is None
+        model.check(query)
+    assert [v.field for v in info.value.violations] == [field]
 
 
-def test_bad_input_fails_alone_in_a_batch(model: FluxGenerator) -> None:
-    good = GenerateQuery("a red bicycle", SMALL, SMALL, steps=1, seed=0)
-    bad = GenerateQuery("a red bicycle", SMALL, SMALL, steps=0, seed=0)
-    worse = GenerateQuery("", 100, SMALL, steps=1)
-    bad_ctx = Ctx()
-    results = model([bad, good, worse], [bad_ctx, Ctx(), Ctx()])
-    assert isinstance(results[0], errors.InvalidArgument) and results[0].field == "steps"
-    assert isinstance(results[1], GenerateOutput)
-    assert isinstance(results[2], errors.InvalidArgument)
-    assert [v.field for v in results[2].violations] == ["prompt", "width"]
-    assert bad_ctx.events == []
+def test_every_bad_field_is_named_at_once(model: FluxGenerator) -> None:
+    with pytest.raises(errors.InvalidArgument) as info:
+        model.check(GenerateQuery("", 100, 4096, steps=51, seed=-1))
+    assert [v.field for v in info.value.violations] == ["prompt", "width", "height", "steps",
+                                                        "seed"]
 
 
 def test_estimate_scales_with_steps_and_pixels(model: FluxGenerator) -> None:

@@ -14,7 +14,7 @@ from mic2e_services.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from mic2e_services.runtime.worker import ModelWorker
+from mic2e_services.runtime.worker import ModelWorker, WorkerCallback
 
 from tests.fakes import FakeModel, FakeRequest
 
@@ -70,6 +70,45 @@ async def test_stop_while_loading_wins_over_the_end_of_loading():
     assert not worker.ready
     with pytest.raises(Unavailable):
         worker.submit(FakeRequest(1))
+
+
+async def test_an_invalid_request_is_refused_before_it_is_costed_or_queued():
+    model = FakeModel(step_s=0.05)
+    worker = await started_worker(model, max_batch_size=1)
+    busy = worker.submit(FakeRequest(1, steps=20))  # long work ahead of it
+    before = worker.stats()
+    with pytest.raises(InvalidArgument) as info:
+        worker.submit(FakeRequest(2, steps=10**6, invalid=("width", "steps")))
+    assert [v.field for v in info.value.violations] == ["width", "steps"]
+    after = worker.stats()
+    assert (after.queued, after.queued_seconds) == (before.queued, before.queued_seconds)
+    busy.cancel()
+    await worker.stop()
+
+
+class Events(WorkerCallback):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_batch(self, worker, size, seconds):
+        self.seen.append(f"batch {size}")
+
+    def on_step(self, worker, seconds):
+        self.seen.append("step")
+
+    def on_job_end(self, worker, job):
+        self.seen.append(f"end {job.request.value}")
+
+
+async def test_callbacks_hear_batches_steps_and_job_ends():
+    events = Events()
+    worker = ModelWorker(FakeModel(), callbacks=[events])
+    await worker.start()
+    job = worker.submit(FakeRequest(5, steps=2))
+    assert await job.result() == 10
+    await asyncio.sleep(0)  # on_job_end runs on the loop, right after the result
+    assert events.seen == ["step", "step", "batch 1", "end 5"]
+    await worker.stop()
 
 
 async def test_not_started_is_unavailable():

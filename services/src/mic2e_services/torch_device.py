@@ -63,14 +63,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def diffusers_dtype_kwarg() -> str:
-    """diffusers renamed `torch_dtype` to `dtype` (0.42); older releases ignore `dtype`."""
-    import diffusers
-    from packaging.version import Version
-
-    return "dtype" if Version(diffusers.__version__) >= Version("0.42.1") else "torch_dtype"
-
-
 def translate_error(exc: BaseException) -> BaseException | None:
     """Map a device failure to a domain error; None for anything else.
 

@@ -40,7 +40,7 @@ class GenerateRequest(_message.Message):
     steps: _builtins.int
     """Denoising steps, 1 to 50. Default 4 (the schnell distillation's own)."""
     seed: _builtins.int
-    """Random seed. Unset: a random seed, reported in the provenance."""
+    """Random seed, 0 to 2^64-1. Unset: a random seed, reported in the provenance."""
     output_format: _common_pb2.ImageFormat.ValueType
     """Encoding of the output image. Default PNG."""
     def __init__(

@@ -35,7 +35,7 @@ class ClearOptions(_message.Message):
     steps: _builtins.int
     """Denoising steps, 1 to 100. Default 20."""
     guidance_scale: _builtins.float
-    """Classifier-free guidance scale, 1.0 (off) to 20.0. Default 2.5."""
+    """Classifier-free guidance scale, 1 to 20 (1: off). Default 2.5."""
     short_side: _builtins.int
     """Working resolution, 256 to 2048. Default 512, as the reference ObjectClear: an image
     whose short side is at least this is scaled so that its short side is this (the long
@@ -44,7 +44,9 @@ class ClearOptions(_message.Message):
     value than 512 departs from the reference: it changes the picture (and the time).
     """
     seed: _builtins.int
-    """Random seed of the initial noise. Unset: a random seed, reported in the provenance."""
+    """Random seed of the initial noise, 0 to 2^64-1. Unset: a random seed, reported in
+    the provenance.
+    """
     fusion: _builtins.bool
     """Attention-guided fusion (keeps the background outside the object's effect region
     pixel-exact). Default on.

@@ -122,7 +122,9 @@ class RemoveObjectsRequest(_message.Message):
     CLEAR_OPTIONS_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     mask_dilation: _builtins.int
-    """Grow the merged mask by this many pixels, 0 to 256. Unset: 10."""
+    """Grow the merged mask by this many pixels, 0 to 256. Default 0 (as ObjectClear's own
+    `ClearOptions.mask_dilation`: the reference grows no mask).
+    """
     label: _builtins.str
     """Label for the removal prompt, as ObjectClear's `ClearRequest.label`. Unset (the
     default, whatever the target): the reference's prompt "remove the instance of

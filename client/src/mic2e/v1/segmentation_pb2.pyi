@@ -35,9 +35,11 @@ class SegmentByTextRequest(_message.Message):
     text: _builtins.str
     """What to find, 1 to 200 characters after trimming, e.g. "dog". Required."""
     score_threshold: _builtins.float
-    """Minimum score of a returned instance, in [0, 1]. Unset: the server's default (0.3)."""
+    """Minimum score of a returned instance, 0 to 1. Default 0.3."""
     max_instances: _builtins.int
-    """At most this many instances, best first. 0: no limit beyond the model's own."""
+    """At most this many instances, best first; at least 0. Default 0: no limit beyond the
+    model's own.
+    """
     mask_format: _common_pb2.MaskFormat.ValueType
     """How the masks are encoded in the response."""
     @_builtins.property

@@ -15,8 +15,7 @@ def generate_query(req: flux_pb2.GenerateRequest, defaults: dict[str, Any] | Non
     """Fields the caller left unset take the server's `defaults` (its profile's), then the
     model's own."""
     kwargs = dict(defaults or {})
-    kwargs.update({name: getattr(req, name) for name in ("width", "height", "steps", "seed")
-                   if req.HasField(name)})
+    kwargs.update(convert.given(req, ("width", "height", "steps", "seed")))
     return GenerateQuery(prompt=req.prompt, **kwargs)
 
 

@@ -8,6 +8,7 @@ from mic2e.v1 import flux_pb2_grpc
 from pydantic import Field
 
 from mic2e_services.flux.servicer import SERVICE_NAME, FluxServicer
+from mic2e_services.flux.types import HEIGHT, STEPS, WIDTH
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings
@@ -18,11 +19,13 @@ class Settings(ModelServerSettings):
 
     port: int = 50054
     model: str = Field("black-forest-labs/FLUX.1-schnell", description="hub id or local folder")
-    default_steps: int = Field(4, ge=1, le=50, description="steps when the caller sets none "
-                               "(schnell's own: 4)")
-    default_width: int = Field(1024, ge=256, le=2048, multiple_of=16,
+    default_steps: int = Field(STEPS.default, ge=STEPS.lo, le=STEPS.hi, description=(
+        f"steps when the caller sets none (schnell's own: {STEPS.default})"))
+    default_width: int = Field(WIDTH.default, ge=WIDTH.lo, le=WIDTH.hi,
+                               multiple_of=WIDTH.multiple_of,
                                description="width when the caller sets none")
-    default_height: int = Field(1024, ge=256, le=2048, multiple_of=16,
+    default_height: int = Field(HEIGHT.default, ge=HEIGHT.lo, le=HEIGHT.hi,
+                                multiple_of=HEIGHT.multiple_of,
                                 description="height when the caller sets none")
     vae_tiling: bool = Field(False, description="decode large images in tiles (saves memory)")
 
@@ -45,11 +48,8 @@ def build_model(settings: Settings) -> Model:
     # Imported here: torch loads only in a process that really serves the model.
     from mic2e_services.flux.model import FluxGenerator
 
-    return FluxGenerator(settings.model, device=settings.device, dtype=settings.dtype,
-                         quantization=settings.quantization, offload=settings.offload,
-                         vae_tiling=settings.vae_tiling, compile=settings.compile_spec(),
-                         **({"max_batch_size": settings.max_batch_size}
-                            if settings.max_batch_size else {}))
+    return FluxGenerator(settings.model, vae_tiling=settings.vae_tiling,
+                         **settings.model_kwargs())
 
 
 def create_server(settings: Settings, model: Model | None = None) -> tuple[Server, int]:

@@ -8,7 +8,7 @@ import numpy as np
 from mic2e.v1 import common_pb2, object_clear_pb2
 
 from mic2e_services.errors import InvalidArgument
-from mic2e_services.object_clear.types import ClearOutput, ClearQuery
+from mic2e_services.object_clear.types import OPTIONS, ClearOutput, ClearQuery
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
 
@@ -22,15 +22,9 @@ def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_p
     masks = convert.masks_from_proto(req.masks, "masks", size=(image.width, image.height),
                                      max_pixels=max_pixels)
     merged = np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
-    opts = req.options
     kwargs = dict(defaults or {})
-    for name in ("steps", "short_side", "seed", "fusion"):
-        if opts.HasField(name):
-            kwargs[name] = getattr(opts, name)
-    if opts.HasField("guidance_scale"):
-        kwargs["guidance_scale"] = convert.finite(opts.guidance_scale, "options.guidance_scale")
-    return ClearQuery(image=image.image, mask=merged, label=req.label,
-                      mask_dilation=opts.mask_dilation, **kwargs)
+    kwargs.update(convert.given(req.options, OPTIONS))
+    return ClearQuery(image=image.image, mask=merged, label=req.label, **kwargs)
 
 
 def result(out: ClearOutput, fmt: str, provenance: common_pb2.Provenance

@@ -46,6 +46,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -53,9 +54,15 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from mic2e_services.checkpoints import resolve_checkpoint
 from mic2e_services.errors import Cancelled
 from mic2e_services.object_clear.fusion import attention_guided_fusion
-from mic2e_services.torch_device import diffusers_dtype_kwarg
+from mic2e_services.object_clear.types import (
+    GUIDANCE_SCALE,
+    REFERENCE_SHORT_SIDE,
+    STEPS,
+    working_size,
+)
 
 __all__ = [
     "CAPTURE_LAYER",
@@ -75,8 +82,6 @@ DEFAULT_PROMPT = "remove the instance of object"
 #: Position of the object word in "<bos> remove the instance of object ...": the token the
 #: object embedding replaces and whose cross-attention drives the fusion.
 OBJECT_TOKEN_INDEX = 5
-#: The reference script's short side: larger images are scaled down to it.
-REFERENCE_SHORT_SIDE = 512
 #: The cross-attention layer whose map AGF reads (queries at half the latent resolution).
 CAPTURE_LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -87,6 +92,9 @@ EXTRA_COMPONENTS = ("image_prompt_encoder", "postfuse_module")
 #: Every folder of the published checkpoint.
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
               "scheduler", *EXTRA_COMPONENTS)
+#: What a hub download fetches: configs, tokenizers and weights of every published folder
+#: (diffusers' own download would skip the two folders model_index.json does not list);
+#: no fp16 variants, which from_pretrained does not read without `variant`.
 _HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
 # Tensors of the image prompt encoder's checkpoint (a whole CLIPModel) that only its text
 # tower uses; loading the vision tower alone leaves them unread, by design.
@@ -102,25 +110,6 @@ def prompt_for(label: str = "") -> str:
     """
     label = label.strip()
     return f"remove the instance of {label}" if label else DEFAULT_PROMPT
-
-
-def working_size(width: int, height: int, short_side: int = REFERENCE_SHORT_SIDE
-                 ) -> tuple[int, int]:
-    """(width, height) the model runs at: the reference script's rule.
-
-    A short side below `short_side` is not scaled; otherwise the short side becomes
-    `short_side` and the long side ``int(long * short_side / short)``. Both are then
-    rounded UP to a multiple of 16 (800x600 -> 688x512, 320x240 stays, 500x300 -> 512x304).
-    """
-
-    def up(x: int) -> int:
-        return max(_SIZE_MULTIPLE, -(-x // _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
-
-    if min(width, height) < short_side:
-        return up(width), up(height)
-    if width < height:
-        return up(short_side), up(int(height * short_side / width))
-    return up(int(width * short_side / height)), up(short_side)
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,8 +203,9 @@ class PostfuseModule(ModelMixin, ConfigMixin):
 # ---------------------------------------------------------------------------------------
 
 
-class TokenAttentionCapture:
-    """SDPA attention processor that can also record one key token's attention probabilities.
+class TokenAttentionCapture(AttnProcessor2_0):
+    """diffusers' SDPA attention processor that can also record one key token's attention
+    probabilities.
 
     Installed once on the AGF layer and left there: the pipeline flips `capture` for the
     last step only, so the module graph never changes (no recompiles under torch.compile,
@@ -225,67 +215,25 @@ class TokenAttentionCapture:
     """
 
     def __init__(self, token_index: int = OBJECT_TOKEN_INDEX) -> None:
+        super().__init__()
         self.token_index = token_index
         self.capture = False
         self.probs: torch.Tensor | None = None
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch, key_len, _ = context.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, key_len, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(context)
-        value = attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
+    def __call__(self, attn: Any, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, *args: Any,
+                 **kwargs: Any) -> torch.Tensor:
         if self.capture:
-            # softmax(QK^T * scale) as Attention.get_attention_scores computes it, in fp32;
-            # only one key column is kept, so this costs one small matmul on one step.
-            scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
-            if attention_mask is not None:
-                scores = scores + attention_mask.float()
+            # softmax(QK^T * scale) as Attention.get_attention_scores computes it, in fp32,
+            # for the layer's plain cross-attention (3-D tokens, no norms, no mask). The
+            # two projections run again on this one step; one key column is kept.
+            batch, heads = hidden_states.shape[0], attn.heads
+            query = attn.to_q(hidden_states).view(batch, -1, heads, attn.inner_dim // heads)
+            key = attn.to_k(encoder_hidden_states).view(batch, -1, heads,
+                                                        attn.inner_dim // heads)
+            scores = torch.einsum("bqhd,bkhd->bhqk", query.float(), key.float()) * attn.scale
             self.probs = scores.softmax(dim=-1)[..., self.token_index]
-
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-            scale=attn.scale,
-        )
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.to(query.dtype)))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,8 +307,11 @@ class ObjectClearPipeline(DiffusionPipeline):
                 "UNet added-condition size does not match 6 time ids + text_encoder_2 projection "
                 f"({unet.add_embedding.linear_1.in_features} != {expected})"
             )
+        layer = self.unet.get_submodule(CAPTURE_LAYER)
+        if any(getattr(layer, n) is not None for n in ("spatial_norm", "group_norm", "norm_q")):
+            raise ValueError(f"{CAPTURE_LAYER} is not a plain cross-attention")
         self.attention_capture = TokenAttentionCapture(OBJECT_TOKEN_INDEX)
-        self.unet.get_submodule(CAPTURE_LAYER).set_processor(self.attention_capture)
+        layer.set_processor(self.attention_capture)
         self.revision: str | None = None
         self._interrupt = False
 
@@ -389,7 +340,9 @@ class ObjectClearPipeline(DiffusionPipeline):
         here from their folders. The transformers components load strictly: a missing
         tensor (which would silently stay random) is an error.
         """
-        root, resolved_revision = _resolve_checkpoint(pretrained_model_name_or_path, revision)
+        root, resolved_revision = resolve_checkpoint(
+            pretrained_model_name_or_path, revision, allow_patterns=_HUB_PATTERNS,
+            ignore_patterns=["*.fp16.*"])
         loaders = {
             "text_encoder": CLIPTextModel,
             "text_encoder_2": CLIPTextModelWithProjection,
@@ -401,8 +354,7 @@ class ObjectClearPipeline(DiffusionPipeline):
         if "postfuse_module" not in kwargs:
             kwargs["postfuse_module"] = PostfuseModule.from_pretrained(
                 root, subfolder="postfuse_module", torch_dtype=torch_dtype)
-        pipe = super().from_pretrained(str(root), **{diffusers_dtype_kwarg(): torch_dtype},
-                                       **kwargs)
+        pipe = super().from_pretrained(str(root), dtype=torch_dtype, **kwargs)
         pipe.revision = resolved_revision
         return pipe
 
@@ -589,8 +541,8 @@ class ObjectClearPipeline(DiffusionPipeline):
         prompt: str | Sequence[str] | None = None,
         *,
         short_side: int = REFERENCE_SHORT_SIDE,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 2.5,
+        num_inference_steps: int = STEPS.default,
+        guidance_scale: float = GUIDANCE_SCALE.default,
         fusion: bool = True,
         generator: Generators = None,
         callback_on_step_end: StepEndCallback | None = None,
@@ -758,23 +710,3 @@ def _load_transformers_model(model_cls: Any, folder: Path, dtype: torch.dtype) -
                          f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} "
                          f"unexpected, e.g. {unexpected[:3]})")
     return model.eval()
-
-
-def _resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None) -> tuple[Path, str]:
-    """A local folder for `path_or_hub_id` and the revision it holds.
-
-    A local folder reports the snapshot hash when it is a hub cache snapshot, else "local".
-    From the hub: configs, tokenizers and safetensors weights of every published folder
-    (diffusers' own download would skip the two folders model_index.json does not list);
-    no fp16 variants, which from_pretrained does not read without `variant`.
-    """
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        match = re.search(r"snapshots/([0-9a-f]{40})", path.resolve().as_posix())
-        return path, match.group(1) if match else "local"
-    from huggingface_hub import snapshot_download
-
-    local = Path(snapshot_download(str(path_or_hub_id), revision=revision,
-                                   allow_patterns=_HUB_PATTERNS, ignore_patterns=["*.fp16.*"]))
-    match = re.search(r"snapshots/([0-9a-f]{40})", local.as_posix())
-    return local, match.group(1) if match else (revision or "unknown")

@@ -8,6 +8,7 @@ from mic2e.v1 import object_clear_pb2_grpc
 from pydantic import Field
 
 from mic2e_services.object_clear.servicer import SERVICE_NAME, ObjectClearServicer
+from mic2e_services.object_clear.types import GUIDANCE_SCALE, SHORT_SIDE, STEPS
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings
@@ -18,12 +19,15 @@ class Settings(ModelServerSettings):
 
     port: int = 50053
     model: str = Field("jixin0101/ObjectClear", description="hub id or local folder")
-    default_steps: int = Field(20, ge=1, le=100, description="denoising steps when the "
-                               "caller sets none (the model's own: 20)")
-    default_guidance_scale: float = Field(2.5, ge=1.0, le=20.0, description="guidance when "
-                                          "the caller sets none (the model's own: 2.5)")
-    default_short_side: int = Field(512, ge=256, le=2048, description="working short side "
-                                    "when the caller sets none (the model's own: 512)")
+    default_steps: int = Field(STEPS.default, ge=STEPS.lo, le=STEPS.hi, description=(
+        f"denoising steps when the caller sets none (the reference's: {STEPS.default})"))
+    default_guidance_scale: float = Field(
+        GUIDANCE_SCALE.default, ge=GUIDANCE_SCALE.lo, le=GUIDANCE_SCALE.hi, description=(
+            f"guidance when the caller sets none (the reference's: {GUIDANCE_SCALE.default})"))
+    default_short_side: int = Field(
+        SHORT_SIDE.default, ge=SHORT_SIDE.lo, le=SHORT_SIDE.hi, description=(
+            f"working short side when the caller sets none (the reference's: "
+            f"{SHORT_SIDE.default})"))
     vae_tiling: bool = Field(False, description="decode large images in tiles (saves memory)")
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -45,11 +49,8 @@ def build_model(settings: Settings) -> Model:
     # Imported here: torch loads only in a process that really serves the model.
     from mic2e_services.object_clear.model import ObjectClearModel
 
-    return ObjectClearModel(settings.model, device=settings.device, dtype=settings.dtype,
-                            quantization=settings.quantization, offload=settings.offload,
-                            vae_tiling=settings.vae_tiling, compile=settings.compile_spec(),
-                            **({"max_batch_size": settings.max_batch_size}
-                               if settings.max_batch_size else {}))
+    return ObjectClearModel(settings.model, vae_tiling=settings.vae_tiling,
+                            **settings.model_kwargs())
 
 
 def create_server(settings: Settings, model: Model | None = None) -> tuple[Server, int]:

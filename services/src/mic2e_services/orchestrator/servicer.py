@@ -80,7 +80,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             return method(forwarded, timeout=context.time_remaining(),
                           metadata=self.segmentation.metadata)
 
-        return await self.segmentation.unary("segmentation", sha, data, call)
+        return await self.segmentation.unary("segmentation", data, call)
 
     @rpc
     async def SegmentByText(self, request: segmentation_pb2.SegmentByTextRequest,
@@ -99,7 +99,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                        context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[flux_pb2.GenerateResponse]:
         async for msg in self.flux.stream(
-                "generation", None, None,
+                "generation", None,
                 lambda _: self._flux.Generate(request, timeout=context.time_remaining(),
                                               metadata=self.flux.metadata)):
             yield msg
@@ -114,10 +114,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         rename = oc.caller_field(request.WhichOneof("target") or "")
 
         # 1. Check the request and take the image (bytes or a reference we hold).
+        oc.check(request)
         target = request.WhichOneof("target")
-        if target is None:
-            raise InvalidArgument("target", "give a text, prompt or masks target")
-        oc.mask_dilation(request)
         sha, data = self._image(request.image)
         timings: list[tuple[str, float]] = []
         stages: list[common_pb2.Provenance] = []
@@ -125,8 +123,6 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         # 2. Segment, unless the caller brought masks; stream the instances at once.
         instances: list[common_pb2.Instance] = []
         if target == "masks":
-            if not request.masks.masks:
-                raise InvalidArgument("masks.masks", "at least one mask is required")
             masks = list(request.masks.masks)
         else:
             yield Event(progress=common_pb2.Progress(
@@ -135,13 +131,13 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             t_seg = time.monotonic()
             if target == "text":
                 seg = await self.segmentation.unary(
-                    "segmentation", sha, data, lambda img: self._seg.SegmentByText(
+                    "segmentation", data, lambda img: self._seg.SegmentByText(
                         oc.text_request(request, img), timeout=context.time_remaining(),
                         metadata=self.segmentation.metadata), rename)
                 instances = list(seg.instances)
             else:
                 seg = await self.segmentation.unary(
-                    "segmentation", sha, data, lambda img: self._seg.SegmentByPrompt(
+                    "segmentation", data, lambda img: self._seg.SegmentByPrompt(
                         oc.prompt_request(request, img), timeout=context.time_remaining(),
                         metadata=self.segmentation.metadata), rename)
                 instances = [seg.best]
@@ -161,7 +157,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         t_clear = time.monotonic()
         result = None
         async for msg in self.object_clear.stream(
-                "object_clear", sha, data, lambda img: self._clear.Clear(
+                "object_clear", data, lambda img: self._clear.Clear(
                     oc.clear_request(request, img, masks),
                     timeout=context.time_remaining(), metadata=self.object_clear.metadata),
                 rename):

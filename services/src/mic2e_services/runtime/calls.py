@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 
 from mic2e_services.runtime import convert
-from mic2e_services.runtime.tracing import record_stages
 from mic2e_services.runtime.worker import Job, ModelWorker, ProgressEvent
 
 
@@ -34,9 +33,7 @@ async def run_unary(worker: ModelWorker, request: Any, context: grpc.aio.Service
     """Submit `request`; its result and job (for timings). A caller who leaves cancels it."""
     job = worker.submit(request, deadline=deadline_of(context))
     try:
-        result = await job.result()
-        _trace(job, worker.name)
-        return result, job
+        return await job.result(), job
     finally:
         # No-op once finished; when the handler is cancelled (client gone, deadline), this
         # drops the queued job or tells the running model to stop at its next step.
@@ -50,17 +47,9 @@ async def run_streaming(worker: ModelWorker, request: Any, context: grpc.aio.Ser
     try:
         async for event in job.events():
             yield event
-        result = await job.result()
-        _trace(job, worker.name)
-        yield Finished(result, job)
+        yield Finished(await job.result(), job)
     finally:
         job.cancel()
-
-
-def _trace(job: Job, name: str) -> None:
-    if job.started_at is not None and job.finished_at is not None:
-        record_stages([(f"{name}.queue", job.accepted_at, job.started_at),
-                       (f"{name}.model", job.started_at, job.finished_at)])
 
 
 async def stream_job(worker: ModelWorker, query: Any, context: grpc.aio.ServicerContext, *,
@@ -73,9 +62,15 @@ async def stream_job(worker: ModelWorker, query: Any, context: grpc.aio.Servicer
         if not isinstance(item, Finished):
             yield progress(convert.progress_to_proto(item))
             continue
-        model, out = worker.model, item.result
-        provenance = convert.provenance(
-            server=server, model_id=model.model_id, revision=model.revision,
-            dtype=model.dtype_name, device=model.device_name, steps=out.steps, seed=out.seed,
-            timings=item.job.timings(stage))
-        yield await asyncio.to_thread(result, out, provenance)
+        out = item.result
+        yield await asyncio.to_thread(result, out, provenance(worker, server, item.job, stage,
+                                                               out.steps, out.seed))
+
+
+def provenance(worker: ModelWorker, server: str, job: Job, stage: str, steps: int = 0,
+               seed: int = 0) -> Any:
+    """The `Provenance` of a finished job: the worker's model and the job's timings."""
+    model = worker.model
+    return convert.provenance(server=server, model_id=model.model_id, revision=model.revision,
+                              dtype=model.dtype_name, device=model.device_name, steps=steps,
+                              seed=seed, timings=job.timings(stage))

@@ -5,7 +5,6 @@ Each service's own `convert.py` builds on these; model code never sees a protobu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -110,12 +109,6 @@ def instance_to_proto(mask: np.ndarray, score: float, box: Sequence[float], fmt:
                                box=common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
 
 
-def finite(value: float, field: str) -> float:
-    if not math.isfinite(value):
-        raise InvalidArgument(field, f"must be a finite number, got {value}")
-    return value
-
-
 def progress_to_proto(event: ProgressEvent) -> common_pb2.Progress:
     return common_pb2.Progress(stage=event.stage, step=event.step, total_steps=event.total,
                                elapsed=duration(event.elapsed_s))
@@ -128,3 +121,11 @@ def provenance(*, server: str, model_id: str, revision: str, dtype: str, device:
         model_id=model_id, revision=revision, dtype=dtype, steps=steps, seed=seed,
         device=device, server=server,
         timings=[common_pb2.StageTiming(stage=s, duration=duration(t)) for s, t in timings])
+
+
+def given(message: object, names: Iterable[str]) -> dict[str, object]:
+    """The fields among `names` the caller set (an `optional` field: only when present; a
+    plain one: always, its zero value included), by name."""
+    fields = message.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+    return {name: getattr(message, name) for name in names
+            if not fields[name].has_presence or message.HasField(name)}  # type: ignore[attr-defined]

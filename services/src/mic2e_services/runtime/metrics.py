@@ -17,10 +17,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily
 
 from mic2e_services.runtime.images import ImageStore
-from mic2e_services.runtime.worker import ModelWorker
+from mic2e_services.runtime.worker import ModelWorker, WorkerCallback
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _WorkerMetrics(WorkerCallback):
+    """Batches and steps of a worker, as they happen."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.batch_size = metrics.batch_size.labels(metrics.server)
+        self.batch_seconds = metrics.batch_seconds.labels(metrics.server)
+        self.step_seconds = metrics.step_seconds.labels(metrics.server)
+
+    def on_batch(self, worker: ModelWorker, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def on_step(self, worker: ModelWorker, seconds: float) -> None:
+        self.step_seconds.observe(seconds)
 
 
 class ServerMetrics:
@@ -58,16 +74,7 @@ class ServerMetrics:
         s = self.server
         self.queue_depth.labels(s).set_function(lambda: worker.stats().queued)
         self.queued_seconds.labels(s).set_function(lambda: worker.stats().queued_seconds)
-        previous = worker._on_batch
-
-        def on_batch(size: int, seconds: float) -> None:
-            self.batch_size.labels(s).observe(size)
-            self.batch_seconds.labels(s).observe(seconds)
-            if previous is not None:
-                previous(size, seconds)
-
-        worker._on_batch = on_batch
-        worker.on_step = self.step_seconds.labels(s).observe
+        worker.add_callback(_WorkerMetrics(self))
         probe = getattr(worker.model, "memory_stats", None)
         if probe is not None:
             for kind in ("allocated", "reserved", "peak"):

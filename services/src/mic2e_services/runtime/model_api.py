@@ -52,7 +52,8 @@ class QuietContext:
 
 @runtime_checkable
 class Model(Protocol):
-    """A resident model. The worker calls `load`, then `warmup`, then `__call__` repeatedly."""
+    """A resident model. The worker calls `load`, then `warmup`, then `__call__` repeatedly;
+    torch models share `model_base.TorchModel`, which implements all of this."""
 
     #: Largest batch `__call__` accepts (1 disables batching).
     max_batch_size: int
@@ -65,6 +66,11 @@ class Model(Protocol):
         """Run one representative request so the first real call is not the slow one."""
         ...
 
+    def check(self, request: Any) -> None:
+        """Raise `errors.InvalidArgument` naming every bad field; cheap, no device work.
+        The worker calls it before a request is costed or queued."""
+        ...
+
     def batch_key(self, request: Any) -> Hashable | None:
         """Requests with equal non-None keys may share one `__call__`; None: run alone."""
         ...
@@ -73,16 +79,19 @@ class Model(Protocol):
         """Expected device time of one request, for admission control (rough is fine)."""
         ...
 
-    # Optional: ``translate_error(exc) -> Exception | None`` turns a library error that
-    # escaped `__call__` into a domain error (torch_device.translate_error for torch models).
+    def translate_error(self, exc: BaseException) -> BaseException | None:
+        """A library error that escaped `__call__` as a domain error (out of memory ->
+        `errors.ResourceExhausted`, a dead device -> `errors.DeviceLost`), else None."""
+        ...
 
     def __call__(
         self, requests: Sequence[Any], contexts: Sequence[StepContext]
     ) -> list[Any]:
-        """Run a batch; return one result per request, in order.
+        """Run a ready batch (checked requests with one batch key, at most
+        `max_batch_size`); return one result per request, in order.
 
-        A result may be an exception instance (e.g. `errors.InvalidArgument`) to fail only
-        that request. Raising fails the whole batch. A model that sees every context
-        cancelled raises `errors.Cancelled` at its next step.
+        A result may be an exception instance (e.g. `errors.Cancelled`) to fail only that
+        request. Raising fails the whole batch. A model that sees every context cancelled
+        raises `errors.Cancelled` at its next step.
         """
         ...

@@ -21,9 +21,9 @@ from mic2e_services.runtime.metrics import ServerMetrics
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.security import TokenAuthInterceptor, load_tokens, server_credentials
 from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
+from mic2e_services.runtime.tracing import JobSpans, setup_tracing
 from mic2e_services.runtime.tracing import server_interceptors as tracing_interceptors
-from mic2e_services.runtime.tracing import setup_tracing
-from mic2e_services.runtime.worker import ModelWorker
+from mic2e_services.runtime.worker import ModelWorker, WorkerCallback
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
-class Server:
-    """A started-or-not gRPC server, its health state and (for model servers) its worker."""
+class Server(WorkerCallback):
+    """A started-or-not gRPC server, its health state and (for model servers) its worker,
+    whose fatal event it hears as a `WorkerCallback`."""
 
     def __init__(self, grpc_server: grpc.aio.Server, port: int, settings: ServerSettings,
                  health_servicer: health.aio.HealthServicer, service_names: Sequence[str],
@@ -75,8 +76,10 @@ class Server:
         self.startup_error: BaseException | None = None
         #: Set when the server must exit (device lost); `serve` then exits non-zero.
         self.fatal = asyncio.Event()
+        if worker is not None:
+            worker.add_callback(self)
 
-    def _device_lost(self, exc: BaseException) -> None:
+    def on_fatal(self, worker: ModelWorker, error: BaseException) -> None:
         """From the device thread: go NOT_SERVING and let `serve` exit, so a supervisor
         restarts the process on a fresh CUDA context."""
         def report() -> None:
@@ -88,8 +91,6 @@ class Server:
     async def start(self) -> None:
         """Start serving (health NOT_SERVING), then load the model in the background."""
         self._loop = asyncio.get_running_loop()
-        if self.worker is not None:
-            self.worker.on_fatal = self._device_lost
         await self._set_health(NOT_SERVING)
         if self.settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
@@ -146,9 +147,11 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
     (port 0 picks a free one) and returns the server and the bound port.
     """
     metrics = ServerMetrics(name)
+    provider = setup_tracing(settings, f"mic2e-{name}")
     if worker is not None:
         metrics.watch_worker(worker)
-    provider = setup_tracing(settings, f"mic2e-{name}")
+        if provider is not None:
+            worker.add_callback(JobSpans())
     # Order matters: auth first (refused calls cost nothing), then traces, then metrics.
     interceptors = [*tracing_interceptors(provider), metrics.interceptor(), *interceptors]
     tokens = load_tokens(settings)

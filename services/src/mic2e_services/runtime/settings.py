@@ -110,6 +110,15 @@ class ModelServerSettings(ServerSettings):
                     data[name] = value
         return data
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """The model constructor's arguments every model server passes the same way."""
+        kwargs: dict[str, Any] = dict(device=self.device, dtype=self.dtype,
+                                      quantization=self.quantization, offload=self.offload,
+                                      compile=self.compile_spec())
+        if self.max_batch_size:
+            kwargs["max_batch_size"] = self.max_batch_size
+        return kwargs
+
     def compile_spec(self) -> CompileSpec | None:
         """What the model is told about compilation; None when `compile` is off."""
         if not self.compile:

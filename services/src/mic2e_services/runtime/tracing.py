@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from mic2e_services.runtime.settings import ServerSettings
+from mic2e_services.runtime.worker import Job, ModelWorker, WorkerCallback
 
 _tracer = trace.get_tracer("mic2e_services")
 
@@ -68,3 +69,12 @@ def record_stages(stages: Sequence[tuple[str, float, float]]) -> None:
     for name, start, end in stages:
         span = _tracer.start_span(name, start_time=int(start * 1e9) + offset_ns)
         span.end(end_time=int(end * 1e9) + offset_ns)
+
+
+class JobSpans(WorkerCallback):
+    """Each finished job's queue and model time as child spans of the call's span."""
+
+    def on_job_end(self, worker: ModelWorker, job: Job) -> None:
+        if job.started_at is not None and job.finished_at is not None:
+            record_stages([(f"{worker.name}.queue", job.accepted_at, job.started_at),
+                           (f"{worker.name}.model", job.started_at, job.finished_at)])

@@ -1,20 +1,24 @@
-"""The per-model worker: a bounded queue, one device thread, optional batching.
+"""The per-model worker: a bounded queue, one device thread, the only batcher.
 
 GPU work never runs on the event loop. Servicers `submit` plain request objects from the
-loop; a dedicated thread takes them in arrival order, groups compatible ones (equal
+loop; each is checked by the model (every bad field at once) before it is costed or
+queued. A dedicated thread takes them in arrival order, groups compatible ones (equal
 `Model.batch_key`) into batches of at most `max_batch_size` within `max_wait_s`, runs the
-model and hands results back to the loop. Deadlines and cancellation are honoured before a
-request starts (its work is dropped) and while it runs (the model sees `cancelled()`).
+model on each ready batch and hands results back to the loop. Deadlines and cancellation
+are honoured before a request starts (its work is dropped) and while it runs (the model
+sees `cancelled()`). Batch, step, job and fatal events go to `WorkerCallback`s (metrics,
+tracing, the server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +56,32 @@ class WorkerStats:
     requests_run: int
 
 
+class WorkerCallback:
+    """Events of a model worker, as LitServe's `Callback`: subclass and override what you
+    need (each method here does nothing). `on_batch`, `on_step` and `on_fatal` run on the
+    device thread and must be quick; `on_job_end` runs on the event loop, in the context
+    of the call that submitted the job (its trace span is the current one)."""
+
+    def on_batch(self, worker: ModelWorker, size: int, seconds: float) -> None:
+        """A model call of `size` requests took `seconds`."""
+
+    def on_step(self, worker: ModelWorker, seconds: float) -> None:
+        """A request made one step; `seconds` since its previous one."""
+
+    def on_job_end(self, worker: ModelWorker, job: Job) -> None:
+        """`job` finished (result, error or cancellation)."""
+
+    def on_fatal(self, worker: ModelWorker, error: BaseException) -> None:
+        """The device is lost: every job failed and the worker stopped taking work."""
+
+
 class Job:
     """One submitted request: the servicer's handle on it and the model's `StepContext`."""
 
     def __init__(self, request: Any, key: Hashable | None, deadline: float | None,
                  estimate_s: float, loop: asyncio.AbstractEventLoop,
-                 on_step: Callable[[float], None] | None = None) -> None:
+                 on_step: Callable[[float], None] | None = None,
+                 on_end: Callable[[Job], None] | None = None) -> None:
         self.request = request
         self.key = key
         self.deadline = deadline  # time.monotonic() based, None = no deadline
@@ -66,6 +90,9 @@ class Job:
         self.started_at: float | None = None  # set by the worker when the model starts it
         self.finished_at: float | None = None
         self._on_step = on_step
+        self._on_end = on_end
+        # The submitting call's context (its trace span), for `on_end`.
+        self._context = contextvars.copy_context()
         self._last_step: float | None = None
         self._loop = loop
         self._cancel = threading.Event()
@@ -125,8 +152,10 @@ class Job:
                 else:
                     self._future.set_result(result)
             self._events.put_nowait(None)
+            if self._on_end is not None:
+                self._on_end(self)
 
-        self._loop.call_soon_threadsafe(settle)
+        self._loop.call_soon_threadsafe(settle, context=self._context)
 
 
 class ModelWorker:
@@ -134,18 +163,13 @@ class ModelWorker:
 
     def __init__(self, model: Model, *, max_queue: int = 64, max_batch_size: int | None = None,
                  max_wait_s: float = 0.005, name: str = "model",
-                 on_batch: Callable[[int, float], None] | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 callbacks: Sequence[WorkerCallback] = ()) -> None:
         self.model = model
         self.name = name
         self.max_queue = max_queue
         self.max_batch_size = max(1, max_batch_size or getattr(model, "max_batch_size", 1))
         self.max_wait_s = max_wait_s
-        self._on_batch = on_batch
-        #: Called with the seconds between two progress steps (metrics), if set.
-        self.on_step: Callable[[float], None] | None = None
-        #: Called (from the device thread) when the device is lost; the server exits.
-        self.on_fatal = on_fatal
+        self.callbacks = list(callbacks)
         self.fatal_error: BaseException | None = None
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []
@@ -201,6 +225,17 @@ class ModelWorker:
     def ready(self) -> bool:
         return self._accepting
 
+    def add_callback(self, callback: WorkerCallback) -> None:
+        self.callbacks.append(callback)
+
+    def _step(self, seconds: float) -> None:
+        for callback in self.callbacks:
+            callback.on_step(self, seconds)
+
+    def _job_end(self, job: Job) -> None:
+        for callback in self.callbacks:
+            callback.on_job_end(self, job)
+
     def stop_accepting(self) -> None:
         self._accepting = False
 
@@ -222,19 +257,21 @@ class ModelWorker:
                                self.batches_run, self.requests_run)
 
     def submit(self, request: Any, *, deadline: float | None = None) -> Job:
-        """Queue `request`; refuse at once when it cannot be served in time.
+        """Check `request` and queue it; refuse at once when it cannot be served in time.
 
-        `deadline` is a `time.monotonic()` instant. Raises Unavailable (not started or
+        `deadline` is a `time.monotonic()` instant. Raises InvalidArgument (naming every
+        bad field: only a valid request is costed and queued), Unavailable (not started or
         stopping), DeadlineExceeded (already expired), ResourceExhausted (queue full, or
         the queued work alone outlasts the deadline) - never queues a request that is
         bound to fail.
         """
+        self.model.check(request)
         if not self._accepting:
             raise Unavailable(f"{self.name} is not accepting work", reason="NOT_SERVING")
         loop = asyncio.get_running_loop()
         estimate = float(self.model.estimate_seconds(request)) * self.estimate_scale
         job = Job(request, self.model.batch_key(request), deadline, estimate, loop,
-                  self.on_step)
+                  self._step, self._job_end)
         if job.expired():
             raise DeadlineExceeded("deadline expired before the work started")
         with self._cond:
@@ -313,8 +350,8 @@ class ModelWorker:
             self._running = []
         for job in [*batch, *pending]:
             job.finish(error=exc)
-        if self.on_fatal is not None:
-            self.on_fatal(exc)
+        for callback in self.callbacks:
+            callback.on_fatal(self, exc)
 
     @staticmethod
     def _drop_if_dead(job: Job) -> bool:
@@ -358,8 +395,8 @@ class ModelWorker:
             self._calibrate(batch, elapsed)
             self.batches_run += 1
             self.requests_run += len(batch)
-            if self._on_batch is not None:
-                self._on_batch(len(batch), elapsed)
+            for callback in self.callbacks:
+                callback.on_batch(self, len(batch), elapsed)
             for job, result in zip(batch, results, strict=True):
                 if isinstance(result, Cancelled) and job.expired() and not job._cancel.is_set():
                     result = DeadlineExceeded("deadline expired while running")

@@ -7,16 +7,18 @@ from mic2e.v1 import common_pb2, segmentation_pb2
 from mic2e_services.errors import InvalidArgument
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
-from mic2e_services.segmentation.types import PromptQuery, PromptResult, Segment, TextQuery
-
-#: The model's default when the caller sets no threshold.
-DEFAULT_SCORE_THRESHOLD = 0.3
+from mic2e_services.segmentation.types import (
+    SCORE_THRESHOLD,
+    PromptQuery,
+    PromptResult,
+    Segment,
+    TextQuery,
+)
 
 
 def text_query(req: segmentation_pb2.SegmentByTextRequest, image: StoredImage) -> TextQuery:
-    threshold = DEFAULT_SCORE_THRESHOLD
-    if req.HasField("score_threshold"):
-        threshold = convert.finite(req.score_threshold, "score_threshold")
+    threshold = (req.score_threshold if req.HasField("score_threshold")
+                 else SCORE_THRESHOLD.default)
     return TextQuery(image=image.image, image_key=image.sha256, text=req.text,
                      score_threshold=threshold, max_instances=req.max_instances)
 

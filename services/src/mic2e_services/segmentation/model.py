@@ -22,10 +22,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -33,38 +33,21 @@ import torch
 import torch.nn.functional as F
 
 from mic2e_services import errors
-from mic2e_services.runtime.model_api import CompileSpec, QuietContext
+from mic2e_services.model_base import TorchModel
+from mic2e_services.runtime.model_api import QuietContext
 from mic2e_services.segmentation.types import (
-    MAX_TEXT_CHARS,
     PromptQuery,
     PromptResult,
     Query,
     Segment,
     TextQuery,
     TextResult,
-    check_inputs,
+    violations,
 )
-from mic2e_services.torch_device import (
-    check_memory_options,
-    compile_module,
-    dtype_name,
-    memory_stats,
-    quantize_weights,
-    resolve_device,
-    resolve_dtype,
-    translate_error,
-)
+from mic2e_services.torch_device import translate_error
 
-__all__ = [
-    "MAX_TEXT_CHARS",
-    "PromptQuery",
-    "PromptResult",
-    "Sam3Segmenter",
-    "Segment",
-    "TextQuery",
-    "TextResult",
-    "check_inputs",
-]
+__all__ = ["PromptQuery", "PromptResult", "Sam3Segmenter", "Segment", "TextQuery",
+           "TextResult"]
 
 # Upsampling every candidate to full resolution at once can take gigabytes for large
 # images (200 queries x 12 Mpx x 4 bytes); masks are upsampled in chunks of this many
@@ -93,70 +76,33 @@ class _Features:
     tracker: list[torch.Tensor] | None = None  # image_embeddings for Sam3TrackerModel
 
 
-def _revision(model_id: str) -> str:
-    """Provenance: "local" for a local folder, else the commit."""
-    folder = Path(model_id)
-    if folder.is_dir():
-        return "local"
-    # A hub id was just loaded, so its files sit in the cache under snapshots/<commit>/.
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_id, "config.json")
-    if isinstance(cached, str):
-        parts = Path(cached).parts
-        if "snapshots" in parts[:-1]:
-            return parts[parts.index("snapshots") + 1]
-    return "unknown"
-
-
 # --------------------------------------------------------------------------------------
 # The model.
 
 
-class Sam3Segmenter:
-    """SAM3 text and point/box segmentation, implementing `runtime.model_api.Model`.
+class Sam3Segmenter(TorchModel):
+    """SAM3 text and point/box segmentation on one device.
 
     `feature_cache_size` images keep their vision features on the device. At full size
     in fp16 that is at most ~80 MB an image (detector FPN ~56 MB, tracker levels ~11 MB,
     backbone output ~11 MB until both necks have run), so the default 16 costs ~1.3 GB.
+    Parts (`load_parts`, `from_parts`): a dict of ``detector`` (``Sam3Model``),
+    ``tracker`` (``Sam3TrackerModel``), ``detector_processor`` and ``tracker_processor``.
     """
 
-    #: Device failures (out of memory, a dead CUDA context) -> domain errors.
-    translate_error = staticmethod(translate_error)
+    STAGE: ClassVar[str] = _STAGE
+    # The transformers layout; the original-format sam3.pt beside it is never read.
+    HUB_FILES = ("*.json", "*.txt", "model.safetensors")
+    OFFLOAD_REFUSED = ("SAM3 is 1.7 GB in fp16 and fits a 4 GB card resident; moving it on "
+                       "and off the device per call would cost more than the whole query "
+                       "(to save more, MIC2E_QUANTIZATION=int8)")
+    DEFAULT_BATCH = 4
 
-    def __init__(
-        self,
-        model_id: str,
-        *,
-        device: str = "cpu",
-        dtype: str | None = None,
-        feature_cache_size: int = 16,
-        max_batch_size: int = 4,
-        quantization: str = "none",
-        offload: str = "none",
-        compile: CompileSpec | None = None,
-    ) -> None:
-        if offload != "none":
-            # SAM3 is 1.7 GB in fp16: it fits a 4 GB card resident, and moving it on and
-            # off the device per call would cost more than the whole query.
-            raise ValueError(f"offload={offload!r} is not supported by the segmentation "
-                             "server (SAM3 fits small cards resident); set MIC2E_OFFLOAD=none "
-                             "and, to save more, MIC2E_QUANTIZATION=int8")
+    def __init__(self, model_id: str, *, feature_cache_size: int = 16, **kwargs: Any) -> None:
         if feature_cache_size < 0:
             raise ValueError("feature_cache_size must be >= 0")
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        self.model_id = str(model_id)
-        self.device = resolve_device(device)
-        check_memory_options(self.device, quantization=quantization, offload=offload)
-        self.quantization, self.compile = quantization, compile
-        self.dtype = resolve_dtype(dtype, self.device, half=torch.float16)
-        self.dtype_name = dtype_name(self.dtype)
-        self.device_name = str(self.device)
-        self.revision = "unknown"
+        super().__init__(model_id, **kwargs)
         self.feature_cache_size = feature_cache_size
-        self.max_batch_size = max_batch_size
-
         #: Images run through the ViT backbone so far (one per image encoded).
         self.vision_encoder_runs = 0
         #: True once load() found equal backbone weights and holds them once.
@@ -166,8 +112,6 @@ class Sam3Segmenter:
         self._tracker: Any = None
         self._det_processor: Any = None
         self._trk_processor: Any = None
-        # Set by `from_models`: (detector, tracker, processors) that load() adopts.
-        self._prebuilt: tuple[Any, Any, Any, Any] | None = None
         self._shared_pixels = False
         self._cache: OrderedDict[str, _Features] = OrderedDict()
         self._lock = threading.Lock()
@@ -177,103 +121,59 @@ class Sam3Segmenter:
         self._prompt_decode_s = 0.02
         self._last_encode_s = 0.0
 
-    # Kept on the class too so callers (the servicer) can validate before queueing.
-    check_inputs = staticmethod(check_inputs)
+    @classmethod
+    def main_module(cls, parts: dict[str, Any]) -> torch.nn.Module:
+        return parts["detector"]
 
     # ------------------------------------------------------------------ lifecycle
 
-    @classmethod
-    def from_models(
-        cls,
-        detector: Any,
-        tracker: Any,
-        detector_processor: Any,
-        tracker_processor: Any,
-        *,
-        model_id: str = "in-memory",
-        **kwargs: Any,
-    ) -> Sam3Segmenter:
-        """A segmenter around models already built in memory, instead of a checkpoint.
+    def load_parts(self, folder: Path) -> dict[str, Any]:
+        from transformers import (
+            Sam3Model,
+            Sam3Processor,
+            Sam3TrackerModel,
+            Sam3TrackerProcessor,
+        )
 
-        For benchmarks: full-size random weights made directly on the GPU (no download,
-        no file round trip). `detector` is a ``Sam3Model``, `tracker` a
-        ``Sam3TrackerModel``, the processors ``Sam3Processor`` / ``Sam3TrackerProcessor``.
-        `load()` adopts them (sharing the backbone as it does for a checkpoint); device
-        and dtype default to the detector's. Other keyword arguments as for the
-        constructor.
-        """
-        param = next(detector.parameters())
-        kwargs.setdefault("device", str(param.device))
-        kwargs.setdefault("dtype", dtype_name(param.dtype))
-        segmenter = cls(model_id, **kwargs)
-        segmenter._prebuilt = (detector, tracker, detector_processor, tracker_processor)
-        return segmenter
+        # Loaded on the CPU first so a shared backbone never sits twice on the device.
+        return {"detector": Sam3Model.from_pretrained(folder, dtype=self.dtype),
+                "tracker": Sam3TrackerModel.from_pretrained(folder, dtype=self.dtype),
+                "detector_processor": Sam3Processor.from_pretrained(folder),
+                "tracker_processor": Sam3TrackerProcessor.from_pretrained(folder)}
 
-    def memory_stats(self) -> dict[str, float]:
-        """Device allocator figures for the metrics endpoint."""
-        return memory_stats(self.device)
-
-    def load(self) -> None:
-        """Load both models and processors; share the backbone when the weights are equal."""
-        prebuilt, self._prebuilt = self._prebuilt, None
-        if prebuilt is not None:
-            detector, tracker, self._det_processor, self._trk_processor = prebuilt
-        else:
-            from transformers import (
-                Sam3Model,
-                Sam3Processor,
-                Sam3TrackerModel,
-                Sam3TrackerProcessor,
-            )
-
-            # Loaded on the CPU first so a shared backbone never sits twice on the device.
-            detector = Sam3Model.from_pretrained(self.model_id, dtype=self.dtype)
-            tracker = Sam3TrackerModel.from_pretrained(self.model_id, dtype=self.dtype)
-            self._det_processor = Sam3Processor.from_pretrained(self.model_id)
-            self._trk_processor = Sam3TrackerProcessor.from_pretrained(self.model_id)
-
-        det_backbone = detector.vision_encoder.backbone
-        trk_backbone = tracker.vision_encoder.backbone
-        if _same_weights(det_backbone, trk_backbone):
-            tracker.vision_encoder.backbone = det_backbone
+    def setup(self, parts: dict[str, Any]) -> None:
+        """Share the backbone when the weights are equal; quantise; place."""
+        detector, tracker = parts["detector"], parts["tracker"]
+        self._det_processor = parts["detector_processor"]
+        self._trk_processor = parts["tracker_processor"]
+        if _same_weights(detector.vision_encoder.backbone, tracker.vision_encoder.backbone):
+            tracker.vision_encoder.backbone = detector.vision_encoder.backbone
             self.shares_backbone = True
         # Features are shareable only if both paths also see the same pixels.
         self._shared_pixels = self.shares_backbone and (
             self._det_processor.image_processor.to_dict()
             == self._trk_processor.image_processor.to_dict()
         )
-
+        # Quantised layer by layer on the way to the device (the shared ViT once).
+        self.quantize([detector, tracker])
         for model in (detector, tracker):
-            # Quantised layer by layer on the way to the device (the shared ViT once).
-            quantize_weights(model, self.quantization, device=self.device)
             model.to(self.device).eval().requires_grad_(False)
         self._detector, self._tracker = detector, tracker
-        self.revision = "in-memory" if prebuilt is not None else _revision(self.model_id)
-        if self.compile is not None:
-            self.enable_compile(self.compile)
 
-    def enable_compile(self, spec: CompileSpec) -> Callable[[], None]:
-        """torch.compile the ViT backbone(s) (at their next call); returns an undo.
-
-        The backbone is most of a text query's time, and its input is always the
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The ViT backbone(s): most of a text query's time, and its input is always the
         processor's fixed square, so only the batch size varies. A shared backbone is
-        one module: compiled once for both paths. `load` calls this when the `compile`
-        setting is on; benchmarks call it on a loaded model.
-        """
-        self._require_loaded()
-        backbones = {id(m.vision_encoder.backbone): m.vision_encoder.backbone
-                     for m in (self._detector, self._tracker)}
-        undos = [compile_module(backbone, spec) for backbone in backbones.values()]
+        one module, compiled once for both paths."""
+        return [m.vision_encoder.backbone for m in (self._detector, self._tracker)]
 
-        def undo() -> None:
-            for u in undos:
-                u()
-
-        return undo
+    def translate_error(self, exc: BaseException) -> BaseException | None:
+        if isinstance(exc, torch.OutOfMemoryError):
+            # Cached features are the one thing here that can be given back.
+            self.clear_cache()
+        return translate_error(exc)
 
     def warmup(self) -> None:
         """Run a text and a point query on a synthetic image; time them for estimate_seconds."""
-        self._require_loaded()
         pixels = np.full((64, 96, 3), 128, dtype=np.uint8)
         pixels[..., 0] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]
         pixels[..., 1] = np.linspace(0, 255, 64, dtype=np.uint8)[:, None]
@@ -332,68 +232,31 @@ class Sam3Segmenter:
 
     # ------------------------------------------------------------------ inference
 
-    def __call__(self, requests: Sequence[Any], contexts: Sequence[Any]) -> list[Any]:
-        self._require_loaded()
-        if len(requests) != len(contexts):
-            raise ValueError("one context per request")
+    def violations(self, request: Any) -> list[errors.FieldViolation]:
+        return violations(request)
+
+    def run(self, requests: Sequence[Query], contexts: Sequence[Any]) -> list[Any]:
+        """A ready batch: text queries, or prompt queries of one tensor shape."""
         results: list[Any] = [None] * len(requests)
 
-        # 1. Check inputs; a bad request fails alone.
-        live: list[int] = []
-        for i, request in enumerate(requests):
-            try:
-                check_inputs(request)
-            except errors.InvalidArgument as exc:
-                results[i] = exc
+        # 1. Skip cancelled requests before any device work is spent on them.
+        live = self._skip_cancelled(list(range(len(requests))), contexts, results)
+        queries = [requests[i] for i in live]
+        text = isinstance(queries[0], TextQuery)
+        with torch.inference_mode():
+            # 2. Vision features, once per image for both paths; the cache has the rest.
+            features = self._features(queries if text else [], [] if text else queries)
+
+            # 3. Decode: the detector for text, the tracker for clicks.
+            if text:
+                outs = self._decode_text(queries, features)
             else:
-                live.append(i)
+                outs = self._decode_prompts(queries, self._prompt_shape(queries[0]), features)
 
-        # 2. Skip cancelled requests before any device work is spent on them, and group
-        #    the rest into batches of one kind and one tensor shape.
-        live = self._skip_cancelled(live, contexts, results)
-        text_idx = [i for i in live if isinstance(requests[i], TextQuery)]
-        prompt_idx = [i for i in live if isinstance(requests[i], PromptQuery)]
-        shapes: dict[tuple[int, bool, bool], list[int]] = {}
-        for i in prompt_idx:
-            shapes.setdefault(self._prompt_shape(requests[i]), []).append(i)
-        batches = [(None, chunk) for chunk in _chunks(text_idx, self.max_batch_size)] + [
-            (shape, chunk)
-            for shape, members in shapes.items()
-            for chunk in _chunks(members, self.max_batch_size)
-        ]
-
-        try:
-            with torch.inference_mode():
-                # 3. Vision features, once per image for both paths; the cache has the rest.
-                features = self._features(
-                    [requests[i] for i in text_idx], [requests[i] for i in prompt_idx]
-                )
-
-                # 4. Decode batch by batch: the detector for text, the tracker for clicks.
-                for shape, chunk in batches:
-                    chunk = self._skip_cancelled(chunk, contexts, results)
-                    if not chunk:
-                        continue
-                    queries = [requests[i] for i in chunk]
-                    if shape is None:
-                        outs = self._decode_text(queries, features)
-                    else:
-                        outs = self._decode_prompts(queries, shape, features)
-
-                    # 5. Hand each finished request its result and progress.
-                    for i, out in zip(chunk, outs, strict=True):
-                        results[i] = out
-                        contexts[i].progress(_STAGE, 1, 1)
-        except torch.OutOfMemoryError as exc:
-            # Cached features are the one thing here that can be given back.
-            self.clear_cache()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise errors.ResourceExhausted(
-                f"out of device memory: {exc}", retry_after_s=1.0, reason="OUT_OF_MEMORY"
-            ) from exc
-
-        # 6. One result per request, in order.
+        # 4. One result per request, in order, each with its (only) progress step.
+        for i, out in zip(live, outs, strict=True):
+            results[i] = out
+            contexts[i].progress(_STAGE, 1, 1)
         return results
 
     # ------------------------------------------------------------------ cache
@@ -642,10 +505,6 @@ class Sam3Segmenter:
         if contexts and all(ctx.cancelled() for ctx in contexts):
             raise errors.Cancelled("every request of the batch was cancelled")
         return kept
-
-    def _require_loaded(self) -> None:
-        if self._detector is None:
-            raise errors.Unavailable("SAM3 is not loaded yet", reason="NOT_LOADED")
 
     def _now(self) -> float:
         # Device time, not launch time: wait for queued kernels before reading the clock.

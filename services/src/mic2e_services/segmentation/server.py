@@ -34,12 +34,8 @@ def build_model(settings: Settings) -> Model:
     # Imported here: torch loads only in a process that really serves the model.
     from mic2e_services.segmentation.model import Sam3Segmenter
 
-    return Sam3Segmenter(settings.model, device=settings.device, dtype=settings.dtype,
-                         feature_cache_size=settings.feature_cache_size,
-                         quantization=settings.quantization, offload=settings.offload,
-                         compile=settings.compile_spec(),
-                         **({"max_batch_size": settings.max_batch_size}
-                            if settings.max_batch_size else {}))
+    return Sam3Segmenter(settings.model, feature_cache_size=settings.feature_cache_size,
+                         **settings.model_kwargs())
 
 
 def create_server(settings: Settings, model: Model | None = None) -> tuple[Server, int]:

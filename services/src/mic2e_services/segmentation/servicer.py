@@ -6,7 +6,7 @@ import grpc
 from mic2e.v1 import segmentation_pb2, segmentation_pb2_grpc
 
 from mic2e_services.runtime import convert
-from mic2e_services.runtime.calls import run_unary
+from mic2e_services.runtime.calls import provenance, run_unary
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.status import rpc
 from mic2e_services.runtime.worker import ModelWorker
@@ -22,12 +22,6 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         self.worker = worker
         self.images = images
 
-    def _provenance(self, timings):
-        model = self.worker.model
-        return convert.provenance(server="segmentation", model_id=model.model_id,
-                                  revision=model.revision, dtype=model.dtype_name,
-                                  device=model.device_name, timings=timings)
-
     @rpc
     async def SegmentByText(self, request: segmentation_pb2.SegmentByTextRequest,
                             context: grpc.aio.ServicerContext
@@ -36,7 +30,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         image = await convert.image_from_proto(self.images, request.image)
         result, job = await run_unary(self.worker, seg.text_query(request, image), context)
         return seg.text_response(result.instances, image, fmt,
-                                 self._provenance(job.timings("segmentation")))
+                                 provenance(self.worker, "segmentation", job, "segmentation"))
 
     @rpc
     async def SegmentByPrompt(self, request: segmentation_pb2.SegmentByPromptRequest,
@@ -46,4 +40,4 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         image = await convert.image_from_proto(self.images, request.image)
         result, job = await run_unary(self.worker, seg.prompt_query(request, image), context)
         return seg.prompt_response(result, image, fmt,
-                                   self._provenance(job.timings("segmentation")))
+                                   provenance(self.worker, "segmentation", job, "segmentation"))

@@ -1,7 +1,7 @@
-"""The segmentation model's plain requests, results and input checks.
+"""The segmentation model's plain requests and results, and their fields' one declaration.
 
-No torch, no protobuf: shared by the model (`model.py`) and the servicer's conversions
-(`convert.py`), so the servicer never imports torch.
+No torch, no protobuf: shared by the model (`model.py`), the servicer's conversions
+(`convert.py`) and the orchestrator, so the servicer never imports torch.
 """
 
 from __future__ import annotations
@@ -14,10 +14,18 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from mic2e_services import errors
+from mic2e_services.errors import FieldViolation
+from mic2e_services.schema import Field, Request
 
-#: Longest accepted text prompt, in characters (SAM3 reads at most 32 tokens anyway).
-MAX_TEXT_CHARS = 200
+# SAM3 reads at most 32 text tokens; random tiny weights score ~0.25, so tests pass their
+# own threshold.
+TEXT = Field("text", str, required=True, max_chars=200)
+SCORE_THRESHOLD = Field("score_threshold", float, 0.3, lo=0.0, hi=1.0)
+MAX_INSTANCES = Field("max_instances", int, 0, lo=0)
+SEGMENT_BY_TEXT = Request("SegmentByTextRequest", {
+    "text": TEXT, "score_threshold": SCORE_THRESHOLD, "max_instances": MAX_INSTANCES})
+#: Where a mask probability counts as the object (not an API field: SAM3's own).
+MASK_THRESHOLD = 0.5
 
 # --------------------------------------------------------------------------------------
 # Requests and results: plain frozen dataclasses, no protobuf.
@@ -30,9 +38,9 @@ class TextQuery:
     image: PIL.Image.Image
     image_key: str  # SHA-256 of the encoded image: the vision-feature cache key
     text: str
-    score_threshold: float = 0.3
-    max_instances: int = 0  # 0: all instances above the threshold
-    mask_threshold: float = 0.5
+    score_threshold: float = SCORE_THRESHOLD.default
+    max_instances: int = MAX_INSTANCES.default  # 0: all instances above the threshold
+    mask_threshold: float = MASK_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -94,62 +102,39 @@ def _unpack(value: Any, size: int) -> tuple | None:
     return items if len(items) == size else None
 
 
-def check_inputs(query: Any) -> None:
-    """Raise `errors.InvalidArgument` naming the API field of the first bad value.
+def violations(query: Any) -> list[FieldViolation]:
+    """Every bad field of `query`, named as in the API.
 
     Coordinates are continuous pixel positions: a point may lie anywhere in
     ``[0, width] x [0, height]``; a box must lie inside that and have positive area.
     """
     if not isinstance(query, TextQuery | PromptQuery):
-        raise errors.InvalidArgument("request", f"unsupported request type {type(query).__name__}")
+        return [FieldViolation("request", f"unsupported request type {type(query).__name__}")]
     image = query.image
-    if not isinstance(image, PIL.Image.Image):
-        raise errors.InvalidArgument("image", "not a decoded image")
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise errors.InvalidArgument("image", f"empty image ({width}x{height})")
+    if not isinstance(image, PIL.Image.Image) or image.width < 1 or image.height < 1:
+        return [FieldViolation("image", "not a decoded, non-empty image")]
+    bad = []
     if not isinstance(query.image_key, str) or not query.image_key:
-        raise errors.InvalidArgument("image", "missing image key (SHA-256)")
-
+        bad.append(FieldViolation("image", "missing image key (SHA-256)"))
     if isinstance(query, TextQuery):
-        text = query.text.strip() if isinstance(query.text, str) else ""
-        if not text:
-            raise errors.InvalidArgument("text", "must not be empty")
-        if len(query.text) > MAX_TEXT_CHARS:
-            raise errors.InvalidArgument(
-                "text", f"{len(query.text)} characters; at most {MAX_TEXT_CHARS}"
-            )
-        if not _finite(query.score_threshold) or not 0.0 <= query.score_threshold <= 1.0:
-            raise errors.InvalidArgument(
-                "score_threshold", f"{query.score_threshold!r} is not in [0, 1]"
-            )
-        if not _finite(query.mask_threshold) or not 0.0 <= query.mask_threshold <= 1.0:
-            raise errors.InvalidArgument(
-                "mask_threshold", f"{query.mask_threshold!r} is not in [0, 1]"
-            )
-        if not isinstance(query.max_instances, int) or query.max_instances < 0:
-            raise errors.InvalidArgument(
-                "max_instances", f"{query.max_instances!r}; use 0 for all or a positive count"
-            )
-        return
+        return bad + SEGMENT_BY_TEXT.check(query)
 
+    width, height = image.size
     if not query.points and query.box is None:
-        raise errors.InvalidArgument("points", "give at least one point or a box")
+        bad.append(FieldViolation("points", "give at least one point or a box"))
     for i, point in enumerate(query.points):
         items = _unpack(point, 3)
         if items is None or not _finite(items[0], items[1]):
-            raise errors.InvalidArgument(f"points[{i}]", f"{point!r} is not (x, y, positive)")
-        x, y, _ = items
-        if not (0.0 <= x <= width and 0.0 <= y <= height):
-            raise errors.InvalidArgument(
-                f"points[{i}]", f"({x}, {y}) is outside the {width}x{height} image"
-            )
+            bad.append(FieldViolation(f"points[{i}]", f"{point!r} is not (x, y, positive)"))
+        elif not (0.0 <= items[0] <= width and 0.0 <= items[1] <= height):
+            bad.append(FieldViolation(f"points[{i}]", f"({items[0]}, {items[1]}) is outside "
+                                                      f"the {width}x{height} image"))
     if query.box is not None:
         box = _unpack(query.box, 4)
         if box is None or not _finite(*box):
-            raise errors.InvalidArgument("box", f"{query.box!r} is not (x0, y0, x1, y1)")
-        x0, y0, x1, y1 = box
-        if x1 <= x0 or y1 <= y0:
-            raise errors.InvalidArgument("box", f"{box!r} has no area (need x0 < x1, y0 < y1)")
-        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            raise errors.InvalidArgument("box", f"{box!r} is outside the {width}x{height} image")
+            bad.append(FieldViolation("box", f"{query.box!r} is not (x0, y0, x1, y1)"))
+        elif box[2] <= box[0] or box[3] <= box[1]:
+            bad.append(FieldViolation("box", f"{box!r} has no area (need x0 < x1, y0 < y1)"))
+        elif box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
+            bad.append(FieldViolation("box", f"{box!r} is outside the {width}x{height} image"))
+    return bad

@@ -52,7 +52,7 @@ export type GenerateRequest = Message<"mic2e.v1.GenerateRequest"> & {
   steps?: number | undefined;
 
   /**
-   * Random seed. Unset: a random seed, reported in the provenance.
+   * Random seed, 0 to 2^64-1. Unset: a random seed, reported in the provenance.
    *
    * @generated from field: optional uint64 seed = 5;
    */

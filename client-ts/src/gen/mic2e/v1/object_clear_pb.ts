@@ -30,7 +30,7 @@ export type ClearOptions = Message<"mic2e.v1.ClearOptions"> & {
   steps?: number | undefined;
 
   /**
-   * Classifier-free guidance scale, 1.0 (off) to 20.0. Default 2.5.
+   * Classifier-free guidance scale, 1 to 20 (1: off). Default 2.5.
    *
    * @generated from field: optional float guidance_scale = 2;
    */
@@ -48,7 +48,8 @@ export type ClearOptions = Message<"mic2e.v1.ClearOptions"> & {
   shortSide?: number | undefined;
 
   /**
-   * Random seed of the initial noise. Unset: a random seed, reported in the provenance.
+   * Random seed of the initial noise, 0 to 2^64-1. Unset: a random seed, reported in
+   * the provenance.
    *
    * @generated from field: optional uint64 seed = 4;
    */

@@ -152,7 +152,8 @@ export type RemoveObjectsRequest = Message<"mic2e.v1.RemoveObjectsRequest"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * Grow the merged mask by this many pixels, 0 to 256. Unset: 10.
+   * Grow the merged mask by this many pixels, 0 to 256. Default 0 (as ObjectClear's own
+   * `ClearOptions.mask_dilation`: the reference grows no mask).
    *
    * @generated from field: optional uint32 mask_dilation = 5;
    */

@@ -38,14 +38,15 @@ export type SegmentByTextRequest = Message<"mic2e.v1.SegmentByTextRequest"> & {
   text: string;
 
   /**
-   * Minimum score of a returned instance, in [0, 1]. Unset: the server's default (0.3).
+   * Minimum score of a returned instance, 0 to 1. Default 0.3.
    *
    * @generated from field: optional float score_threshold = 3;
    */
   scoreThreshold?: number | undefined;
 
   /**
-   * At most this many instances, best first. 0: no limit beyond the model's own.
+   * At most this many instances, best first; at least 0. Default 0: no limit beyond the
+   * model's own.
    *
    * @generated from field: uint32 max_instances = 4;
    */

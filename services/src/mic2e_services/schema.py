@@ -1,0 +1,122 @@
+"""One declaration per request field: its API path, default and allowed values.
+
+Each service's `types.py` declares its fields here once. Everything else reads them: the
+model's input checks (every bad field at once, before a request is costed or queued),
+the servicers' conversions (what an unset field becomes), the servers' profile settings
+(their ranges), the orchestrator (its own field names in errors) and the docs (a test
+holds the proto comments to them). No torch, no protobuf.
+
+Why a typed module and not protovalidate rules in the protos: the ranges here are checked
+in the servers either way, and defaults are server-side (a profile changes them), which
+protovalidate cannot express; the protos document them in words, checked against these.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mic2e_services.errors import FieldViolation, InvalidArgument
+
+__all__ = ["Field", "Request", "raise_if"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """A request field. `path` is its name in the API (``options.steps``); `kind` one of
+    int, float, bool, str. Numbers lie in [lo, hi] (and on a multiple of `multiple_of`);
+    strings are at most `max_chars` long and, when `required`, not blank. `default`: what
+    an unset field becomes (None: the field has no value unless the caller gives one)."""
+
+    path: str
+    kind: type
+    default: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    multiple_of: int | None = None
+    max_chars: int | None = None
+    required: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed here, or None."""
+        if value is None:
+            return "is required" if self.required else None
+        if self.kind is str:
+            if not isinstance(value, str):
+                return f"must be text, got {type(value).__name__}"
+            if self.required and not value.strip():
+                return "must not be empty"
+            if self.max_chars is not None and len(value) > self.max_chars:
+                return f"at most {self.max_chars} characters, got {len(value)}"
+            return None
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "must be true or false"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
+                self.kind is int and not isinstance(value, numbers.Integral)):
+            return f"must be {'an integer' if self.kind is int else 'a number'}, got {value!r}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            return f"must be {self.range()}, got {value}"
+        if self.multiple_of and value % self.multiple_of:
+            return f"must be a multiple of {self.multiple_of}, got {value}"
+        return None
+
+    def documented(self) -> list[str]:
+        """What the field's API documentation must say of it (a test holds the proto
+        comments to this): its range, and its default where it has one."""
+        said = [self.range()] if self.kind is not bool else []
+        if self.kind is bool and self.default is not None:
+            said.append(f"Default {'on' if self.default else 'off'}")
+        elif self.default not in (None, ""):
+            said.append(f"Default {_number(self.default)}")
+        return said
+
+    def range(self) -> str:
+        """The allowed values in words, as the docs state them ("1 to 100")."""
+        if self.kind is str:
+            chars = f"at most {self.max_chars} characters" if self.max_chars else "any text"
+            return f"1 to {self.max_chars} characters" if self.required else chars
+        lo, hi = _number(self.lo), _number(self.hi)
+        if self.lo is not None and self.hi is not None:
+            return f"{lo} to {hi}"
+        return f"at least {lo}" if self.lo is not None else f"at most {hi}"
+
+
+def _number(value: float | None) -> str:
+    if isinstance(value, int) and value >= 2**32 and (value + 1) & value == 0:
+        return f"2^{value.bit_length()}-1"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Request:
+    """The declared fields of one API request message: `message` is its proto name
+    (``ClearRequest``), `fields` maps the plain query's attribute names to their `Field`."""
+
+    message: str
+    fields: Mapping[str, Field]
+
+    def check(self, values: Any) -> list[FieldViolation]:
+        """Every violation among the attributes of `values` (a query object)."""
+        out = []
+        for name, field in self.fields.items():
+            problem = field.problem(getattr(values, name, None))
+            if problem is not None:
+                out.append(FieldViolation(field.path, problem))
+        return out
+
+    def defaults(self) -> dict[str, Any]:
+        """Attribute name -> default, for the fields that have one."""
+        return {name: f.default for name, f in self.fields.items() if f.default is not None}
+
+
+def raise_if(violations: Iterable[FieldViolation]) -> None:
+    """Raise one `InvalidArgument` naming every violation, if there is any."""
+    violations = list(violations)
+    if violations:
+        first, *rest = violations
+        raise InvalidArgument(first.field, first.description, *rest)

@@ -1,0 +1,39 @@
+"""One way to find a checkpoint and name its revision, for every model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mic2e_services import checkpoints
+
+
+def test_a_local_folder_is_named_by_its_contents(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    folder, revision = checkpoints.resolve_checkpoint(tmp_path)
+    assert folder == tmp_path and revision.startswith("local-") and len(revision) == 18
+    assert checkpoints.resolve_checkpoint(tmp_path)[1] == revision  # stable
+    (tmp_path / "config.json").write_text('{"a": 2}')
+    assert checkpoints.resolve_checkpoint(tmp_path)[1] != revision  # other configs
+
+
+def test_a_hub_snapshot_is_named_by_its_commit(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "models--facebook--sam3" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    calls = []
+
+    def download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    folder, revision = checkpoints.resolve_checkpoint(
+        "facebook/sam3", allow_patterns=["*.json"], ignore_patterns=["*.pt"])
+    assert (folder, revision) == (snapshot, commit)
+    assert calls == [("facebook/sam3", {"revision": None, "allow_patterns": ["*.json"],
+                                        "ignore_patterns": ["*.pt"]})]
+    # The snapshot folder itself, given as a local path, keeps the commit too.
+    assert checkpoints.resolve_checkpoint(snapshot)[1] == commit
