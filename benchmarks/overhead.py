@@ -78,34 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Refs:
-    """Bytes the first time a server sees an image, its SHA-256 after (as the orchestrator's
-    `Downstream` and the clients do); `forget` after IMAGE_NOT_FOUND."""
-
-    def __init__(self) -> None:
-        self.known: set[str] = set()
-        self.sent_bytes = 0
-        self.sent_refs = 0
-
-    def image(self, sha: str, data: bytes, force_bytes: bool = False):
-        from mic2e.v1 import common_pb2
-
-        if sha in self.known and not force_bytes:
-            self.sent_refs += 1
-            return common_pb2.Image(sha256=sha)
-        self.known.add(sha)
-        self.sent_bytes += 1
-        return common_pb2.Image(data=data)
-
-
-def _lost_image(exc: Exception) -> bool:
-    import grpc
-
-    return (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND
-            and b"IMAGE_NOT_FOUND" in dict(exc.trailing_metadata() or ()).get(
-                "grpc-status-details-bin", b""))
-
-
 class Paths:
     """The two ways of doing one removal, over long-lived channels."""
 
@@ -120,7 +92,10 @@ class Paths:
         self.edit = orchestrator_pb2_grpc.EditServiceStub(orch)
         self.seg = segmentation_pb2_grpc.SegmentationServiceStub(seg)
         self.clear = object_clear_pb2_grpc.ObjectClearServiceStub(oc)
-        self.refs = {name: Refs() for name in (ORCHESTRATOR, *SERVERS)}
+        from mic2e.image_refs import ImageReferences
+
+        # The clients' and the orchestrator's own image policy, one per server.
+        self.refs = {name: ImageReferences() for name in (ORCHESTRATOR, *SERVERS)}
         width, height = parse_size(args.image_size)
         from mic2e import codecs
         from mic2e.v1 import common_pb2
@@ -162,27 +137,17 @@ class Paths:
 
     async def _unary_with_refs(self, server: str, sha: str, data: bytes, call):
         """`call(image)` with the image by reference, again with its bytes if it was lost."""
-        for force in (False, True):
-            try:
-                return await call(self.refs[server].image(sha, data, force))
-            except Exception as exc:
-                if not force and _lost_image(exc):
-                    continue
-                raise
-        raise AssertionError("unreachable")
+        return await self.refs[server].unary(data, call)
 
     async def _stream_with_refs(self, server: str, sha: str, data: bytes, call, what: str):
         """The final result of the stream `call(image)`, with the same image handling."""
-        async def drain(image):
-            result = None
-            async for msg in call(image):
-                if msg.WhichOneof("event") == "result":
-                    result = msg.result
-            if result is None or not result.image.data:
-                raise RuntimeError(f"{what} ended without a result image")
-            return result
-
-        return await self._unary_with_refs(server, sha, data, drain)
+        result = None
+        async for msg in self.refs[server].stream(data, call):
+            if msg.WhichOneof("event") == "result":
+                result = msg.result
+        if result is None or not result.image.data:
+            raise RuntimeError(f"{what} ended without a result image")
+        return result
 
     async def direct(self, target: str, data: bytes) -> dict[str, Any]:
         """What the orchestrator does, done by the client: same requests, same image handling."""

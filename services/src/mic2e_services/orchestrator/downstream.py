@@ -1,8 +1,8 @@
 """The orchestrator's view of one model server: a channel, image references, errors.
 
 Each model server receives an image's bytes once; later calls send its SHA-256 and only
-re-send the bytes when the server answers NOT_FOUND (it restarted, or the call landed on
-another replica). Failures become `DownstreamError`s naming the stage.
+re-send the bytes when the server answers NOT_FOUND (the clients' policy,
+`mic2e.image_refs`). Failures become `DownstreamError`s naming the stage.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from mic2e.channel import aio_channel
+from mic2e.image_refs import ImageReferences, cancelling
 from mic2e.v1 import common_pb2
 
 from mic2e_services.errors import DownstreamError
-from mic2e_services.runtime.images import LRU
 
 T = TypeVar("T")
 
@@ -54,11 +54,6 @@ def downstream_error(exc: grpc.aio.AioRpcError, stage: str, address: str,
                            status_details=details)
 
 
-def _lost_image(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() == grpc.StatusCode.NOT_FOUND and b"IMAGE_NOT_FOUND" in dict(
-        exc.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
-
-
 class Downstream:
     """One model server (or a DNS name with several replicas behind it)."""
 
@@ -72,52 +67,34 @@ class Downstream:
         #: Call metadata for every downstream call (the bearer token, if any).
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
-        self._known: LRU[str, bool] = LRU(known_images)
-        #: Images sent as bytes / as references (for tests and metrics).
-        self.sent_bytes = 0
-        self.sent_refs = 0
+        #: Which images this server holds: the clients' policy (`mic2e.image_refs`).
+        self.images = ImageReferences(known_images)
 
     async def close(self) -> None:
         await self.channel.close()
 
-    def _image(self, sha256: str, data: bytes, force_bytes: bool) -> common_pb2.Image:
-        if not force_bytes and self._known.get(sha256):
-            self.sent_refs += 1
-            return common_pb2.Image(sha256=sha256)
-        self._known.put(sha256, True)
-        self.sent_bytes += 1
-        return common_pb2.Image(data=data)
-
-    async def unary(self, stage: str, sha256: str, data: bytes,
+    async def unary(self, stage: str, data: bytes,
                     call: Callable[[common_pb2.Image], Awaitable[T]],
                     rename: Callable[[str], str] | None = None) -> T:
         """Run a unary call with the image by reference, re-sending bytes if it was lost.
 
         `rename` maps the model server's field paths to the caller's, in errors.
         """
-        for force in (False, True):
-            try:
-                return await call(self._image(sha256, data, force))
-            except grpc.aio.AioRpcError as exc:
-                if not force and _lost_image(exc):
-                    continue
-                raise downstream_error(exc, stage, self.address, rename) from None
-        raise AssertionError("unreachable")
+        try:
+            return await self.images.unary(data, call)
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, stage, self.address, rename) from None
 
-    async def stream(self, stage: str, sha256: str | None, data: bytes | None,
+    async def stream(self, stage: str, data: bytes | None,
                      call: Callable[[common_pb2.Image | None], Any],
                      rename: Callable[[str], str] | None = None) -> AsyncIterator[Any]:
-        """Run a streaming call likewise; the call is cancelled if the caller leaves."""
-        for force in (False, True):
-            image = self._image(sha256, data, force) if sha256 and data is not None else None
-            responses = call(image)
-            try:
-                async for msg in responses:
-                    yield msg
-                return
-            except grpc.aio.AioRpcError as exc:
-                if not force and image is not None and _lost_image(exc):
-                    continue
-                raise downstream_error(exc, stage, self.address, rename) from None
-            finally:
-                responses.cancel()
+        """Run a streaming call likewise (`data` None: a call without an image); the call
+        is cancelled if the caller leaves."""
+        responses = self.images.stream(data, call) if data is not None else cancelling(
+            call(None))
+        try:
+            async for message in responses:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, stage, self.address, rename) from None
+
