@@ -58,21 +58,10 @@ def quiet() -> None:
 
 
 def silence_loaded_libraries() -> None:
-    """Turn off transformers' / diffusers' progress bars once they are imported."""
-    try:
-        import transformers
+    """The model libraries as quiet as in a server (`mic2e_services.quiet`)."""
+    from mic2e_services.quiet import quiet_model_libraries
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - optional, cosmetic
-        pass
-    try:
-        import diffusers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001
-        pass
+    quiet_model_libraries()
 
 
 # -- statistics ------------------------------------------------------------------------------

@@ -1,11 +1,9 @@
 """Where the servers under test come from: in this process, child processes, or elsewhere.
 
-* `in_process`: the tiny stack inside this process (as tests/e2e/conftest.py builds it),
-  every server on port 0 and started ONE AT A TIME - transformers / diffusers load weights
-  under process-global "meta device" switches, so concurrent loads in one process trip
-  over each other.
-* `subprocesses`: each server its own `python -m mic2e_services.cli <server>` process, the
-  commands `mic2e-server up` runs, so each one's resident memory can be read on its own.
+* `in_process`: the tiny stack inside this process, through `mic2e_services.stack` (the
+  launcher `mic2e-server up` and the end-to-end tests use), every server on port 0.
+* `subprocesses`: each server its own `python -m mic2e_services.cli <server>` process, as
+  `mic2e-server up` starts them, so each one's resident memory can be read on its own.
 * `--full`: `in_process` on model instances from `full_size_models` - full-size random
   weights built directly on the GPU (CUDA only), so the servers' model times are real
   without any checkpoint on disk.
@@ -17,20 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import quiet_env
+from mic2e_services.stack import MODEL_SERVERS, ORCHESTRATOR
+from mic2e_services.tiny import TINY_FOLDERS
 
-MODEL_SERVERS = ("segmentation", "object-clear", "flux")
-ORCHESTRATOR = "orchestrator"
-#: Sub-folder of the tiny directory per model server (as mic2e_services.tiny writes them).
-TINY_FOLDERS = {"segmentation": "sam3", "object-clear": "objectclear", "flux": "flux"}
+from benchmarks._common import quiet_env
 
 
 @dataclass
@@ -107,18 +101,13 @@ def tiny_checkpoints(directory: Path | None, needed: Sequence[str] = MODEL_SERVE
     missing) or a temporary one removed afterwards."""
     import shutil
 
+    from mic2e_services.stack import tiny_models
+
     temp = directory is None
     root = Path(tempfile.mkdtemp(prefix="mic2e-bench-tiny-")) if temp else Path(directory)
     try:
-        writers = {"segmentation": "mic2e_services.segmentation.tiny",
-                   "object-clear": "mic2e_services.object_clear.tiny",
-                   "flux": "mic2e_services.flux.tiny"}
-        for name in needed:
-            folder = root / TINY_FOLDERS[name]
-            if not ((folder / "config.json").exists() or (folder / "model_index.json").exists()):
-                import importlib
-
-                importlib.import_module(writers[name]).write_tiny(folder, seed=0)
+        if needed:
+            tiny_models(root, needed)
         yield root
     finally:
         if temp:
@@ -154,13 +143,13 @@ def full_size_models(names: Sequence[str], device: str = "cuda",
     out: dict[str, Any] = {}
     for name in names:
         if name == "segmentation":
-            out[name] = Sam3Segmenter.from_models(**fm.sam3(device, torch.float16, work),
+            out[name] = Sam3Segmenter.from_parts(fm.sam3(device, torch.float16, work),
                                                   compile=compile)
         elif name == "object-clear":
-            out[name] = ObjectClearModel.from_pipeline(
+            out[name] = ObjectClearModel.from_parts(
                 fm.objectclear_pipeline(device, torch.float16, work), compile=compile)
         elif name == "flux":
-            out[name] = FluxGenerator.from_pipeline(FluxPipeline(
+            out[name] = FluxGenerator.from_parts(FluxPipeline(
                 **fm.flux(device, torch.bfloat16, work)), compile=compile)
     return out
 
@@ -173,50 +162,27 @@ async def in_process(*, models: Sequence[str] = MODEL_SERVERS, orchestrator: boo
                      model_paths: dict[str, str] | None = None,
                      prebuilt: dict[str, Any] | None = None) -> AsyncIterator[Endpoints]:
     """The tiny stack (or `model_paths`, or `prebuilt` model instances) in this process on
-    127.0.0.1, port 0 each."""
-    from mic2e_services.flux import server as flux_server
-    from mic2e_services.object_clear import server as oc_server
-    from mic2e_services.orchestrator import server as orch_server
-    from mic2e_services.segmentation import server as seg_server
+    127.0.0.1, port 0 each, through the one stack launcher."""
+    from mic2e_services import stack
 
     from benchmarks._common import silence_loaded_libraries
 
-    modules = {"segmentation": seg_server, "object-clear": oc_server, "flux": flux_server}
-    settings = settings or {}
     model_paths = model_paths or {}
     prebuilt = prebuilt or {}
     needed = [m for m in models if m not in model_paths and m not in prebuilt]
     with tiny_checkpoints(tiny_dir, needed) as root:
         silence_loaded_libraries()
-        started = []
-        try:
-            addresses: dict[str, str] = {}
-            for name in models:
-                module = modules[name]
-                model = (model_paths.get(name) or ("in-memory" if name in prebuilt else
-                                                   str(root / TINY_FOLDERS[name])))
-                cfg = module.Settings(model=model, host="127.0.0.1", port=0, device=device,
-                                      grace_period_s=0, **settings.get(name, {}))
-                server, port = module.create_server(cfg, prebuilt.get(name))
-                await server.start()
-                started.append(server)
-                await server.wait_ready(600)  # one at a time: see the module docstring
-                addresses[name] = f"127.0.0.1:{port}"
-            if orchestrator:
-                cfg = orch_server.Settings(
-                    host="127.0.0.1", port=0, grace_period_s=0,
-                    **{f"{m.replace('-', '_')}_address": addresses[m] for m in models},
-                    **settings.get(ORCHESTRATOR, {}))
-                server, port = orch_server.create_server(cfg)
-                await server.start()
-                started.append(server)
-                await server.wait_ready(60)
-                addresses[ORCHESTRATOR] = f"127.0.0.1:{port}"
+        chosen = {name: prebuilt.get(name) or model_paths.get(name)
+                  or str(root / TINY_FOLDERS[name]) for name in models}
+        per_server = {name: {"device": device, "grace_period_s": 0,
+                             **(settings or {}).get(name, {})} for name in models}
+        per_server[ORCHESTRATOR] = {"grace_period_s": 0,
+                                    **(settings or {}).get(ORCHESTRATOR, {})}
+        async with stack.in_process(chosen, orchestrator=orchestrator,
+                                    settings=per_server) as servers:
+            addresses = {name: f"127.0.0.1:{server.port}" for name, server in servers.items()}
             pid = os.getpid()
             yield Endpoints("in-process", addresses, {n: pid for n in addresses}, root)
-        finally:
-            for server in reversed(started):
-                await server.stop(0)
 
 
 # -- child processes --------------------------------------------------------------------------
@@ -226,70 +192,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(name: str, port: int, *, model: str | None = None, device: str = "cpu",
-                   addresses: dict[str, str] | None = None,
-                   extra: Sequence[str] = ()) -> list[str]:
-    """The command line of one server, as `mic2e-server up` builds it."""
-    cmd = [sys.executable, "-m", "mic2e_services.cli", name, "--host", "127.0.0.1",
-           "--port", str(port), "--grace-period-s", "5"]
-    if name == ORCHESTRATOR:
-        for model_name, address in (addresses or {}).items():
-            cmd += [f"--{model_name}-address", address]
-    else:
-        cmd += ["--model", str(model), "--device", device]
-    return [*cmd, *extra]
-
-
 @contextlib.contextmanager
 def subprocesses(*, models: Sequence[str] = MODEL_SERVERS, orchestrator: bool = True,
                  tiny_dir: Path | None = None, device: str = "cpu",
                  model_paths: dict[str, str] | None = None,
                  extra_args: dict[str, Sequence[str]] | None = None,
                  ready_timeout_s: float = 900) -> Iterator[Endpoints]:
-    """Each server as its own child process (all started at once: separate processes may
-    load concurrently); stopped with SIGTERM at the end."""
-    from mic2e_services.stack import stop_processes, wait_serving
+    """Each server as its own child process, as `mic2e-server up` starts them (the one
+    stack launcher), with its output in a log file; stopped with SIGTERM at the end."""
+    from mic2e_services import stack
 
     model_paths = model_paths or {}
     extra_args = extra_args or {}
     needed = [m for m in models if m not in model_paths]
     log_dir = Path(tempfile.mkdtemp(prefix="mic2e-bench-logs-"))
-    env = {**os.environ, **quiet_env()}
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-    files = []
     with tiny_checkpoints(tiny_dir, needed) as root:
-        try:
-            ports = {name: free_port() for name in [*models, ORCHESTRATOR]}
-            addresses = {name: f"127.0.0.1:{ports[name]}" for name in models}
-            commands = {name: server_command(
-                name, ports[name], model=model_paths.get(name) or str(root / TINY_FOLDERS[name]),
-                device=device, extra=extra_args.get(name, ())) for name in models}
-            if orchestrator:
-                addresses[ORCHESTRATOR] = f"127.0.0.1:{ports[ORCHESTRATOR]}"
-                commands[ORCHESTRATOR] = server_command(
-                    ORCHESTRATOR, ports[ORCHESTRATOR],
-                    addresses={m: addresses[m] for m in models},
-                    extra=extra_args.get(ORCHESTRATOR, ()))
-            for name, cmd in commands.items():
-                logs[name] = log_dir / f"{name}.log"
-                f = open(logs[name], "wb")  # noqa: SIM115 - closed in finally
-                files.append(f)
-                procs[name] = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                               cwd=Path(__file__).resolve().parent.parent)
-            for name, proc in procs.items():
-                try:
-                    wait_serving(addresses[name], ready_timeout_s, proc)
-                except (RuntimeError, TimeoutError) as exc:
-                    tail = logs[name].read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{name} did not come up: {exc}\n--- log tail ---\n"
-                                       f"{tail}") from None
+        names = [*models, *([ORCHESTRATOR] if orchestrator else [])]
+        ports = {name: free_port() for name in names}
+        addresses = {name: f"127.0.0.1:{ports[name]}" for name in names}
+        commands = {name: stack.command(
+            name, ports[name], model=model_paths.get(name) or str(root / TINY_FOLDERS[name]),
+            device=device, extra=["--grace-period-s", "5", *extra_args.get(name, ())])
+            for name in models}
+        if orchestrator:
+            commands[ORCHESTRATOR] = stack.command(
+                ORCHESTRATOR, ports[ORCHESTRATOR], addresses={m: addresses[m] for m in models},
+                extra=["--grace-period-s", "5", *extra_args.get(ORCHESTRATOR, ())])
+        logs = {name: log_dir / f"{name}.log" for name in names}
+        with stack.processes(commands, addresses, env=quiet_env(), logs=logs,
+                             ready_timeout_s=ready_timeout_s) as procs:
             yield Endpoints("subprocess", addresses, {n: p.pid for n, p in procs.items()},
                             root, logs)
-        finally:
-            stop_processes(procs.values(), timeout_s=30)
-            for f in files:
-                f.close()
 
 
 def stack_label(endpoints: Endpoints) -> str:

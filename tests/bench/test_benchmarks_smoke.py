@@ -172,11 +172,10 @@ def test_soak(tiny_dir, tmp_path):
     assert len(r["samples"]) >= 2 and all(r["servers_alive"].values())
 
 
-def test_soak_child_processes_use_the_server_cli():
-    """The default (child-process) stack runs commands the `mic2e-server` CLI accepts."""
+def test_the_stack_launchers_commands_are_the_server_cli():
+    """Child-process stacks (`up`, the soak's default) run commands `mic2e-server` accepts."""
     from mic2e_services.cli import build_parser
-
-    from benchmarks._stack import server_command
+    from mic2e_services.stack import command as server_command
 
     parser = build_parser()
     for name in ("segmentation", "object-clear", "flux"):
