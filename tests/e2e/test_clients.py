@@ -162,6 +162,12 @@ async def test_cli_segment_remove_generate_health(stack, image_file, tmp_path):
                                  str(tmp_path / "gen.png"))
     assert code == 0, err
     assert Image.open(tmp_path / "gen.png").size == (256, 256)
+    # Connection options after the command, too (the README says each command takes them).
+    code, out, err = await mic2e("generate", "a red bicycle", "--width", "256", "--height",
+                                 "256", "--steps", "1", "-o", str(tmp_path / "gen2.png"),
+                                 "--server", addr(stack.flux))
+    assert code == 0, err
+    assert Image.open(tmp_path / "gen2.png").size == (256, 256)
 
     code, out, err = await mic2e("--server", stack.address, "health")
     assert code == 0 and "mic2e.v1.EditService" in out and "SERVING" in out

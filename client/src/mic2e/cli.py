@@ -59,42 +59,53 @@ def _add_target(p: argparse.ArgumentParser, *, masks: bool) -> None:
     p.add_argument("--min-score", type=float, help="with --text: lowest instance score kept")
 
 
+def _add_connection(p: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+    """Options of every command. After the command they default to SUPPRESS, so one not
+    typed there leaves what was typed before the command (or the default) alone."""
+    d = {"default": argparse.SUPPRESS} if after_command else {}
+    p.add_argument("--server", help=f"HOST:PORT to call (default {DEFAULT_ADDRESS})",
+                   **(d or {"default": DEFAULT_ADDRESS}))
+    p.add_argument("--timeout", type=float, help="deadline of the call, in seconds", **d)
+    p.add_argument("--token", help="bearer token, if the server requires one", **d)
+    p.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA", **d)
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)", **d)
+    p.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)", **d)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mic2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", default=DEFAULT_ADDRESS, help="HOST:PORT to call")
-    parser.add_argument("--timeout", type=float, help="deadline of the call, in seconds")
-    parser.add_argument("--token", help="bearer token, if the server requires one")
-    parser.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA")
-    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
+    _add_connection(parser)
+    connection = argparse.ArgumentParser(add_help=False)
+    _add_connection(connection, after_command=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("remove", help="remove objects from an image")
+    p = sub.add_parser("remove", help="remove objects from an image", parents=[connection])
     p.add_argument("image", type=Path)
     _add_target(p, masks=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
-    p.add_argument("--dilation", type=int, help="grow the mask by N pixels (default 10)")
+    p.add_argument("--dilation", type=int, help="grow the mask by N pixels (default: none)")
     p.add_argument("--label", default="",
                    help="a word for the object in the removal prompt (default: the "
                         "reference ObjectClear's 'object'; another word changes the picture)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the model's 20)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the server's)")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
 
-    p = sub.add_parser("segment", help="find objects; one mask PNG per instance")
+    p = sub.add_parser("segment", help="find objects; one mask PNG per instance",
+                       parents=[connection])
     p.add_argument("image", type=Path)
     _add_target(p, masks=False)
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
-    p = sub.add_parser("generate", help="text to image")
+    p = sub.add_parser("generate", help="text to image", parents=[connection])
     p.add_argument("prompt")
     p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
-    p.add_argument("--width", type=int, help="default 1024")
-    p.add_argument("--height", type=int, help="default 1024")
-    p.add_argument("--steps", type=int, help="default 4")
+    p.add_argument("--width", type=int, help="default: the server's")
+    p.add_argument("--height", type=int, help="default: the server's")
+    p.add_argument("--steps", type=int, help="default: the server's")
     p.add_argument("--seed", type=int)
 
-    sub.add_parser("health", help="show the server's health per service")
+    sub.add_parser("health", help="show the server's health per service", parents=[connection])
     return parser
 
 
@@ -136,9 +147,15 @@ def _print_timings(timings: dict[str, float]) -> None:
     print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
 
 
+def _check_text(command: str, args: argparse.Namespace) -> None:
+    if args.text is not None and not args.text.strip():
+        raise SystemExit(f"mic2e {command}: --text is empty; say what to find, e.g. --text dog")
+
+
 def _remove(client: Client, args: argparse.Namespace) -> None:
     options = {"steps": args.steps, "seed": args.seed}
-    targets = sum(bool(x) for x in (args.text, args.point or args.box, args.mask))
+    _check_text("remove", args)
+    targets = sum(bool(x) for x in (args.text is not None, args.point or args.box, args.mask))
     if targets != 1:
         raise SystemExit("mic2e remove: give exactly one of --text, --point/--box, --mask")
     if args.mask and not client.via_orchestrator():
@@ -166,6 +183,7 @@ def _remove(client: Client, args: argparse.Namespace) -> None:
 
 
 def _segment(client: Client, args: argparse.Namespace) -> None:
+    _check_text("segment", args)
     if args.text:
         result = client.segment_by_text(args.image, args.text, score_threshold=args.min_score)
         instances = result.instances
