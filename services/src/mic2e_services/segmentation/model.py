@@ -72,7 +72,7 @@ class _Features:
 
     size: tuple[int, int]  # (width, height): guards against a key reused for another image
     backbone: dict[str, torch.Tensor] = field(default_factory=dict)
-    detector: tuple[torch.Tensor, ...] | None = None  # FPN levels for Sam3Model
+    detector: list[torch.Tensor] | None = None  # FPN levels for Sam3Model
     tracker: list[torch.Tensor] | None = None  # image_embeddings for Sam3TrackerModel
 
 
@@ -317,23 +317,19 @@ class Sam3Segmenter(TorchModel):
             if not missing:
                 continue
             slot = "shared" if self._shared_pixels else path
+            # The worker's batch is at most max_batch_size: one backbone and neck run each.
             to_encode = [key for key in missing if slot not in entries[key].backbone]
-            for chunk in _chunks(to_encode, self.max_batch_size):
+            if to_encode:
                 t0 = self._now()
-                hidden = self._run_backbone(path, [images[key] for key in chunk])
+                hidden = self._run_backbone(path, [images[key] for key in to_encode])
                 encode_s += self._now() - t0
-                for row, key in enumerate(chunk):
+                for row, key in enumerate(to_encode):
                     entries[key].backbone[slot] = hidden[row : row + 1].clone()
-            for chunk in _chunks(missing, self.max_batch_size):
-                hidden = torch.cat([entries[key].backbone[slot] for key in chunk])
-                if path == "detector":
-                    levels = self._detector_neck(hidden)
-                    for row, key in enumerate(chunk):
-                        entries[key].detector = tuple(lv[row : row + 1].clone() for lv in levels)
-                else:
-                    levels = self._tracker_neck(hidden)
-                    for row, key in enumerate(chunk):
-                        entries[key].tracker = [lv[row : row + 1].clone() for lv in levels]
+            hidden = torch.cat([entries[key].backbone[slot] for key in missing])
+            neck = self._detector_neck if path == "detector" else self._tracker_neck
+            levels = neck(hidden)
+            for row, key in enumerate(missing):
+                setattr(entries[key], path, [lv[row : row + 1].clone() for lv in levels])
 
         for entry in entries.values():
             # Both necks done: the backbone output is no longer needed.
@@ -520,10 +516,6 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
         sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
         for k in sa
     )
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _segments(
