@@ -64,6 +64,14 @@ def bomb(width: int = 40_000, height: int = 40_000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
 
 
+def bad_crc(data: bytes, kind: bytes = b"IDAT") -> bytes:
+    """`data` (a PNG) with one bit of chunk `kind` flipped and its CRC left as it was."""
+    out = bytearray(data)
+    at = data.index(kind) + 4 + 1
+    out[at] ^= 0x01
+    return bytes(out)
+
+
 def exif_rotated() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees: W x H becomes H x W
@@ -112,18 +120,25 @@ def seg_prompt(image=None, **kw):
                 image=image or img(), **kw)))
 
 
-def clear(image=None, masks=None, label="", **options):
+def clear(image=None, masks=None, label="", timeout=None, **options):
     opts = object_clear_pb2.ClearOptions(**{**FAST, **options})
     return ("object_clear", lambda ch: drain(object_clear_pb2_grpc.ObjectClearServiceStub(ch)
             .Clear(object_clear_pb2.ClearRequest(
                 image=image or img(), masks=[mask()] if masks is None else masks, label=label,
-                options=opts))))
+                options=opts), timeout=timeout)))
 
 
-def generate(prompt="a red bicycle", **kw):
+def generate(prompt="a red bicycle", timeout=None, **kw):
     kw = {"width": 256, "height": 256, "steps": 1, "seed": 0, **kw}
     return ("flux", lambda ch: drain(flux_pb2_grpc.FluxServiceStub(ch).Generate(
-        flux_pb2.GenerateRequest(prompt=prompt, **kw))))
+        flux_pb2.GenerateRequest(prompt=prompt, **kw), timeout=timeout)))
+
+
+def raw(server: str, method: str, data: bytes = b"\xff\xff\xff\xff"):
+    """Bytes that are no protobuf message at all, sent to `method` as its request."""
+    if method.endswith(("/Clear", "/Generate", "/RemoveObjects")):
+        return (server, lambda ch: drain(ch.unary_stream(method)(data)))
+    return (server, lambda ch: ch.unary_unary(method)(data))
 
 
 def remove(image=None, clear_options=None, **kw):
@@ -169,6 +184,11 @@ CASES = [
     Case("no image (orchestrator)", remove(False, **MASKS), field="image"),
     Case("malformed reference", seg_text(common_pb2.Image(sha256="not-hex")),
          field="image.sha256"),
+    Case("malformed reference (orchestrator)", remove(common_pb2.Image(sha256="xyz"), **MASKS),
+         field="image.sha256"),
+    Case("png pixel data failing its crc", seg_text(img(bad_crc(PNG))), field="image.data"),
+    Case("png header failing its crc", clear(img(bad_crc(PNG, b"IHDR"))), field="image.data"),
+    Case("png without its end", seg_text(img(PNG[:-12])), field="image.data"),
     Case("unknown reference", seg_text(common_pb2.Image(sha256="ab" * 32)),
          grpc.StatusCode.NOT_FOUND),
     Case("unknown reference (orchestrator)", remove(common_pb2.Image(sha256="cd" * 32), **MASKS),
@@ -197,6 +217,16 @@ CASES = [
         width=W, height=H, rle=common_pb2.Rle(counts=[5, 5]))]), field="masks[0]"),
     Case("mask with no data", clear(masks=[common_pb2.Mask(width=W, height=H)]),
          field="masks[0]"),
+    Case("png mask saying 7x7, holding 96x64",
+         clear(masks=[common_pb2.Mask(width=7, height=7, png=mask().png)]), field="masks[0]"),
+    Case("png mask saying the image's size, holding 7x7",
+         clear(masks=[common_pb2.Mask(width=W, height=H, png=mask(7, 7, (0, 0, 3, 3)).png)]),
+         field="masks[0]"),
+    Case("33 masks", clear(masks=[mask()] * 33), field="masks"),
+    Case("33 masks (orchestrator)", remove(masks=orchestrator_pb2.MaskTarget(masks=[mask()] * 33)),
+         field="masks.masks"),
+    Case("rle with more runs than pixels", clear(masks=[common_pb2.Mask(
+        width=W, height=H, rle=common_pb2.Rle(counts=[0] * (W * H + 2)))]), field="masks[0]"),
     Case("orchestrator mask wrong size",
          remove(masks=orchestrator_pb2.MaskTarget(masks=[mask(10, 10)])),
          field="masks.masks[0]"),
@@ -225,7 +255,20 @@ CASES = [
     Case("width 257", generate(width=257), field="width"),
     Case("height 4096", generate(height=4096), field="height"),
     Case("flux steps 51", generate(steps=51), field="steps"),
+    # invalid whatever the deadline: never costed, so never "retry later"
+    Case("100000x100000 with a deadline", generate(width=100_000, height=100_000, timeout=30),
+         field="width"),
+    Case("steps 2^32-1 with a deadline", generate(steps=4294967295, timeout=30), field="steps"),
+    Case("short side 100000 with a deadline", clear(short_side=100_000, timeout=30),
+         field="options.short_side"),
     Case("point outside", seg_prompt(points=[common_pb2.Point(x=W + 1, y=1)]), field="points[0]"),
+    Case("point on the right edge", seg_prompt(points=[common_pb2.Point(x=W, y=1)]),
+         field="points[0]"),
+    Case("last pixel's point", seg_prompt(points=[common_pb2.Point(x=W - 0.5, y=H - 0.5)]), OK),
+    Case("20,000 points", seg_prompt(points=[common_pb2.Point(x=1, y=1)] * 20_000),
+         field="points"),
+    Case("20,000 points (orchestrator)", remove(prompt=orchestrator_pb2.PromptTarget(
+        points=[common_pb2.Point(x=1, y=1)] * 20_000)), field="prompt.points"),
     Case("NaN point", seg_prompt(points=[common_pb2.Point(x=1, y=math.nan)]), field="points[0]"),
     Case("infinite box", seg_prompt(box=common_pb2.Box(x0=0, y0=0, x1=math.inf, y1=5)),
          field="box"),
@@ -243,10 +286,19 @@ CASES = [
     Case("no prompt at all", seg_prompt(), field="points"),
     Case("no target", remove(), field="target"),
     Case("empty prompt target", remove(prompt=orchestrator_pb2.PromptTarget()), field="prompt"),
+    # bytes that are no message at all
+    Case("undecodable SegmentByText", raw("segmentation",
+                                          "/mic2e.v1.SegmentationService/SegmentByText"),
+         field="request"),
+    Case("undecodable Clear", raw("object_clear", "/mic2e.v1.ObjectClearService/Clear"),
+         field="request"),
+    Case("undecodable Generate", raw("flux", "/mic2e.v1.FluxService/Generate"), field="request"),
+    Case("undecodable RemoveObjects", raw("orchestrator", "/mic2e.v1.EditService/RemoveObjects",
+                                          b"\x0a\xff\xff\xff\xff\x0f"), field="request"),
 ]
 
 
-def test_the_suite_is_big_enough():
+async def test_the_suite_is_big_enough():
     assert len(CASES) >= 40
     assert len({c.name for c in CASES}) == len(CASES)
 
@@ -305,3 +357,58 @@ async def test_message_over_the_size_limit(stack):
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await VALID["segmentation"][1](channel)
     await channel.close()
+
+
+async def test_invalid_work_behind_a_long_job_never_counts_in_the_backlog(stack):
+    """Invalid requests without a deadline are refused before they are costed: the
+    autoscaling signal does not move and valid callers with deadlines still get in."""
+    registry = stack.flux.metrics.registry
+
+    def backlog() -> float:
+        return registry.get_sample_value("mic2e_queued_gpu_seconds", {"server": "flux"})
+
+    stub = flux_pb2_grpc.FluxServiceStub(channel_for(stack, "flux"))
+    running = stub.Generate(flux_pb2.GenerateRequest(prompt="a long job", width=512,
+                                                     height=512, steps=50, seed=0))
+    assert (await running.read()).WhichOneof("event") == "progress"
+    during = backlog()
+    assert during > 0
+    for bad in ({"width": 100_000, "height": 100_000}, {"steps": 4294967295},
+                {"width": 100_000, "steps": 4294967295}):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await drain(stub.Generate(flux_pb2.GenerateRequest(prompt="x", **bad)))
+        assert info.value.code() == BAD
+        assert backlog() <= during
+    quick = await drain(stub.Generate(flux_pb2.GenerateRequest(
+        prompt="x", width=256, height=256, steps=1, seed=0), timeout=60))
+    assert quick[-1].WhichOneof("event") == "result"
+    last = None
+    while (event := await running.read()) is not grpc.aio.EOF:
+        last = event
+    assert last is not None and last.WhichOneof("event") == "result"
+    assert backlog() == 0
+
+
+@pytest.mark.parametrize("server", ["object_clear", "orchestrator"])
+async def test_a_refused_request_leaves_its_image_nowhere(stack, server):
+    """A valid image in an invalid request is not kept: a later reference to it is
+    unknown (and once a request on it is accepted, it is known)."""
+    data = encoded(rgb(W + 16, H))
+    reference = common_pb2.Image(sha256=codecs.sha256_hex(data))
+    masks = [mask(W + 16, H)]
+    if server == "object_clear":
+        refused, by_reference, accepted = (
+            clear(img(data), masks=masks, steps=0)[1], clear(reference, masks=masks)[1],
+            clear(img(data), masks=masks)[1])
+    else:
+        target = {"masks": orchestrator_pb2.MaskTarget(masks=masks)}
+        refused, by_reference, accepted = (  # refused by the object-clear server behind
+            remove(img(data), masks=orchestrator_pb2.MaskTarget(masks=[mask(10, 10)]))[1],
+            remove(reference, **target)[1], remove(img(data), **target)[1])
+    channel = channel_for(stack, server)
+    for call, code in ((refused, BAD), (by_reference, grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(channel)
+        assert info.value.code() == code, info.value.details()
+    await accepted(channel)
+    assert (await by_reference(channel))[-1].WhichOneof("event") == "result"

@@ -154,3 +154,61 @@ def test_mask_box_encloses_mask():
     mask[2:5, 3:9] = True
     assert codecs.mask_box(mask) == (3, 2, 9, 5)
     assert codecs.mask_box(np.zeros((3, 3), bool)) == (0, 0, 0, 0)
+
+
+# --- integrity: what a damaged upload is told -------------------------------------------
+
+
+def _chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset, kind, length) of each PNG chunk."""
+    out, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        out.append((at, kind, length))
+        at += 12 + length
+    return out
+
+
+def _noisy_png() -> bytes:
+    rng = np.random.default_rng(0)
+    return png_bytes(Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)))
+
+
+def test_a_png_whose_pixel_data_fails_its_crc_is_refused_as_corrupt():
+    data = bytearray(_noisy_png())
+    at, kind, length = next(c for c in _chunks(bytes(data)) if c[1] == b"IDAT")
+    data[at + 8 + length // 2] ^= 0x01  # one bit of compressed pixels; CRC left as it was
+    with pytest.raises(codecs.CodecError) as info:
+        codecs.decode_image(bytes(data))
+    message = str(info.value)
+    assert "IDAT" in message and "CRC" in message and "not a PNG" not in message
+
+
+def test_a_png_cut_before_iend_is_refused_as_truncated():
+    data = _noisy_png()
+    at, _, _ = next(c for c in _chunks(data) if c[1] == b"IEND")
+    with pytest.raises(codecs.CodecError, match="truncated"):
+        codecs.decode_image(data[:at])  # every pixel chunk whole, only IEND missing
+
+
+def test_messages_name_our_limit_and_never_an_object_repr():
+    with pytest.raises(codecs.CodecError) as bomb:
+        codecs.decode_image(bomb_png(40_000, 40_000), max_pixels=40_000_000)  # over Pillow's too
+    assert str(bomb.value) == "image is 1600000000 pixels, over the limit of 40000000"
+    with pytest.raises(codecs.CodecError) as junk:
+        codecs.decode_image(b"hello world")
+    assert str(junk.value) == "not a PNG, JPEG or WebP image"
+
+
+def test_a_mask_png_must_hold_the_size_it_declares(monkeypatch):
+    data = codecs.encode_mask_png(np.ones((48, 64), bool))
+    loaded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(1))
+    with pytest.raises(codecs.CodecError, match="mask says 7x7, its PNG is 64x48"):
+        codecs.decode_mask_png(data, size=(7, 7))
+    assert loaded == [], "pixels were decoded before the size check"
+
+
+def test_rle_with_more_runs_than_pixels_is_refused_before_decoding():
+    with pytest.raises(codecs.CodecError, match="more runs than pixels"):
+        codecs.rle_decode([0] * 10_000_000, 4, 4)

@@ -2,7 +2,9 @@
 
 Images: PNG, JPEG and WebP in; EXIF orientation applied; every mode normalised to 8-bit
 RGB; the pixel count is checked from the header BEFORE any pixel is decoded, so a
-decompression bomb costs nothing. Masks: 1-bit PNG and COCO-style uncompressed RLE
+decompression bomb costs nothing; a PNG's every chunk (pixels included) must pass its CRC
+and the file must end with IEND, so a damaged or truncated upload is refused, never drawn
+half-grey. Masks: 1-bit PNG and COCO-style uncompressed RLE
 (column-major, runs of 0s first), always at the image's size.
 """
 
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,9 +59,14 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         return _to_rgb(img)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if not data:
         raise CodecError("image data is empty")
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_chunks(data)
     try:
         # Our own limit is checked right after open; Pillow's bomb warning would only
         # duplicate it, and its error would fire before we could name the size.
@@ -64,12 +74,43 @@ def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
     except Image.DecompressionBombError as exc:
-        raise CodecError(f"image is over the limit of {max_pixels} pixels: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CodecError(f"not a PNG, JPEG or WebP image: {exc}") from None
+        # Pillow's own (much higher) limit fired first; say ours, and the size if known.
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{size[1]} pixels" if size else "too many pixels"
+        raise CodecError(f"image is {what}, over the limit of {max_pixels}") from None
+    except UnidentifiedImageError:
+        # (Pillow's message quotes the buffer object's repr, which says nothing.)
+        raise CodecError("not a PNG, JPEG or WebP image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CodecError(f"image data is corrupt: {exc}") from None
     if img.width < 1 or img.height < 1:
         raise CodecError("image has no pixels")
     return img
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walk a PNG's chunks: each must fit in the data and pass its CRC, and IEND must come.
+    (Pillow checks the header chunks' CRCs only, and none of the pixel data's.)"""
+    at = len(_PNG_SIGNATURE)
+    while True:
+        if at + 8 > len(data):
+            raise CodecError("PNG is truncated: it ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        end = at + 8 + length + 4
+        if end > len(data):
+            raise CodecError(f"PNG is truncated: chunk {_chunk_name(kind)} ends past the data")
+        body = memoryview(data)[at + 4:at + 8 + length]
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(body) & 0xFFFFFFFF != crc:
+            raise CodecError(f"PNG is corrupt: chunk {_chunk_name(kind)} at byte {at} fails "
+                             "its CRC check")
+        if kind == b"IEND":
+            return
+        at = end
+
+
+def _chunk_name(kind: bytes) -> str:
+    return kind.decode("ascii") if kind.isalpha() else "(unnamed)"
 
 
 def _exif_swaps_axes(img: Image.Image) -> bool:
@@ -121,10 +162,14 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_mask_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A PNG mask of any mode -> boolean HxW (a pixel is on when its grey value > 127)."""
+def decode_mask_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    size: tuple[int, int] | None = None) -> np.ndarray:
+    """A PNG mask of any mode -> boolean HxW (a pixel is on when its grey value > 127).
+    `size`: the (width, height) it must have, checked before any pixel is decoded."""
     with _open(data, max_pixels) as img:
         w, h = img.size
+        if size is not None and (w, h) != tuple(size):
+            raise CodecError(f"mask says {size[0]}x{size[1]}, its PNG is {w}x{h}")
         if w * h > max_pixels:
             raise CodecError(f"mask is {w}x{h}, over the limit of {max_pixels} pixels")
         try:
@@ -156,6 +201,9 @@ def rle_decode(counts: list[int] | tuple[int, ...], width: int, height: int) -> 
     """Counts -> boolean HxW mask; the counts must sum to width * height."""
     if width < 1 or height < 1:
         raise CodecError(f"mask size {width}x{height} is empty")
+    if len(counts) > width * height + 1:
+        raise CodecError(f"{len(counts)} RLE counts for {width}x{height} = {width * height} "
+                         "pixels: more runs than pixels")
     arr = np.asarray(counts, dtype=np.int64)
     if arr.size and arr.min() < 0:
         raise CodecError("RLE counts must not be negative")

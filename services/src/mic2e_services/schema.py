@@ -27,9 +27,12 @@ __all__ = ["Field", "Request", "raise_if"]
 @dataclass(frozen=True)
 class Field:
     """A request field. `path` is its name in the API (``options.steps``); `kind` one of
-    int, float, bool, str. Numbers lie in [lo, hi] (and on a multiple of `multiple_of`);
-    strings are at most `max_chars` long and, when `required`, not blank. `default`: what
-    an unset field becomes (None: the field has no value unless the caller gives one)."""
+    int, float, bool, str, list (a repeated field). Numbers lie in [lo, hi] (and on a
+    multiple of `multiple_of`); strings are at most `max_chars` long and, when `required`,
+    not blank; lists hold at most `max_items` (every repeated field has a cap: its length
+    is checked before any item is decoded or costed) and, when `required`, at least one.
+    `default`: what an unset field becomes (None: the field has no value unless the caller
+    gives one)."""
 
     path: str
     kind: type
@@ -38,6 +41,7 @@ class Field:
     hi: float | None = None
     multiple_of: int | None = None
     max_chars: int | None = None
+    max_items: int | None = None
     required: bool = False
 
     def problem(self, value: Any) -> str | None:
@@ -52,6 +56,16 @@ class Field:
             if self.max_chars is not None and len(value) > self.max_chars:
                 return f"at most {self.max_chars} characters, got {len(value)}"
             return None
+        if self.kind is list:
+            try:
+                count = len(value)
+            except TypeError:
+                return f"must be a list, got {type(value).__name__}"
+            if self.required and count == 0:
+                return "at least one is required"
+            if self.max_items is not None and count > self.max_items:
+                return f"at most {self.max_items} items, got {count}"
+            return None
         if self.kind is bool:
             return None if isinstance(value, bool) else "must be true or false"
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
@@ -65,6 +79,11 @@ class Field:
             return f"must be a multiple of {self.multiple_of}, got {value}"
         return None
 
+    def violations(self, value: Any) -> list[FieldViolation]:
+        """[the violation] if `value` is not allowed here, else []."""
+        problem = self.problem(value)
+        return [] if problem is None else [FieldViolation(self.path, problem)]
+
     def documented(self) -> list[str]:
         """What the field's API documentation must say of it (a test holds the proto
         comments to this): its range, and its default where it has one."""
@@ -77,6 +96,8 @@ class Field:
 
     def range(self) -> str:
         """The allowed values in words, as the docs state them ("1 to 100")."""
+        if self.kind is list:
+            return f"1 to {self.max_items}" if self.required else f"at most {self.max_items}"
         if self.kind is str:
             chars = f"at most {self.max_chars} characters" if self.max_chars else "any text"
             return f"1 to {self.max_chars} characters" if self.required else chars
@@ -102,12 +123,8 @@ class Request:
 
     def check(self, values: Any) -> list[FieldViolation]:
         """Every violation among the attributes of `values` (a query object)."""
-        out = []
-        for name, field in self.fields.items():
-            problem = field.problem(getattr(values, name, None))
-            if problem is not None:
-                out.append(FieldViolation(field.path, problem))
-        return out
+        return [v for name, field in self.fields.items()
+                for v in field.violations(getattr(values, name, None))]
 
     def defaults(self) -> dict[str, Any]:
         """Attribute name -> default, for the fields that have one."""

@@ -189,7 +189,7 @@ class Rle(_message.Message):
     COUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Alternating run lengths, zeros first."""
+        """Alternating run lengths, zeros first; at most width * height + 1 of them."""
 
     def __init__(
         self,

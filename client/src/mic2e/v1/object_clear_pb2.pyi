@@ -116,7 +116,7 @@ class ClearRequest(_message.Message):
 
     @_builtins.property
     def masks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Mask]:
-        """One or more masks at the image's size; they are merged (union). Required."""
+        """Masks at the image's size, 1 to 32; they are merged (union). Required."""
 
     @_builtins.property
     def options(self) -> Global___ClearOptions:

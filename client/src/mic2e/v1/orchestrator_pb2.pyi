@@ -64,7 +64,7 @@ class PromptTarget(_message.Message):
     BOX_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Point]:
-        """Clicked points, positive or negative."""
+        """Clicked points, positive or negative, on the image; at most 64."""
 
     @_builtins.property
     def box(self) -> _common_pb2.Box:
@@ -93,7 +93,7 @@ class MaskTarget(_message.Message):
     MASKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def masks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Mask]:
-        """One or more masks at the image's size; merged."""
+        """Masks at the image's size, 1 to 32; merged."""
 
     def __init__(
         self,

@@ -128,7 +128,9 @@ class SegmentByPromptRequest(_message.Message):
 
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Point]:
-        """Clicked points, each positive or negative, inside the image."""
+        """Clicked points, each positive or negative, on the image (0 <= x < width,
+        0 <= y < height); at most 64.
+        """
 
     @_builtins.property
     def box(self) -> _common_pb2.Box:

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from mic2e.v1 import common_pb2, object_clear_pb2
 
-from mic2e_services.errors import InvalidArgument
-from mic2e_services.object_clear.types import OPTIONS, ClearOutput, ClearQuery
+from mic2e_services.object_clear.types import MASKS, OPTIONS, ClearOutput, ClearQuery
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
+from mic2e_services.schema import raise_if
+
+
+def check_before_decoding(req: object_clear_pb2.ClearRequest) -> None:
+    """What can be refused before the image or any mask is decoded: the number of masks."""
+    raise_if(MASKS.violations(req.masks))
 
 
 def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_pixels: int,
                 defaults: dict[str, Any] | None = None) -> ClearQuery:
     """Merge the masks (union); options the caller left unset take the server's `defaults`
     (its profile's), then the model's own."""
-    if not req.masks:
-        raise InvalidArgument("masks", "at least one mask is required")
-    masks = convert.masks_from_proto(req.masks, "masks", size=(image.width, image.height),
-                                     max_pixels=max_pixels)
-    merged = np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
+    check_before_decoding(req)
+    merged = convert.merged_masks_from_proto(req.masks, "masks",
+                                             size=(image.width, image.height),
+                                             max_pixels=max_pixels)
     kwargs = dict(defaults or {})
     kwargs.update(convert.given(req.options, OPTIONS))
     return ClearQuery(image=image.image, mask=merged, label=req.label, **kwargs)

@@ -30,6 +30,8 @@ SEED = Field("options.seed", int, lo=0, hi=2**64 - 1)
 FUSION = Field("options.fusion", bool, True)
 MASK_DILATION = Field("options.mask_dilation", int, 0, lo=0, hi=256)
 LABEL = Field("label", str, "", max_chars=100)
+# The caller's masks, merged into one: a few per object, a handful of objects.
+MASKS = Field("masks", list, required=True, max_items=32)
 #: ClearOptions' fields, by ClearQuery attribute.
 OPTIONS = {"steps": STEPS, "guidance_scale": GUIDANCE_SCALE, "short_side": SHORT_SIDE,
            "seed": SEED, "fusion": FUSION, "mask_dilation": MASK_DILATION}

@@ -22,7 +22,8 @@ from mic2e_services.segmentation import types as seg
 #: (declared once in each service's types): how errors name what the caller sent.
 _TEXT_TARGET = {seg.TEXT.path: "text.text", seg.SCORE_THRESHOLD.path: "text.min_score",
                 seg.MAX_INSTANCES.path: "text.max_instances"}
-_PROMPT_TARGET = {"points": "prompt.points", "box": "prompt.box"}
+_PROMPT_TARGET = {seg.POINTS.path: "prompt.points", "box": "prompt.box"}
+_MASK_TARGET = {oc.MASKS.path: "masks.masks"}
 _REMOVAL = {**{f.path: f"clear_options.{name}" for name, f in oc.OPTIONS.items()},
             oc.MASK_DILATION.path: "mask_dilation", oc.LABEL.path: "label"}
 
@@ -40,10 +41,12 @@ def check(req: orchestrator_pb2.RemoveObjectsRequest) -> None:
         if req.text.HasField("min_score"):
             values["score_threshold"] = req.text.min_score
         bad += _named(seg.SEGMENT_BY_TEXT.check(SimpleNamespace(**values)), _TEXT_TARGET)
-    elif target == "prompt" and not req.prompt.points and not req.prompt.HasField("box"):
-        bad.append(FieldViolation("prompt", "give at least one point or a box"))
-    elif target == "masks" and not req.masks.masks:
-        bad.append(FieldViolation("masks.masks", "at least one mask is required"))
+    elif target == "prompt":
+        if not req.prompt.points and not req.prompt.HasField("box"):
+            bad.append(FieldViolation("prompt", "give at least one point or a box"))
+        bad += _named(seg.POINTS.violations(req.prompt.points), _PROMPT_TARGET)
+    elif target == "masks":
+        bad += _named(oc.MASKS.violations(req.masks.masks), _MASK_TARGET)
     options = {**convert.given(req.clear_options, oc.OPTIONS), "label": req.label,
                "mask_dilation": mask_dilation(req)}
     bad += _named(oc.CLEAR.check(SimpleNamespace(**options)), _REMOVAL)
@@ -102,6 +105,6 @@ def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.
 
 def caller_field(target: str) -> Callable[[str], str]:
     """Map a model server's field path to the RemoveObjects field the caller set."""
-    paths = {**_REMOVAL, **({"masks": "masks.masks"} if target == "masks" else {}),
+    paths = {**_REMOVAL, **(_MASK_TARGET if target == "masks" else {}),
              **{"text": _TEXT_TARGET, "prompt": _PROMPT_TARGET}.get(target, {})}
     return lambda field: caller_path(field, paths)

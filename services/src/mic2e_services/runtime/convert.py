@@ -76,30 +76,35 @@ def mask_to_proto(mask: np.ndarray, fmt: str) -> common_pb2.Mask:
 
 def mask_from_proto(mask: common_pb2.Mask, field: str, *, size: tuple[int, int],
                     max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A `Mask` -> bool HxW, checked against the image `size` (width, height)."""
+    """A `Mask` -> bool HxW. Its declared size must be the image's `size` (width, height)
+    and its data must hold exactly that: both checked before a pixel is decoded."""
     width, height = size
+    if (mask.width, mask.height) != (width, height):
+        raise InvalidArgument(
+            field, f"mask is {mask.width}x{mask.height}, the image is {width}x{height}")
     encoding = mask.WhichOneof("encoding")
     try:
         if encoding == "png":
-            arr = codecs.decode_mask_png(mask.png, max_pixels=max_pixels)
-        elif encoding == "rle":
-            if mask.width * mask.height > max_pixels:
-                raise codecs.CodecError(f"mask size {mask.width}x{mask.height} is too large")
-            arr = codecs.rle_decode(list(mask.rle.counts), mask.width, mask.height)
-        else:
-            raise InvalidArgument(field, "a mask needs png or rle data")
+            return codecs.decode_mask_png(mask.png, max_pixels=max_pixels, size=size)
+        if encoding == "rle":
+            return codecs.rle_decode(list(mask.rle.counts), width, height)
     except codecs.CodecError as exc:
         raise InvalidArgument(field, str(exc)) from None
-    if arr.shape != (height, width):
-        raise InvalidArgument(
-            field, f"mask is {arr.shape[1]}x{arr.shape[0]}, the image is {width}x{height}")
-    return arr
+    raise InvalidArgument(field, "a mask needs png or rle data")
 
 
-def masks_from_proto(masks: Sequence[common_pb2.Mask], field: str, *, size: tuple[int, int],
-                     max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
-    return [mask_from_proto(m, f"{field}[{i}]", size=size, max_pixels=max_pixels)
-            for i, m in enumerate(masks)]
+def merged_masks_from_proto(masks: Sequence[common_pb2.Mask], field: str, *,
+                            size: tuple[int, int], max_pixels: int = codecs.DEFAULT_MAX_PIXELS
+                            ) -> np.ndarray:
+    """The union of `masks` (at least one), decoded one at a time: two masks in memory at
+    most, however many were sent."""
+    merged: np.ndarray | None = None
+    for i, m in enumerate(masks):
+        arr = mask_from_proto(m, f"{field}[{i}]", size=size, max_pixels=max_pixels)
+        merged = arr if merged is None else np.logical_or(merged, arr, out=merged)
+    if merged is None:
+        raise InvalidArgument(field, "at least one is required")
+    return merged
 
 
 def instance_to_proto(mask: np.ndarray, score: float, box: Sequence[float], fmt: str

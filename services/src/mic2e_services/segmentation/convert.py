@@ -7,7 +7,9 @@ from mic2e.v1 import common_pb2, segmentation_pb2
 from mic2e_services.errors import InvalidArgument
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
+from mic2e_services.schema import raise_if
 from mic2e_services.segmentation.types import (
+    POINTS,
     SCORE_THRESHOLD,
     PromptQuery,
     PromptResult,
@@ -23,8 +25,14 @@ def text_query(req: segmentation_pb2.SegmentByTextRequest, image: StoredImage) -
                      score_threshold=threshold, max_instances=req.max_instances)
 
 
+def check_before_decoding(req: segmentation_pb2.SegmentByPromptRequest) -> None:
+    """What can be refused before the image is decoded: the number of points."""
+    raise_if(POINTS.violations(req.points))
+
+
 def prompt_query(req: segmentation_pb2.SegmentByPromptRequest, image: StoredImage
                  ) -> PromptQuery:
+    check_before_decoding(req)
     points = []
     for i, p in enumerate(req.points):
         if p.label not in (common_pb2.POINT_LABEL_UNSPECIFIED, common_pb2.POINT_LABEL_POSITIVE,

@@ -24,6 +24,9 @@ SCORE_THRESHOLD = Field("score_threshold", float, 0.3, lo=0.0, hi=1.0)
 MAX_INSTANCES = Field("max_instances", int, 0, lo=0)
 SEGMENT_BY_TEXT = Request("SegmentByTextRequest", {
     "text": TEXT, "score_threshold": SCORE_THRESHOLD, "max_instances": MAX_INSTANCES})
+# SAM's prompt encoder takes any number of points; a person clicks a handful.
+POINTS = Field("points", list, max_items=64)
+SEGMENT_BY_PROMPT = Request("SegmentByPromptRequest", {"points": POINTS})
 #: Where a mask probability counts as the object (not an API field: SAM3's own).
 MASK_THRESHOLD = 0.5
 
@@ -105,8 +108,9 @@ def _unpack(value: Any, size: int) -> tuple | None:
 def violations(query: Any) -> list[FieldViolation]:
     """Every bad field of `query`, named as in the API.
 
-    Coordinates are continuous pixel positions: a point may lie anywhere in
-    ``[0, width] x [0, height]``; a box must lie inside that and have positive area.
+    Coordinates are continuous pixel positions: a point lies on a pixel of the image,
+    ``[0, width) x [0, height)``; a box lies inside ``[0, width] x [0, height]`` (its
+    right and bottom edges are exclusive) and has positive area.
     """
     if not isinstance(query, TextQuery | PromptQuery):
         return [FieldViolation("request", f"unsupported request type {type(query).__name__}")]
@@ -120,13 +124,15 @@ def violations(query: Any) -> list[FieldViolation]:
         return bad + SEGMENT_BY_TEXT.check(query)
 
     width, height = image.size
+    if too_many := SEGMENT_BY_PROMPT.check(query):
+        return bad + too_many  # not one item more is looked at
     if not query.points and query.box is None:
         bad.append(FieldViolation("points", "give at least one point or a box"))
     for i, point in enumerate(query.points):
         items = _unpack(point, 3)
         if items is None or not _finite(items[0], items[1]):
             bad.append(FieldViolation(f"points[{i}]", f"{point!r} is not (x, y, positive)"))
-        elif not (0.0 <= items[0] <= width and 0.0 <= items[1] <= height):
+        elif not (0.0 <= items[0] < width and 0.0 <= items[1] < height):
             bad.append(FieldViolation(f"points[{i}]", f"({items[0]}, {items[1]}) is outside "
                                                       f"the {width}x{height} image"))
     if query.box is not None:

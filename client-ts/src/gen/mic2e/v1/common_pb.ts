@@ -122,7 +122,7 @@ export const EncodedImageSchema: GenMessage<EncodedImage> = /*@__PURE__*/
  */
 export type Rle = Message<"mic2e.v1.Rle"> & {
   /**
-   * Alternating run lengths, zeros first.
+   * Alternating run lengths, zeros first; at most width * height + 1 of them.
    *
    * @generated from field: repeated uint32 counts = 1;
    */

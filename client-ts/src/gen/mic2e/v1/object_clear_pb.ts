@@ -99,7 +99,7 @@ export type ClearRequest = Message<"mic2e.v1.ClearRequest"> & {
   image?: Image | undefined;
 
   /**
-   * One or more masks at the image's size; they are merged (union). Required.
+   * Masks at the image's size, 1 to 32; they are merged (union). Required.
    *
    * @generated from field: repeated mic2e.v1.Mask masks = 2;
    */

@@ -65,7 +65,7 @@ export const TextTargetSchema: GenMessage<TextTarget> = /*@__PURE__*/
  */
 export type PromptTarget = Message<"mic2e.v1.PromptTarget"> & {
   /**
-   * Clicked points, positive or negative.
+   * Clicked points, positive or negative, on the image; at most 64.
    *
    * @generated from field: repeated mic2e.v1.Point points = 1;
    */
@@ -93,7 +93,7 @@ export const PromptTargetSchema: GenMessage<PromptTarget> = /*@__PURE__*/
  */
 export type MaskTarget = Message<"mic2e.v1.MaskTarget"> & {
   /**
-   * One or more masks at the image's size; merged.
+   * Masks at the image's size, 1 to 32; merged.
    *
    * @generated from field: repeated mic2e.v1.Mask masks = 1;
    */

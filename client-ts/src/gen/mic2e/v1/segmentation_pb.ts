@@ -130,7 +130,8 @@ export type SegmentByPromptRequest = Message<"mic2e.v1.SegmentByPromptRequest"> 
   image?: Image | undefined;
 
   /**
-   * Clicked points, each positive or negative, inside the image.
+   * Clicked points, each positive or negative, on the image (0 <= x < width,
+   * 0 <= y < height); at most 64.
    *
    * @generated from field: repeated mic2e.v1.Point points = 2;
    */
