@@ -11,6 +11,7 @@ import threading
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -83,15 +84,32 @@ async def test_serving_only_after_model_loaded(stack):
     assert await health_status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_reflection_lists_the_service(stack):
+def _reflection(channel: grpc.aio.Channel, version: str):
+    """A ServerReflectionInfo call under `version` (v1alpha's messages: same wire format)."""
+    return channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_lists_and_describes_the_services(stack, version):
     _, channel, _, _ = stack
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-    names = set()
+    responses = _reflection(channel, version)(iter([
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.reflection.v1.ServerReflection")]))
+    names, files = set(), []
     async for response in responses:
+        assert not response.HasField("error_response"), response.error_response
         names |= {s.name for s in response.list_services_response.service}
-    assert SERVICE in names and "grpc.health.v1.Health" in names
+        files += [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in
+                  response.file_descriptor_response.file_descriptor_proto]
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    (v1,) = files  # v1 described like any other service (grpcurl describe works)
+    assert (v1.package, v1.service[0].method[0].input_type) == (
+        "grpc.reflection.v1", ".grpc.reflection.v1.ServerReflectionRequest")
 
 
 async def test_calls_before_ready_are_unavailable(stack):

@@ -305,11 +305,16 @@ def test_second_query_on_same_image_skips_vision_encoder(seg: Sam3Segmenter, sec
     assert seg.vision_encoder_runs == runs + 2
 
 
-def test_feature_cache_is_bounded_lru(ckpt: Path) -> None:
-    small = Sam3Segmenter(str(ckpt), feature_cache_size=2)
+def test_feature_cache_is_an_lru_bounded_in_bytes(ckpt: Path) -> None:
+    small = Sam3Segmenter(str(ckpt))
     small.load()
     a, b, c = (_text(seed=s) for s in (21, 22, 23))
-    _run(small, a, b)
+    _run(small, a)
+    one = small.cache_bytes()  # every image is resized to one square: one size each
+    assert one > 0
+    small.feature_cache_bytes = 2 * one + one // 2  # room for two images, not three
+    _run(small, b)
+    assert small.cache_bytes() == 2 * one
     _run(small, a)  # a becomes most recent, so c evicts b
     _run(small, c)
     assert small.cached_image_keys() == [a.image_key, c.image_key]
@@ -318,6 +323,10 @@ def test_feature_cache_is_bounded_lru(ckpt: Path) -> None:
     assert small.vision_encoder_runs == runs
     _run(small, b)
     assert small.vision_encoder_runs == runs + 1
+    assert small.cache_bytes() <= small.feature_cache_bytes
+    small.feature_cache_bytes = one // 2  # smaller than one image: nothing is kept
+    _run(small, c)
+    assert small.cached_image_keys() == [] and small.cache_bytes() == 0
 
 
 @pytest.mark.parametrize("kind", ["text", "prompt"])

@@ -42,7 +42,7 @@ def test_profile_fills_only_what_is_not_set(monkeypatch):
     monkeypatch.setenv("MIC2E_OFFLOAD", "none")
     env = FluxSettings()
     assert (env.quantization, env.offload) == ("int8", "none")
-    assert SegSettings().feature_cache_size == 2
+    assert (SegSettings().feature_cache_mb, SegSettings().image_cache_mb) == (160, 128)
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "field"), [

@@ -42,6 +42,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--metrics-port", type=int, dest="metrics_port",
                    help="Prometheus /metrics port (0: any free port, -1: off)")
+    p.add_argument("--image-cache-mb", type=int, dest="image_cache_mb",
+                   help="images kept for SHA-256 references, at most this many MiB")
+    p.add_argument("--max-connection-age-s", type=float, dest="max_connection_age_s",
+                   help="close connections this old (calls on them finish first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run the {name} model server")
         _add_common(p)
         p.add_argument("--model", help="hub id or local checkpoint folder")
+        p.add_argument("--model-name", dest="model_name",
+                       help="the model's name in responses (default: its hub id)")
+        if name == "segmentation":
+            p.add_argument("--feature-cache-mb", type=int, dest="feature_cache_mb",
+                           help="vision features of recent images, at most this many MiB")
         p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
         p.add_argument("--dtype", help="float16, bfloat16 or float32 (default: half on GPU)")
         p.add_argument("--max-batch-size", type=int, dest="max_batch_size")
@@ -97,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny":
         from mic2e_services.tiny import make_tiny
 
-
         for name, path in make_tiny(args.directory).items():
             print(f"{name}: {path}")
         return 0
@@ -117,6 +125,9 @@ def run_server(name: str, options: dict[str, Any]) -> int:
         return 0
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mic2e_services.runtime.memory import return_freed_memory
+
+    return_freed_memory()
     from mic2e_services.runtime.server import serve
 
     if name in MODEL_SERVERS:

@@ -1,7 +1,7 @@
 """Typed domain errors.
 
 Model code, the worker and the servicers raise these; ONE place
-(`runtime.status.abort_with`) turns them into gRPC status codes with google.rpc details.
+(`runtime.status`) turns them into gRPC status codes with google.rpc details.
 This module imports neither grpc nor torch, so model code may use it freely.
 """
 

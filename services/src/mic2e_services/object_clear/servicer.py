@@ -33,11 +33,13 @@ class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
                     context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[object_clear_pb2.ClearResponse]:
         fmt = convert.image_format(request.options.output_format, "options.output_format")
+        oc.check_before_decoding(request)
         image = await convert.image_from_proto(self.images, request.image)
         query = oc.clear_query(request, image, max_pixels=self.images.max_pixels,
                                defaults=self.defaults)
         async for message in stream_job(
                 self.worker, query, context, server="object-clear", stage="object_clear",
                 progress=lambda p: object_clear_pb2.ClearResponse(progress=p),
-                result=lambda out, provenance: oc.result(out, fmt, provenance)):
+                result=lambda out, provenance: oc.result(out, fmt, provenance),
+                keep=lambda: self.images.keep(image)):
             yield message

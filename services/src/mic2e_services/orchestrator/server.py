@@ -24,7 +24,8 @@ class Settings(ServerSettings):
     segmentation_address: str = Field("localhost:50052", description="segmentation server(s)")
     object_clear_address: str = Field("localhost:50053", description="object-clear server(s)")
     flux_address: str = Field("localhost:50054", description="flux server(s)")
-    image_cache_size: int = Field(64, ge=1, description="images kept for reference")
+    image_cache_mb: int = Field(256, ge=1, description="images received (encoded), kept for "
+                                "SHA-256 references: at most this many MiB")
     downstream_tls_ca_file: str | None = Field(None, description="call the model servers "
                                                "over TLS, trusting this CA")
     downstream_tls_cert_file: str | None = Field(None, description="client certificate for "
@@ -55,9 +56,10 @@ def create_server(settings: Settings) -> tuple[Server, int]:
     servicer = EditServicer(downstream(settings.segmentation_address),
                             downstream(settings.object_clear_address),
                             downstream(settings.flux_address),
-                            image_cache_size=settings.image_cache_size)
+                            image_cache_bytes=settings.image_cache_mb * 2**20)
     server, port = build_server(
         settings, register=lambda s: orchestrator_pb2_grpc.add_EditServiceServicer_to_server(
             servicer, s), service_names=[SERVICE_NAME], name="orchestrator")
+    server.metrics.watch_cache("images", servicer.image_cache_bytes)
     server.servicer = servicer
     return server, port

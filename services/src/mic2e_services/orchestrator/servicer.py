@@ -29,7 +29,7 @@ from mic2e_services.errors import DownstreamError, InvalidArgument, NotFound
 from mic2e_services.orchestrator import convert as oc
 from mic2e_services.orchestrator.downstream import Downstream
 from mic2e_services.runtime import convert
-from mic2e_services.runtime.images import LRU
+from mic2e_services.runtime.images import LRU, check_reference
 from mic2e_services.runtime.status import rpc, stream_rpc
 
 SERVICE_NAME = "mic2e.v1.EditService"
@@ -39,15 +39,16 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
     """See the module docstring and orchestrator.proto."""
 
     def __init__(self, segmentation: Downstream, object_clear: Downstream, flux: Downstream,
-                 *, image_cache_size: int = 64) -> None:
+                 *, image_cache_bytes: int = 256 * 2**20) -> None:
         self.segmentation = segmentation
         self.object_clear = object_clear
         self.flux = flux
         self._seg = segmentation_pb2_grpc.SegmentationServiceStub(segmentation.channel)
         self._clear = object_clear_pb2_grpc.ObjectClearServiceStub(object_clear.channel)
         self._flux = flux_pb2_grpc.FluxServiceStub(flux.channel)
-        # Encoded bytes by SHA-256, so callers may refer to an image they sent before.
-        self._images: LRU[str, bytes] = LRU(image_cache_size)
+        # Encoded bytes by SHA-256, so callers may refer to an image they sent before;
+        # bounded in bytes, and only images a model server accepted work on (`_keep`).
+        self._images: LRU[str, bytes] = LRU(image_cache_bytes)
 
     def _image(self, image: common_pb2.Image, field: str = "image") -> tuple[str, bytes]:
         """(sha256, bytes) of the caller's image; the orchestrator never decodes it."""
@@ -55,17 +56,24 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         if source == "data":
             if not image.data:
                 raise InvalidArgument(f"{field}.data", "image data is empty")
-            sha = codecs.sha256_hex(image.data)
-            self._images.put(sha, image.data)
-            return sha, image.data
+            return codecs.sha256_hex(image.data), image.data
         if source == "sha256":
-            sha = image.sha256.lower()
+            sha = check_reference(image.sha256, f"{field}.sha256")
             data = self._images.get(sha)
             if data is None:
                 raise NotFound(f"image {sha} is not held by this server; send its bytes",
                                reason="IMAGE_NOT_FOUND", metadata={"sha256": sha})
             return sha, data
         raise InvalidArgument(field, "an image is required (data or sha256)")
+
+    def image_cache_bytes(self) -> int:
+        """Encoded bytes of the images held for references."""
+        return self._images.bytes
+
+    def _keep(self, sha: str, data: bytes) -> None:
+        """Remember an image once a model server accepted work on it: what every server
+        refused (junk, a bomb) is never kept here."""
+        self._images.put(sha, data)
 
     # -- pass-through ----------------------------------------------------------------------
     async def _segment(self, request: Any, method: Callable[..., Awaitable[Any]],
@@ -80,7 +88,9 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             return method(forwarded, timeout=context.time_remaining(),
                           metadata=self.segmentation.metadata)
 
-        return await self.segmentation.unary("segmentation", data, call)
+        response = await self.segmentation.unary("segmentation", data, call)
+        self._keep(sha, data)
+        return response
 
     @rpc
     async def SegmentByText(self, request: segmentation_pb2.SegmentByTextRequest,
@@ -141,6 +151,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                         oc.prompt_request(request, img), timeout=context.time_remaining(),
                         metadata=self.segmentation.metadata), rename)
                 instances = [seg.best]
+            self._keep(sha, data)
             timings.append(("segmentation", time.monotonic() - t_seg))
             stages.append(seg.provenance)
             yield Event(progress=common_pb2.Progress(
@@ -161,6 +172,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                     oc.clear_request(request, img, masks),
                     timeout=context.time_remaining(), metadata=self.object_clear.metadata),
                 rename):
+            if result is None:  # the server accepted the work: its image may be referred to
+                self._keep(sha, data)
             if msg.WhichOneof("event") == "progress":
                 yield Event(progress=msg.progress)
             else:

@@ -28,10 +28,12 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def run_unary(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext
-                    ) -> tuple[Any, Job]:
-    """Submit `request`; its result and job (for timings). A caller who leaves cancels it."""
-    job = worker.submit(request, deadline=deadline_of(context))
+async def run_unary(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext,
+                    keep: Callable[[], None] | None = None) -> tuple[Any, Job]:
+    """Submit `request`; its result and job (for timings). A caller who leaves cancels it.
+    `keep()` runs once the worker accepted the request (it remembers the request's image:
+    a refused request leaves nothing behind)."""
+    job = _submit(worker, request, context, keep)
     try:
         return await job.result(), job
     finally:
@@ -40,10 +42,11 @@ async def run_unary(worker: ModelWorker, request: Any, context: grpc.aio.Service
         job.cancel()
 
 
-async def run_streaming(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext
+async def run_streaming(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext,
+                        keep: Callable[[], None] | None = None
                         ) -> AsyncIterator[ProgressEvent | Finished]:
     """Yield the job's progress events, then `Finished` with its result (always last)."""
-    job = worker.submit(request, deadline=deadline_of(context))
+    job = _submit(worker, request, context, keep)
     try:
         async for event in job.events():
             yield event
@@ -52,13 +55,22 @@ async def run_streaming(worker: ModelWorker, request: Any, context: grpc.aio.Ser
         job.cancel()
 
 
+def _submit(worker: ModelWorker, request: Any, context: grpc.aio.ServicerContext,
+            keep: Callable[[], None] | None) -> Job:
+    job = worker.submit(request, deadline=deadline_of(context))
+    if keep is not None:
+        keep()
+    return job
+
+
 async def stream_job(worker: ModelWorker, query: Any, context: grpc.aio.ServicerContext, *,
                      server: str, stage: str, progress: Callable[[Any], Any],
-                     result: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+                     result: Callable[[Any, Any], Any], keep: Callable[[], None] | None = None
+                     ) -> AsyncIterator[Any]:
     """The body of a streaming model RPC: one `progress(Progress)` message per step, then
     `result(output, provenance)`, built off the event loop (encoding a large image takes
     tens of milliseconds). `output` must carry `steps` and `seed`."""
-    async for item in run_streaming(worker, query, context):
+    async for item in run_streaming(worker, query, context, keep):
         if not isinstance(item, Finished):
             yield progress(convert.progress_to_proto(item))
             continue

@@ -10,6 +10,7 @@ import asyncio
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -24,26 +25,37 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class LRU(Generic[K, V]):
-    """A small thread-safe LRU map."""
+    """A thread-safe LRU map bounded by the total size of its values in bytes (`size`);
+    a value larger than the whole budget is not kept at all."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
+    def __init__(self, max_bytes: int, size: Callable[[V], int] = len) -> None:  # type: ignore[assignment]
+        self.max_bytes = max_bytes
+        self._size = size
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
+        #: Bytes held now.
+        self.bytes = 0
 
     def get(self, key: K) -> V | None:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
     def put(self, key: K, value: V) -> None:
+        nbytes = self._size(value)
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            if nbytes > self.max_bytes:
+                return
+            self._items[key] = (value, nbytes)
+            self.bytes += nbytes
+            while self.bytes > self.max_bytes:
+                self.bytes -= self._items.popitem(last=False)[1][1]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -66,19 +78,28 @@ class StoredImage:
 
 
 class ImageStore:
-    """Decodes incoming images and remembers the recent ones (bounded LRU)."""
+    """Decodes incoming images and remembers the recent ones a server accepted work for
+    (an LRU bounded in bytes of decoded pixels), so a client may refer to them."""
 
-    def __init__(self, capacity: int = 64, max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, max_bytes: int = 512 * 2**20,
+                 max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> None:
         self.max_pixels = max_pixels
-        self._cache: LRU[str, StoredImage] = LRU(capacity)
+        self._cache: LRU[str, StoredImage] = LRU(
+            max_bytes, lambda s: s.image.width * s.image.height * len(s.image.getbands()))
         #: How images arrived: as bytes, or as a reference (counted for tests and metrics).
         self.received_bytes = 0
         self.received_refs = 0
         self.ref_misses = 0
 
+    @property
+    def bytes(self) -> int:
+        """Decoded pixels held now."""
+        return self._cache.bytes
+
     async def resolve(self, data: bytes | None, sha256: str | None,
                       field: str = "image") -> StoredImage:
-        """The image given as bytes or by reference; errors name `field`."""
+        """The image given as bytes or by reference; errors name `field`. Bytes are not
+        remembered until `keep` (only for work the server accepted)."""
         if data is not None:
             self.received_bytes += 1
             digest = codecs.sha256_hex(data)
@@ -90,24 +111,26 @@ class ImageStore:
                                                 max_pixels=self.max_pixels)
             except codecs.CodecError as exc:
                 raise InvalidArgument(f"{field}.data", str(exc)) from None
-            stored = StoredImage(digest, image)
-            self._cache.put(digest, stored)
-            return stored
-        if sha256:
-            self.received_refs += 1
-            ref = sha256.lower()
-            if not _SHA256.match(ref):
-                raise InvalidArgument(f"{field}.sha256", "must be 64 hex characters")
-            cached = self._cache.get(ref)
-            if cached is None:
-                self.ref_misses += 1
-                raise NotFound(f"image {ref} is not held by this server; send its bytes",
-                               reason="IMAGE_NOT_FOUND", metadata={"sha256": ref})
-            return cached
-        raise InvalidArgument(field, "an image is required (data or sha256)")
+            return StoredImage(digest, image)
+        self.received_refs += 1
+        ref = check_reference(sha256 or "", f"{field}.sha256")
+        cached = self._cache.get(ref)
+        if cached is None:
+            self.ref_misses += 1
+            raise NotFound(f"image {ref} is not held by this server; send its bytes",
+                           reason="IMAGE_NOT_FOUND", metadata={"sha256": ref})
+        return cached
 
-    def put(self, image: Image.Image, data: bytes) -> str:
-        """Remember an image this server produced, so a client may refer to it."""
-        digest = codecs.sha256_hex(data)
-        self._cache.put(digest, StoredImage(digest, image))
-        return digest
+    def keep(self, image: StoredImage) -> None:
+        """Remember `image` for later references (the server accepted work on it)."""
+        self._cache.put(image.sha256, image)
+
+
+def check_reference(sha256: str, field: str) -> str:
+    """An image reference, lowercased; one that is not 64 hex characters names `field`
+    (the rule every server applies, the orchestrator included)."""
+    ref = sha256.lower()
+    if not _SHA256.match(ref):
+        raise InvalidArgument(field, "an image reference is the SHA-256 of its bytes: 64 hex "
+                                     "characters")
+    return ref

@@ -63,6 +63,9 @@ class ServerMetrics:
         self.step_seconds = Histogram("mic2e_step_seconds",
                                       "Time between two progress steps of a request.",
                                       labels, buckets=_STEP_BUCKETS, registry=r)
+        self.cache_bytes = Gauge("mic2e_cache_bytes",
+                                 "Bytes held by a cache (each bounded by its setting).",
+                                 ["server", "cache"], registry=r)
         self.device_memory = Gauge("mic2e_device_memory_bytes",
                                    "Device memory held by the model process.",
                                    ["server", "kind"], registry=r)
@@ -75,6 +78,9 @@ class ServerMetrics:
         self.queue_depth.labels(s).set_function(lambda: worker.stats().queued)
         self.queued_seconds.labels(s).set_function(lambda: worker.stats().queued_seconds)
         worker.add_callback(_WorkerMetrics(self))
+        features = getattr(worker.model, "cache_bytes", None)
+        if features is not None:
+            self.watch_cache("features", features)
         probe = getattr(worker.model, "memory_stats", None)
         if probe is not None:
             for kind in ("allocated", "reserved", "peak"):
@@ -84,6 +90,11 @@ class ServerMetrics:
     def watch_images(self, store: ImageStore) -> None:
         """Expose the image store's own tallies (it counts; metrics only read them)."""
         self.registry.register(_ImageCacheCollector(self.server, store))
+        self.watch_cache("images", lambda: store.bytes)
+
+    def watch_cache(self, cache: str, held_bytes: Callable[[], float]) -> None:
+        """mic2e_cache_bytes{cache=`cache`}, sampled at scrape time."""
+        self.cache_bytes.labels(self.server, cache).set_function(held_bytes)
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics endpoint; returns the bound port (port 0 picks one)."""

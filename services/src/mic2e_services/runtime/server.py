@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.metrics import ServerMetrics
 from mic2e_services.runtime.model_api import Model
+from mic2e_services.runtime.reflection import enable_reflection
+from mic2e_services.runtime.request_bytes import RequestBytes
 from mic2e_services.runtime.security import TokenAuthInterceptor, load_tokens, server_credentials
 from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
 from mic2e_services.runtime.tracing import JobSpans, setup_tracing
@@ -46,7 +47,9 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # Round-robin clients only re-resolve DNS when a connection closes: age them out so
         # replicas added by the autoscaler start getting calls.
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+        # A call running on an aged connection may finish (up to its own grace): ageing
+        # must never cut work a server accepted.
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
     ]
 
 
@@ -152,8 +155,11 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
         metrics.watch_worker(worker)
         if provider is not None:
             worker.add_callback(JobSpans())
-    # Order matters: auth first (refused calls cost nothing), then traces, then metrics.
-    interceptors = [*tracing_interceptors(provider), metrics.interceptor(), *interceptors]
+    # Order matters: auth first (refused calls cost nothing), then traces, then metrics;
+    # innermost, the request's bytes (undecodable ones are refused, and counted and traced
+    # as such; large ones give their memory back).
+    interceptors = [*tracing_interceptors(provider), metrics.interceptor(), *interceptors,
+                    RequestBytes()]
     tokens = load_tokens(settings)
     if tokens:
         interceptors.insert(0, TokenAuthInterceptor(tokens))
@@ -162,8 +168,7 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     if settings.reflection:
-        names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, grpc_server)
+        enable_reflection([*service_names, health.SERVICE_NAME], grpc_server)
     credentials = server_credentials(settings)
     address = f"{settings.host}:{settings.port}"
     port = (grpc_server.add_secure_port(address, credentials) if credentials is not None
@@ -180,7 +185,7 @@ def build_model_server(settings: ModelServerSettings, model: Model, *, name: str
                        make_servicer: Callable[[ModelWorker, ImageStore], object],
                        ) -> tuple[Server, int]:
     """The common shape of a model server: image store + worker + one servicer."""
-    store = ImageStore(settings.image_cache_size, settings.max_image_pixels)
+    store = ImageStore(settings.image_cache_mb * 2**20, settings.max_image_pixels)
     worker = ModelWorker(model, max_queue=settings.max_queue,
                          max_batch_size=settings.max_batch_size,
                          max_wait_s=settings.max_wait_ms / 1000, name=name)

@@ -33,6 +33,13 @@ class ServerSettings(BaseSettings):
     max_connection_age_s: float = Field(300.0, gt=0, description="close client connections "
                                         "this old (in-flight calls finish first), so clients "
                                         "re-resolve DNS and reach new replicas")
+    max_connection_age_grace_s: float = Field(
+        3600.0, gt=0, description="how long a call already running on an aged connection may "
+        "go on: long enough for the longest call a server admits, so ageing never cuts "
+        "accepted work (SIGTERM has its own grace_period_s)")
+    image_cache_mb: int = Field(512, ge=1, description="images received, kept for SHA-256 "
+                                "references: at most this many MiB (decoded pixels on a model "
+                                "server, encoded bytes on the orchestrator)")
     reflection: bool = Field(True, description="serve gRPC server reflection")
     log_level: str = Field("INFO", description="logging level")
     tls_cert_file: str | None = Field(None, description="PEM certificate: serve TLS only")
@@ -63,6 +70,9 @@ class ModelServerSettings(ServerSettings):
     """What every model server adds: the model, its device and its worker."""
 
     model: str = Field("", description="hub id or local folder of the checkpoint")
+    model_name: str | None = Field(None, description="the model's name in responses "
+                                   "(Provenance.model_id); default: its hub id, or the "
+                                   "folder's name - never a server path")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
     dtype: str | None = Field(None, description="compute dtype; default: half on GPU, "
                               "float32 on CPU")
@@ -70,7 +80,6 @@ class ModelServerSettings(ServerSettings):
     max_batch_size: int | None = Field(None, ge=1, description="largest batch; default: the "
                                        "model's own")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company")
-    image_cache_size: int = Field(64, ge=1, description="decoded images kept for reference")
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused "
                                   "before decoding")
     profile: Literal["quality", "fast", "low-memory"] = Field(
@@ -114,7 +123,8 @@ class ModelServerSettings(ServerSettings):
         """The model constructor's arguments every model server passes the same way."""
         kwargs: dict[str, Any] = dict(device=self.device, dtype=self.dtype,
                                       quantization=self.quantization, offload=self.offload,
-                                      compile=self.compile_spec())
+                                      compile=self.compile_spec(),
+                                      model_name=self.model_name)
         if self.max_batch_size:
             kwargs["max_batch_size"] = self.max_batch_size
         return kwargs

@@ -75,6 +75,10 @@ class _Features:
     detector: list[torch.Tensor] | None = None  # FPN levels for Sam3Model
     tracker: list[torch.Tensor] | None = None  # image_embeddings for Sam3TrackerModel
 
+    def nbytes(self) -> int:
+        tensors = [*self.backbone.values(), *(self.detector or ()), *(self.tracker or ())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
 
 # --------------------------------------------------------------------------------------
 # The model.
@@ -83,9 +87,12 @@ class _Features:
 class Sam3Segmenter(TorchModel):
     """SAM3 text and point/box segmentation on one device.
 
-    `feature_cache_size` images keep their vision features on the device. At full size
-    in fp16 that is at most ~80 MB an image (detector FPN ~56 MB, tracker levels ~11 MB,
-    backbone output ~11 MB until both necks have run), so the default 16 costs ~1.3 GB.
+    Recent images keep their vision features on the device, at most `feature_cache_bytes`
+    in all (least recently used first out). At full size in fp16 an image costs up to
+    ~80 MB (detector FPN ~56 MB, tracker levels ~11 MB, backbone output ~11 MB until both
+    necks have run), whatever its pixel count: the processor resizes every image to one
+    square first. The default 512 MiB holds about 6 images and, with the 1.7 GB model,
+    fits SAM3's 4 GB card.
     Parts (`load_parts`, `from_parts`): a dict of ``detector`` (``Sam3Model``),
     ``tracker`` (``Sam3TrackerModel``), ``detector_processor`` and ``tracker_processor``.
     """
@@ -98,11 +105,12 @@ class Sam3Segmenter(TorchModel):
                        "(to save more, MIC2E_QUANTIZATION=int8)")
     DEFAULT_BATCH = 4
 
-    def __init__(self, model_id: str, *, feature_cache_size: int = 16, **kwargs: Any) -> None:
-        if feature_cache_size < 0:
-            raise ValueError("feature_cache_size must be >= 0")
+    def __init__(self, model_id: str, *, feature_cache_bytes: int = 512 * 2**20,
+                 **kwargs: Any) -> None:
+        if feature_cache_bytes < 0:
+            raise ValueError("feature_cache_bytes must be >= 0")
         super().__init__(model_id, **kwargs)
-        self.feature_cache_size = feature_cache_size
+        self.feature_cache_bytes = feature_cache_bytes
         #: Images run through the ViT backbone so far (one per image encoded).
         self.vision_encoder_runs = 0
         #: True once load() found equal backbone weights and holds them once.
@@ -271,6 +279,11 @@ class Sam3Segmenter(TorchModel):
         with self._lock:
             return list(self._cache)
 
+    def cache_bytes(self) -> int:
+        """Device bytes the feature cache holds now."""
+        with self._lock:
+            return sum(entry.nbytes() for entry in self._cache.values())
+
     def _drop_cached(self, key: str) -> None:
         with self._lock:
             self._cache.pop(key, None)
@@ -283,9 +296,15 @@ class Sam3Segmenter(TorchModel):
                 entry = _Features(size=query.image.size)
                 self._cache[query.image_key] = entry
             self._cache.move_to_end(query.image_key)
-            while len(self._cache) > self.feature_cache_size:
-                self._cache.popitem(last=False)
         return entry
+
+    def _trim(self) -> None:
+        """Drop the least recently used features until the cache fits its budget (a call's
+        own entries stay in its hands until it is done with them)."""
+        with self._lock:
+            held = sum(entry.nbytes() for entry in self._cache.values())
+            while held > self.feature_cache_bytes:
+                held -= self._cache.popitem(last=False)[1].nbytes()
 
     # ------------------------------------------------------------------ vision
 
@@ -335,6 +354,7 @@ class Sam3Segmenter(TorchModel):
             # Both necks done: the backbone output is no longer needed.
             if entry.detector is not None and entry.tracker is not None:
                 entry.backbone.clear()
+        self._trim()
         self._last_encode_s = encode_s
         return entries
 

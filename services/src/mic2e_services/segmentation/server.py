@@ -18,15 +18,17 @@ class Settings(ModelServerSettings):
 
     port: int = 50052
     model: str = Field("facebook/sam3", description="hub id or local folder of SAM3")
-    feature_cache_size: int = Field(16, ge=1, description="images whose vision features "
-                                    "are kept for re-queries")
+    feature_cache_mb: int = Field(512, ge=0, description="vision features of recent images, "
+                                  "kept on the device for re-queries: at most this many MiB "
+                                  "(about 80 MiB an image at full size)")
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "quality": {},
         # SAM3 has no steps or working size to trade: "fast" is "quality" here.
         "fast": {},
-        # The model is 1.7 GB in fp16; the feature cache (~80 MB per image) is what grows.
-        "low-memory": {"feature_cache_size": 2},
+        # The model is 1.7 GB in fp16; the feature cache (~80 MiB per image) and the
+        # decoded images are what grows: two images' features, 128 MiB of pixels.
+        "low-memory": {"feature_cache_mb": 160, "image_cache_mb": 128},
     }
 
 
@@ -34,7 +36,7 @@ def build_model(settings: Settings) -> Model:
     # Imported here: torch loads only in a process that really serves the model.
     from mic2e_services.segmentation.model import Sam3Segmenter
 
-    return Sam3Segmenter(settings.model, feature_cache_size=settings.feature_cache_size,
+    return Sam3Segmenter(settings.model, feature_cache_bytes=settings.feature_cache_mb * 2**20,
                          **settings.model_kwargs())
 
 

@@ -28,7 +28,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
                             ) -> segmentation_pb2.SegmentByTextResponse:
         fmt = convert.mask_format(request.mask_format, "mask_format")
         image = await convert.image_from_proto(self.images, request.image)
-        result, job = await run_unary(self.worker, seg.text_query(request, image), context)
+        result, job = await run_unary(self.worker, seg.text_query(request, image), context,
+                                      keep=lambda: self.images.keep(image))
         return seg.text_response(result.instances, image, fmt,
                                  provenance(self.worker, "segmentation", job, "segmentation"))
 
@@ -37,7 +38,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
                               context: grpc.aio.ServicerContext
                               ) -> segmentation_pb2.SegmentByPromptResponse:
         fmt = convert.mask_format(request.mask_format, "mask_format")
+        seg.check_before_decoding(request)
         image = await convert.image_from_proto(self.images, request.image)
-        result, job = await run_unary(self.worker, seg.prompt_query(request, image), context)
+        result, job = await run_unary(self.worker, seg.prompt_query(request, image), context,
+                                      keep=lambda: self.images.keep(image))
         return seg.prompt_response(result, image, fmt,
                                    provenance(self.worker, "segmentation", job, "segmentation"))
