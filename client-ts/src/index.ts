@@ -75,7 +75,8 @@ export interface Mic2eClientOptions {
   /**
    * Send an image's bytes once, then only its SHA-256 (the orchestrator keeps recent
    * images); when the server has dropped it (NOT_FOUND, reason IMAGE_NOT_FOUND) the call
-   * is made again once with the bytes. Default true, as the Python client.
+   * is made again once with the bytes. Default true, as the Python client. (Whatever
+   * this says, a call that fails UNAVAILABLE before its first event is made once more.)
    */
   imageReferences?: boolean;
 }
@@ -164,8 +165,8 @@ export class Mic2eClient {
    * The request to send first: its image by reference when these bytes were sent before.
    * `retry` is the request with the bytes, when the reference may be unknown to the server.
    */
-  #byReference<R extends WithImage>(request: R): { first: R; retry?: R; digest?: string } {
-    const source = request.image?.source;
+  #byReference<R extends object>(request: R): { first: R; retry?: R; digest?: string } {
+    const source = (request as WithImage).image?.source;
     if (!this.#imageReferences || source?.case !== "data" || !(source.value instanceof Uint8Array)) {
       return { first: request };
     }
@@ -174,7 +175,7 @@ export class Mic2eClient {
       this.#sent.add(digest);
       return { first: request };
     }
-    return { first: { ...request, image: imageFromSha256(digest) }, retry: request, digest };
+    return { first: { ...request, image: imageFromSha256(digest) } as R, retry: request, digest };
   }
 
   /** Whether `err` says the server no longer holds the referenced image. */
@@ -187,32 +188,50 @@ export class Mic2eClient {
     return true;
   }
 
-  async #unary<R extends WithImage, T>(request: R, call: (r: R) => Promise<T>): Promise<T> {
+  /**
+   * Why a call that failed before its first event may be made again, each cause once (the
+   * Python client's policy): `"bytes"` when the server lost the referenced image (again
+   * with the bytes), `"unavailable"` when the call never got to run (a connection closing
+   * as it aged, a replica going away; again as it was). Undefined: it may not.
+   */
+  #retryCause(err: unknown, digest: string | undefined, tried: Set<string>): string | undefined {
+    let cause: string | undefined;
+    if (this.#lostImage(err, digest)) cause = "bytes";
+    else if (err instanceof ConnectError && err.code === Code.Unavailable) cause = "unavailable";
+    if (cause === undefined || tried.has(cause)) return undefined;
+    tried.add(cause);
+    if (cause === "bytes") this.#sent.add(digest!); // the retry sends them
+    return cause;
+  }
+
+  async #unary<R extends object, T>(request: R, call: (r: R) => Promise<T>): Promise<T> {
     const { first, retry, digest } = this.#byReference(request);
-    try {
-      return await call(first);
-    } catch (err) {
-      if (retry === undefined || !this.#lostImage(err, digest)) throw err;
-      this.#sent.add(digest!);
-      return await call(retry);
+    const tried = new Set<string>();
+    for (;;) {
+      try {
+        return await call(tried.has("bytes") ? retry! : first);
+      } catch (err) {
+        if (this.#retryCause(err, digest, tried) === undefined) throw err;
+      }
     }
   }
 
-  async *#stream<R extends WithImage, T>(request: R, call: (r: R) => AsyncIterable<T>): AsyncIterable<T> {
+  async *#stream<R extends object, T>(request: R, call: (r: R) => AsyncIterable<T>): AsyncIterable<T> {
     const { first, retry, digest } = this.#byReference(request);
-    let delivered = false;
-    try {
-      for await (const event of call(first)) {
-        delivered = true;
-        yield event;
+    const tried = new Set<string>();
+    for (;;) {
+      let delivered = false;
+      try {
+        for await (const event of call(tried.has("bytes") ? retry! : first)) {
+          delivered = true;
+          yield event;
+        }
+        return;
+      } catch (err) {
+        // Only before the first event: nothing has run yet.
+        if (delivered || this.#retryCause(err, digest, tried) === undefined) throw err;
       }
-      return;
-    } catch (err) {
-      // Only before the first event: an unknown reference fails before any work starts.
-      if (delivered || retry === undefined || !this.#lostImage(err, digest)) throw err;
     }
-    this.#sent.add(digest!);
-    yield* call(retry);
   }
 
   /**
@@ -254,7 +273,7 @@ export class Mic2eClient {
    * step, then exactly one `result`. Passed through to the flux server.
    */
   generate(request: GenerateInit, options?: CallOptions): AsyncIterable<GenerateResponse> {
-    return this.#edit.generate(request, options);
+    return this.#stream(request, (r) => this.#edit.generate(r, options));
   }
 
   /** Closes the connection; calls still running fail. A later call reconnects. */

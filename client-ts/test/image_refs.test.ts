@@ -1,7 +1,8 @@
 // Image references against the live server in MIC2E_ADDRESS: an image's bytes go over the
 // wire once, later calls send its SHA-256, and when the server has dropped it (simulated
 // here by an interceptor answering IMAGE_NOT_FOUND, as the orchestrator does) the call is
-// made again once with the bytes.
+// made again once with the bytes. A call refused UNAVAILABLE before its first event (a
+// connection closing as it aged; simulated the same way) is made again once, as it was.
 import * as assert from "node:assert/strict";
 import { after, test } from "node:test";
 
@@ -30,6 +31,8 @@ type Sent = { image?: { source: { case?: string; value?: unknown } } };
 class Spy {
   readonly seen: (string | undefined)[] = [];
   dropNextReference = false;
+  /** Answer UNAVAILABLE to this many of the next calls. */
+  unavailable = 0;
   readonly interceptor: Interceptor = (next) => async (req) => {
     let message: Sent;
     if (req.stream) {
@@ -42,6 +45,10 @@ class Spy {
     }
     const source = message.image?.source;
     this.seen.push(source?.case);
+    if (this.unavailable > 0) {
+      this.unavailable -= 1;
+      throw new ConnectError("max connection age", Code.Unavailable);
+    }
     if (this.dropNextReference && source?.case === "sha256") {
       this.dropNextReference = false;
       const err = new ConnectError("image not found", Code.NotFound);
@@ -101,4 +108,31 @@ test("imageReferences: false sends the bytes every time", { timeout: 60_000 }, a
   await noRefs.segmentByText(request, CALL);
   await noRefs.segmentByText(request, CALL);
   assert.deepEqual(plain.seen, ["data", "data"]);
+});
+
+test("UNAVAILABLE before the first event: made again once, then the error is the caller's", { timeout: 60_000 }, async () => {
+  spy.seen.length = 0;
+  const request = { image: imageFromBytes(picture(4)), text: "dog", scoreThreshold: 0 };
+  spy.unavailable = 1;
+  const first = await client.segmentByText(request, CALL);
+  assert.deepEqual(spy.seen, ["data", "data"], "the same request once more");
+  assert.equal(first.imageSha256.length, 64);
+
+  const generate = async () => {
+    const out: (string | undefined)[] = [];
+    for await (const { event } of client.generate({ prompt: "a red bicycle", width: 256, height: 256, steps: 1, seed: 0n }, CALL)) {
+      out.push(event.case);
+    }
+    return out;
+  };
+  spy.seen.length = 0;
+  spy.unavailable = 1;
+  assert.equal((await generate()).at(-1), "result");
+  assert.equal(spy.seen.length, 2, "a stream is made again too");
+
+  spy.seen.length = 0;
+  spy.unavailable = 2;
+  await assert.rejects(client.segmentByText(request, CALL), (err: ConnectError) => err.code === Code.Unavailable);
+  assert.equal(spy.seen.length, 2, "only once");
+  spy.unavailable = 0;
 });

@@ -1,8 +1,8 @@
 """Channel set-up shared by the client and the orchestrator's downstream channels.
 
 One place decides: message size limits, keepalive, round-robin over every address a DNS
-name resolves to (so several replicas behind a headless Service all get calls), and
-retries of idempotent unary calls on UNAVAILABLE through a gRPC service config.
+name resolves to (so several replicas behind a headless Service all get calls). Retries
+are not decided here but in `mic2e.image_refs`.
 """
 
 from __future__ import annotations
@@ -12,27 +12,11 @@ from collections.abc import Sequence
 
 import grpc
 
-#: Idempotent unary methods that may be retried transparently on UNAVAILABLE.
-RETRYABLE_METHODS = [
-    {"service": "mic2e.v1.SegmentationService"},
-    {"service": "mic2e.v1.EditService", "method": "SegmentByText"},
-    {"service": "mic2e.v1.EditService", "method": "SegmentByPrompt"},
-    {"service": "grpc.health.v1.Health", "method": "Check"},
-]
-
-SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": RETRYABLE_METHODS,
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.1s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-}
+#: Round-robin over every address of the name. No retry policy here: the one policy,
+#: the same for unary calls and streams, is `mic2e.image_refs` (made once more on
+#: UNAVAILABLE before the first event); gRPC's own transparent retry of calls that never
+#: left this process stays on.
+SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}]}
 
 
 def channel_options(max_message_mb: int = 64) -> list[tuple[str, object]]:
@@ -42,7 +26,6 @@ def channel_options(max_message_mb: int = 64) -> list[tuple[str, object]]:
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-        ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

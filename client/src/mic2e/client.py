@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mic2e import _convert as cv
 from mic2e.channel import aio_channel
 from mic2e.errors import Mic2eError, from_rpc_error
-from mic2e.image_refs import ImageReferences, cancelling
+from mic2e.image_refs import ImageReferences
 from mic2e.types import (
     BoxT,
     ClearResult,
@@ -187,7 +187,7 @@ class AsyncClient:
                 self._via_orchestrator = False
         return self._via_orchestrator
 
-    async def _unary(self, data: bytes, call: Callable[[common_pb2.Image], Any]) -> Any:
+    async def _unary(self, data: bytes | None, call: Callable[[Any], Any]) -> Any:
         try:
             return await self._refs.unary(data, call)
         except grpc.RpcError as exc:
@@ -196,9 +196,8 @@ class AsyncClient:
     async def _stream(self, data: bytes | None, call: Callable[[Any], AsyncIterable[Any]],
                       convert: Callable[[Any], T]) -> AsyncIterator[T]:
         """Events of `call`, converted; `data`: its image (sent once, as `_refs` says)."""
-        source = self._refs.stream(data, call) if data is not None else cancelling(call(None))
         try:
-            async for message in source:
+            async for message in self._refs.stream(data, call):
                 yield convert(message)
         except grpc.RpcError as exc:
             raise _error(exc) from None

@@ -1,9 +1,13 @@
-"""The one image-reference policy, shared by the clients and the orchestrator.
+"""The one call policy, shared by the clients and the orchestrator: image references and
+the only retries.
 
-An image goes over the wire once per server: later calls send only its SHA-256. A server
-that no longer holds it (it restarted, or the call reached another replica) answers
-NOT_FOUND with reason IMAGE_NOT_FOUND before any event; the call is then made once more
-with the bytes. Nothing else is ever retried here.
+An image goes over the wire once per server: later calls send only its SHA-256. A call
+that fails before its first event is made once more when
+- the server no longer holds the referenced image (it restarted, or the call reached
+  another replica): NOT_FOUND with reason IMAGE_NOT_FOUND; again with the bytes;
+- it never got to run: UNAVAILABLE (a connection closing as it aged, a replica going
+  away); again as it was, to whichever server the channel picks now.
+Each at most once; nothing that has started (sent an event) is ever retried.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import grpc
 from mic2e.codecs import sha256_hex
 from mic2e.v1 import common_pb2
 
-__all__ = ["ImageReferences", "cancelling", "is_lost_image"]
+__all__ = ["ImageReferences", "is_lost_image"]
 
 T = TypeVar("T")
-#: What a call is made of: the image to send -> the call (awaitable, or async iterable).
-Call = Callable[[common_pb2.Image], T]
+#: What a call is made of: the image to send (None: a call without one) -> the call
+#: (an awaitable, or an async iterable of events).
+Call = Callable[[common_pb2.Image | None], T]
 
 
 def is_lost_image(exc: BaseException) -> bool:
@@ -32,15 +37,36 @@ def is_lost_image(exc: BaseException) -> bool:
     return b"IMAGE_NOT_FOUND" in details
 
 
+def _retry_cause(exc: BaseException, tried: set[str], image: common_pb2.Image | None
+                 ) -> str | None:
+    """Why a call (with `image`) that failed before its first event may be made again
+    ("bytes": send the image's bytes, "unavailable": as it was), recorded in `tried`;
+    None: it may not."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    if is_lost_image(exc) and image is not None and image.WhichOneof("source") == "sha256":
+        cause = "bytes"
+    elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+        cause = "unavailable"
+    else:
+        return None
+    if cause in tried:
+        return None
+    tried.add(cause)
+    return cause
+
+
 class ImageReferences:
-    """Which images one server (or one replicated address) already holds."""
+    """Which images one server (or one replicated address) already holds, and the calls
+    made to it under the policy above."""
 
     def __init__(self, capacity: int = 256) -> None:
         self._known: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
-        #: Images sent as bytes / as references (for tests and metrics).
+        #: Images sent as bytes / as references, calls made again (for tests and metrics).
         self.sent_bytes = 0
         self.sent_refs = 0
+        self.retries = 0
 
     def image(self, data: bytes, *, force_bytes: bool = False) -> common_pb2.Image:
         """The `Image` to send: its reference when the server holds it, else the bytes."""
@@ -56,20 +82,36 @@ class ImageReferences:
         self.sent_bytes += 1
         return common_pb2.Image(data=data)
 
-    async def unary(self, data: bytes, call: Call[Awaitable[T]]) -> T:
-        """`call(image)`, again with the bytes if the reference was lost."""
-        try:
-            return await call(self.image(data))
-        except grpc.aio.AioRpcError as exc:
-            if not is_lost_image(exc):
-                raise
-        return await call(self.image(data, force_bytes=True))
+    def _first(self, data: bytes | None) -> common_pb2.Image | None:
+        return None if data is None else self.image(data)
 
-    async def stream(self, data: bytes, call: Call[AsyncIterable[T]]) -> AsyncIterator[T]:
-        """The events of `call(image)`; made again with the bytes if the reference was
-        lost before the first event. Leaving the iteration cancels the call."""
-        for force_bytes in (False, True):
-            responses = call(self.image(data, force_bytes=force_bytes))
+    def _again(self, data: bytes | None, image: common_pb2.Image | None, cause: str
+               ) -> common_pb2.Image | None:
+        """The image of the next attempt: the bytes after a lost reference, else the same."""
+        self.retries += 1
+        return self.image(data, force_bytes=True) if cause == "bytes" and data else image
+
+    async def unary(self, data: bytes | None, call: Call[Awaitable[T]]) -> T:
+        """`call(image)`, made again once per cause above."""
+        tried: set[str] = set()
+        image = self._first(data)
+        while True:
+            try:
+                return await call(image)
+            except grpc.aio.AioRpcError as exc:
+                cause = _retry_cause(exc, tried, image)
+                if cause is None:
+                    raise
+            image = self._again(data, image, cause)
+
+    async def stream(self, data: bytes | None, call: Call[AsyncIterable[T]]
+                     ) -> AsyncIterator[T]:
+        """The events of `call(image)`, made again once per cause above while no event has
+        come. Leaving the iteration cancels the call."""
+        tried: set[str] = set()
+        image = self._first(data)
+        while True:
+            responses = call(image)
             started = False
             try:
                 async for message in responses:
@@ -77,18 +119,11 @@ class ImageReferences:
                     yield message
                 return
             except grpc.aio.AioRpcError as exc:
-                if started or force_bytes or not is_lost_image(exc):
+                cause = _retry_cause(exc, tried, image)
+                if started or cause is None:
                     raise
             finally:
                 cancel = getattr(responses, "cancel", None)
                 if cancel is not None:
                     cancel()
-
-
-async def cancelling(responses: AsyncIterable[T]) -> AsyncIterator[T]:
-    """A streaming call's messages; a caller that stops iterating cancels the call."""
-    try:
-        async for message in responses:
-            yield message
-    finally:
-        responses.cancel()  # type: ignore[attr-defined]
+            image = self._again(data, image, cause)

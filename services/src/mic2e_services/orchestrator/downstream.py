@@ -1,8 +1,10 @@
 """The orchestrator's view of one model server: a channel, image references, errors.
 
-Each model server receives an image's bytes once; later calls send its SHA-256 and only
-re-send the bytes when the server answers NOT_FOUND (the clients' policy,
-`mic2e.image_refs`). Failures become `DownstreamError`s naming the stage.
+Each model server receives an image's bytes once; later calls send its SHA-256. Calls
+follow the clients' one policy (`mic2e.image_refs`): made again once with the bytes when
+the server lost the image, and once when the call failed UNAVAILABLE before its first
+event (a connection closing as it aged). Failures become `DownstreamError`s naming the
+stage.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from mic2e.channel import aio_channel
-from mic2e.image_refs import ImageReferences, cancelling
+from mic2e.image_refs import ImageReferences
 from mic2e.v1 import common_pb2
 
 from mic2e_services.errors import DownstreamError
@@ -76,7 +78,7 @@ class Downstream:
     async def unary(self, stage: str, data: bytes,
                     call: Callable[[common_pb2.Image], Awaitable[T]],
                     rename: Callable[[str], str] | None = None) -> T:
-        """Run a unary call with the image by reference, re-sending bytes if it was lost.
+        """Run a unary call with the image by reference, under the call policy above.
 
         `rename` maps the model server's field paths to the caller's, in errors.
         """
@@ -90,10 +92,8 @@ class Downstream:
                      rename: Callable[[str], str] | None = None) -> AsyncIterator[Any]:
         """Run a streaming call likewise (`data` None: a call without an image); the call
         is cancelled if the caller leaves."""
-        responses = self.images.stream(data, call) if data is not None else cancelling(
-            call(None))
         try:
-            async for message in responses:
+            async for message in self.images.stream(data, call):
                 yield message
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, stage, self.address, rename) from None
