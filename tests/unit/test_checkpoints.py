@@ -37,3 +37,15 @@ def test_a_hub_snapshot_is_named_by_its_commit(tmp_path: Path, monkeypatch) -> N
                                         "ignore_patterns": ["*.pt"]})]
     # The snapshot folder itself, given as a local path, keeps the commit too.
     assert checkpoints.resolve_checkpoint(snapshot)[1] == commit
+
+
+def test_a_model_is_named_by_its_hub_id_never_a_server_path(tmp_path: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--black-forest-labs--FLUX.1-schnell" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    assert checkpoints.public_name(snapshot) == "black-forest-labs/FLUX.1-schnell"
+    assert checkpoints.public_name("facebook/sam3") == "facebook/sam3"  # a hub id as it is
+    folder = tmp_path / "srv" / "models" / "objectclear"
+    folder.mkdir(parents=True)
+    assert checkpoints.public_name(folder) == "objectclear"
+    assert checkpoints.public_name(f"{folder}/") == "objectclear"

@@ -121,7 +121,9 @@ def test_checkpoint_is_deterministic_and_small(checkpoint: Path, tmp_path: Path)
 
 def test_provenance_and_protocol(model: FluxGenerator, checkpoint: Path) -> None:
     assert isinstance(model, Model)
-    assert model.model_id == str(checkpoint)
+    assert model.model_id == checkpoint.name
+    assert FluxGenerator(str(checkpoint), model_name="flux-schnell@us-east").model_id == \
+        "flux-schnell@us-east"
     assert model.revision.startswith("local-")
     assert (model.dtype_name, model.device_name) == ("float32", "cpu")
     assert FluxGenerator(str(checkpoint)).revision  # known (as "unknown") before load

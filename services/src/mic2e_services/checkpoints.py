@@ -13,9 +13,23 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["local_revision", "resolve_checkpoint"]
+__all__ = ["local_revision", "public_name", "resolve_checkpoint"]
 
 _SNAPSHOT = re.compile(r"snapshots/([0-9a-f]{40})(/|$)")
+_HUB_CACHE = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/")
+
+
+def public_name(model_id: str | Path) -> str:
+    """How a model is named to callers: its hub id; for a folder in a hub cache the id it
+    was downloaded as (``models--org--name/snapshots/...`` -> ``org/name``); for any other
+    folder its own name. Never a path: where a server keeps its files is not the caller's
+    business (and may say more than it should)."""
+    text = str(model_id)
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        return text
+    cached = _HUB_CACHE.search(path.resolve().as_posix())
+    return f"{cached[1]}/{cached[2]}" if cached else path.resolve().name
 
 
 def resolve_checkpoint(model_id: str | Path, revision: str | None = None, *,

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from mic2e_services import errors
-from mic2e_services.checkpoints import resolve_checkpoint
+from mic2e_services.checkpoints import public_name, resolve_checkpoint
 from mic2e_services.runtime.model_api import CompileSpec, StepContext
 from mic2e_services.schema import raise_if
 from mic2e_services.torch_device import (
@@ -68,13 +68,17 @@ class TorchModel(abc.ABC):
     def __init__(self, model_id: str, *, device: str = "cpu", dtype: str | None = None,
                  max_batch_size: int | None = None, revision: str | None = None,
                  quantization: str = "none", offload: str = "none", vae_tiling: bool = False,
-                 compile: CompileSpec | None = None) -> None:
+                 compile: CompileSpec | None = None, model_name: str | None = None) -> None:
         if offload != "none" and self.OFFLOAD_REFUSED:
             raise ValueError(f"offload={offload!r} is not supported: {self.OFFLOAD_REFUSED}; "
                              "set MIC2E_OFFLOAD=none")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.model_id = str(model_id)
+        #: Where the checkpoint is read from: a hub id or a local folder.
+        self.source = str(model_id)
+        #: How callers see the model (`Provenance.model_id`): `model_name` if the operator
+        #: set one, else the hub id (`checkpoints.public_name`), never a server path.
+        self.model_id = model_name or public_name(model_id)
         self.device = resolve_device(device)
         # Refuse a memory mode this device cannot run now, not after minutes of loading.
         check_memory_options(self.device, quantization=quantization, offload=offload,
@@ -124,7 +128,7 @@ class TorchModel(abc.ABC):
         parts, self._parts = self._parts, None
         if parts is None:
             folder, self.revision = resolve_checkpoint(
-                self.model_id, self._requested_revision, allow_patterns=self.HUB_FILES,
+                self.source, self._requested_revision, allow_patterns=self.HUB_FILES,
                 ignore_patterns=self.HUB_IGNORE)
             parts = self.load_parts(folder)
         self.setup(parts)

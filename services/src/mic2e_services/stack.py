@@ -148,19 +148,31 @@ def stop_processes(procs: Iterable[subprocess.Popen], timeout_s: float) -> None:
             proc.wait(timeout=10)
 
 
+class _Stopped(Exception):
+    """SIGTERM / Ctrl-C before any server process was started."""
+
+
 def run_stack(args: argparse.Namespace) -> int:
     """`mic2e-server up`: every server as a child process until Ctrl-C / SIGTERM, which
     stops them all gracefully - also while they are still starting."""
     stopping = False
+    children = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
+        if not stopping and not children:
+            stopping = True
+            raise _Stopped  # nothing started yet (e.g. writing tiny models): leave now
+        # Children run: `processes` sees the flag within a second and stops them all.
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     models = {n: getattr(args, f"model_{n.replace('-', '_')}") for n in MODEL_SERVERS}
-    tiny = tiny_models(args.tiny_dir, [n for n, m in models.items() if m is None])
+    try:
+        tiny = tiny_models(args.tiny_dir, [n for n, m in models.items() if m is None])
+    except _Stopped:
+        return 0
     ports = {ORCHESTRATOR: args.base_port,
              **{n: args.base_port + offset for n, offset in PORT_OFFSETS.items()}}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
@@ -172,6 +184,7 @@ def run_stack(args: argparse.Namespace) -> int:
     commands[ORCHESTRATOR] = command(ORCHESTRATOR, ports[ORCHESTRATOR],
                                      metrics_port=metrics[ORCHESTRATOR],
                                      addresses={n: addresses[n] for n in MODEL_SERVERS})
+    children = True
     try:
         with processes(commands, addresses, stopping=lambda: stopping) as procs:
             for name in procs:

@@ -7,6 +7,8 @@ as the real checkpoints. Their pictures are noise; everything around them is rea
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 #: Sub-folder of DIR for each model server.
@@ -27,6 +29,15 @@ def make_tiny(directory: Path, seed: int = 0) -> dict[str, Path]:
     out = {}
     for server, write in writers.items():
         path = Path(directory) / TINY_FOLDERS[server]
-        write(path, seed=seed)
+        # Written aside, then renamed into place: a write cut short (Ctrl-C) never leaves
+        # a folder that looks complete.
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            write(partial, seed=seed)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(partial, path)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         out[server] = path
     return out

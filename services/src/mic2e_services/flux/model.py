@@ -46,6 +46,21 @@ _DEFAULT_STEP_S = {"cpu": 0.5, "cuda": 0.08}
 STAGE = "generation"
 
 
+class _NoPromptText(logging.Filter):
+    """Drops the pipeline's warning that quotes the cut-off end of a long prompt (CLIP
+    reads 77 tokens, T5 `max_sequence_length`): a caller's text never reaches the logs, at
+    any verbosity. The response says what T5 kept (`prompt_truncated`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The following part of your input was truncated")
+
+
+def _keep_prompts_out_of_logs(pipe: Any) -> None:
+    logger = logging.getLogger(type(pipe).__module__)
+    if not any(isinstance(f, _NoPromptText) for f in logger.filters):
+        logger.addFilter(_NoPromptText())
+
+
 class FluxGenerator(TorchModel):
     """FLUX.1-schnell on one device."""
 
@@ -75,6 +90,7 @@ class FluxGenerator(TorchModel):
         return FluxPipeline.from_pretrained(folder, dtype=self.dtype)
 
     def setup(self, pipe: Any) -> None:
+        _keep_prompts_out_of_logs(pipe)
         if pipe.transformer.dtype != self.dtype:  # never serve silently in another dtype
             pipe.to(dtype=self.dtype)
         # The 12 B transformer and the 4.8 B T5 are the big parts.
