@@ -59,6 +59,11 @@ async def flux(tiny_flux):
             prompt="a red bicycle", width=256, height=256, steps=2, seed=seed)))
     with pytest.raises(grpc.aio.AioRpcError):
         await drain(stub.Generate(flux_pb2.GenerateRequest(prompt="")))
+    # Valid, but more work than its deadline allows: refused, and counted as demand.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await drain(stub.Generate(flux_pb2.GenerateRequest(
+            prompt="a red bicycle", width=512, height=512, steps=50, seed=3), timeout=0.5))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     yield server
     await channel.close()
     await server.stop(0)
@@ -68,6 +73,12 @@ async def test_metrics_endpoint_has_the_families(flux):
     text = await asyncio.to_thread(get, f"http://127.0.0.1:{flux.metrics_port}/metrics")
     assert 'mic2e_requests_total{code="OK",rpc="Generate",server="flux"} 2.0' in text
     assert 'mic2e_requests_total{code="INVALID_ARGUMENT",rpc="Generate",server="flux"} 1.0' in text
+    # The scaling signal: valid work offered, admitted or refused; never invalid requests.
+    demand = {line.split("outcome=")[1].split('"')[1]: float(line.split()[-1])
+              for line in text.splitlines()
+              if line.startswith("mic2e_demand_gpu_seconds_total{")}
+    assert set(demand) == {"ADMITTED", "DEADLINE_TOO_SHORT"}, demand
+    assert demand["ADMITTED"] > 0 and demand["DEADLINE_TOO_SHORT"] > demand["ADMITTED"]
     for family in ("mic2e_request_seconds_bucket", "mic2e_queue_depth",
                    "mic2e_queued_gpu_seconds", "mic2e_batch_size_count",
                    "mic2e_step_seconds_count", "mic2e_image_cache_lookups_total"):
@@ -111,7 +122,17 @@ async def test_real_prometheus_scrapes_the_autoscaling_metric(flux, tmp_path):
         rate = urllib.parse.urlencode({"query": 'sum(mic2e_requests_total{server="flux"})'})
         total = json.loads(await asyncio.to_thread(
             get, f"http://127.0.0.1:{web}/api/v1/query?{rate}"))["data"]["result"]
-        assert float(total[0]["value"][1]) == 3.0
+        assert float(total[0]["value"][1]) == 4.0
+        # The autoscalers' query (deploy/k8s: adapter rule and KEDA trigger) on the real
+        # series: no traffic now, so no GPU busy: one replica.
+        wanted = urllib.parse.urlencode({"query": (
+            'floor(sum(rate(mic2e_demand_gpu_seconds_total{server="flux"}[1m]))) + 1')})
+        answer = None
+        while time.monotonic() < until and not answer:
+            answer = json.loads(await asyncio.to_thread(
+                get, f"http://127.0.0.1:{web}/api/v1/query?{wanted}"))["data"]["result"]
+            await asyncio.sleep(0.5)
+        assert answer and float(answer[0]["value"][1]) == 1.0
     finally:
         proc.terminate()
         proc.wait(10)

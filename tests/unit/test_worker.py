@@ -117,9 +117,19 @@ async def test_not_started_is_unavailable():
         worker.submit(FakeRequest(1))
 
 
+class Offered(WorkerCallback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str | None]] = []
+
+    def on_offered(self, worker, estimate_s, refused):
+        self.seen.append((estimate_s, refused))
+
+
 async def test_queue_full_is_resource_exhausted_with_retry_hint():
     model = FakeModel(step_s=0.05, max_batch_size=1)
     worker = await started_worker(model, max_queue=2)
+    offered = Offered()
+    worker.add_callback(offered)
     first = worker.submit(FakeRequest(1))
     await asyncio.to_thread(model.started.wait, 5)  # first one is running, queue empty
     queued = [worker.submit(FakeRequest(i)) for i in (2, 3)]
@@ -127,6 +137,12 @@ async def test_queue_full_is_resource_exhausted_with_retry_hint():
         worker.submit(FakeRequest(4))
     assert info.value.retry_after_s and info.value.retry_after_s > 0
     assert info.value.reason == "QUEUE_FULL"
+    # Every valid request is offered demand, the refused one with its reason; an invalid
+    # one is not (it was never costed).
+    with pytest.raises(InvalidArgument):
+        worker.submit(FakeRequest(5, invalid=("steps",)))
+    assert [r for _, r in offered.seen] == [None, None, None, "QUEUE_FULL"]
+    assert all(e > 0 for e, _ in offered.seen)
     assert [await j.result() for j in (first, *queued)] == [2, 4, 6]
     await worker.stop()
 

@@ -1,9 +1,12 @@
 """Prometheus metrics of one server, on its own registry and port.
 
 Exposed at ``http://HOST:METRICS_PORT/metrics``. The autoscaling signal is
-``mic2e_queued_gpu_seconds``: the estimated device time of everything queued or running
-in this server (from measured step times), so an autoscaler adds replicas when work piles
-up in GPU-seconds, not in request counts (a 20-step removal is not a 1-step one).
+``mic2e_demand_gpu_seconds_total``: the estimated device time (from measured step times)
+of every valid request offered, admitted or refused, so its rate summed over replicas is
+how many GPUs the traffic keeps busy - in GPU-seconds, not request counts (a 20-step
+removal is not a 1-step one), and refused work included (short deadlines cannot hide
+demand). ``mic2e_queued_gpu_seconds`` is the backlog of one replica (queued and running
+work), for dashboards and admission.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class _WorkerMetrics(WorkerCallback):
     """Batches and steps of a worker, as they happen."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
+        self.server, self.demand = metrics.server, metrics.demand
         self.batch_size = metrics.batch_size.labels(metrics.server)
         self.batch_seconds = metrics.batch_seconds.labels(metrics.server)
         self.step_seconds = metrics.step_seconds.labels(metrics.server)
@@ -37,6 +41,9 @@ class _WorkerMetrics(WorkerCallback):
 
     def on_step(self, worker: ModelWorker, seconds: float) -> None:
         self.step_seconds.observe(seconds)
+
+    def on_offered(self, worker: ModelWorker, estimate_s: float, refused: str | None) -> None:
+        self.demand.labels(self.server, refused or "ADMITTED").inc(estimate_s)
 
 
 class ServerMetrics:
@@ -56,6 +63,12 @@ class ServerMetrics:
             "mic2e_queued_gpu_seconds",
             "Estimated device seconds of queued plus running work (the autoscaling metric).",
             labels, registry=r)
+        self.demand = Counter(
+            "mic2e_demand_gpu_seconds",
+            "Estimated device seconds of the valid requests offered, by outcome: ADMITTED, or "
+            "the reason they were refused (QUEUE_FULL, DEADLINE_TOO_SHORT). Its rate over all "
+            "replicas is the number of GPUs the traffic keeps busy: the scaling signal.",
+            ["server", "outcome"], registry=r)
         self.batch_size = Histogram("mic2e_batch_size", "Requests per model call.", labels,
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
         self.batch_seconds = Histogram("mic2e_batch_seconds", "Device time per model call.",

@@ -70,6 +70,12 @@ class ModelServerSettings(ServerSettings):
     """What every model server adds: the model, its device and its worker."""
 
     model: str = Field("", description="hub id or local folder of the checkpoint")
+    # Its clients are orchestrators on round-robin channels that only re-resolve DNS when
+    # a connection closes: a replica added by the autoscaler gets calls within a minute.
+    # (Safe since ageing never cuts an accepted call: max_connection_age_grace_s.)
+    max_connection_age_s: float = Field(60.0, gt=0, description="close client connections "
+                                        "this old (in-flight calls finish first), so "
+                                        "orchestrators re-resolve DNS and reach new replicas")
     model_name: str | None = Field(None, description="the model's name in responses "
                                    "(Provenance.model_id); default: its hub id, or the "
                                    "folder's name - never a server path")

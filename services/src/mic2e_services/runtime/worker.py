@@ -68,6 +68,11 @@ class WorkerCallback:
     def on_step(self, worker: ModelWorker, seconds: float) -> None:
         """A request made one step; `seconds` since its previous one."""
 
+    def on_offered(self, worker: ModelWorker, estimate_s: float, refused: str | None) -> None:
+        """A valid request of `estimate_s` device seconds was offered: admitted (`refused`
+        None) or refused for the reason given (QUEUE_FULL, DEADLINE_TOO_SHORT). On the
+        event loop."""
+
     def on_job_end(self, worker: ModelWorker, job: Job) -> None:
         """`job` finished (result, error or cancellation)."""
 
@@ -274,6 +279,15 @@ class ModelWorker:
                   self._step, self._job_end)
         if job.expired():
             raise DeadlineExceeded("deadline expired before the work started")
+        try:
+            self._admit(job, deadline)
+        except ResourceExhausted as exc:
+            self._offered(estimate, exc.reason)
+            raise
+        self._offered(estimate, None)
+        return job
+
+    def _admit(self, job: Job, deadline: float | None) -> None:
         with self._cond:
             backlog = sum(j.estimate_s for j in self._pending) + sum(
                 j.estimate_s for j in self._running)
@@ -282,15 +296,18 @@ class ModelWorker:
                     f"{self.name} queue is full ({self.max_queue} requests)",
                     retry_after_s=max(backlog, 0.05), reason="QUEUE_FULL")
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and backlog + estimate > left:
+            if left is not None and backlog + job.estimate_s > left:
                 raise ResourceExhausted(
                     f"{self.name} cannot finish this request before its deadline: about "
-                    f"{backlog:.2f}s of queued work plus {estimate:.2f}s for it, "
+                    f"{backlog:.2f}s of queued work plus {job.estimate_s:.2f}s for it, "
                     f"{max(left, 0):.2f}s left", retry_after_s=max(backlog, 0.05),
                     reason="DEADLINE_TOO_SHORT")
             self._pending.append(job)
             self._cond.notify()
-        return job
+
+    def _offered(self, estimate_s: float, refused: str | None) -> None:
+        for callback in self.callbacks:
+            callback.on_offered(self, estimate_s, refused)
 
     # -- the device thread -------------------------------------------------------------------
     def _take_batch(self) -> list[Job] | None:
