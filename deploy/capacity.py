@@ -78,7 +78,8 @@ def wait_quantile(c: int, lam: float, service_s: float, p: float = 0.95) -> floa
     pw = erlang_c(c, a)
     if pw <= 1 - p:
         return 0.0
-    return math.log(pw / (1 - p)) / (c / service_s - lam)
+    drain = c / service_s - lam  # > 0 above, but rounding can make it 0 when a ~ c
+    return math.log(pw / (1 - p)) / drain if drain > 0 else math.inf
 
 
 def mean_wait(c: int, lam: float, service_s: float) -> float:

