@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mic2e.v1 import common_pb2 as mic2e_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mic2e/v1/flux.proto\x12\x08mic2e.v1\x1a\x15mic2e/v1/common.proto\"\xc7\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\x05width\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06height\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12,\n\routput_format\x18\x06 \x01(\x0e\x32\x15.mic2e.v1.ImageFormatB\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x07\n\x05_seed\"\x95\x01\n\x0eGenerateResult\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.mic2e.v1.EncodedImage\x12(\n\nprovenance\x18\x02 \x01(\x0b\x32\x14.mic2e.v1.Provenance\x12\x18\n\x10prompt_truncated\x18\x03 \x01(\x08\x12\x18\n\x10truncated_prompt\x18\x04 \x01(\t\"o\n\x10GenerateResponse\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.mic2e.v1.ProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.mic2e.v1.GenerateResultH\x00\x42\x07\n\x05\x65vent2R\n\x0b\x46luxService\x12\x43\n\x08Generate\x12\x19.mic2e.v1.GenerateRequest\x1a\x1a.mic2e.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mic2e/v1/flux.proto\x12\x08mic2e.v1\x1a\x15mic2e/v1/common.proto\"\xc7\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\x05width\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06height\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12,\n\routput_format\x18\x06 \x01(\x0e\x32\x15.mic2e.v1.ImageFormatB\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x07\n\x05_seed\"\x95\x01\n\x0eGenerateResult\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.mic2e.v1.EncodedImage\x12(\n\nprovenance\x18\x02 \x01(\x0b\x32\x14.mic2e.v1.Provenance\x12\x18\n\x10prompt_truncated\x18\x03 \x01(\x08\x12\x18\n\x10truncated_prompt\x18\x04 \x01(\t\"o\n\x10GenerateResponse\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.mic2e.v1.ProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.mic2e.v1.GenerateResultH\x00\x42\x07\n\x05\x65vent\"\x9c\x02\n\x0eInpaintOptions\x12\x15\n\x08strength\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1a\n\rmask_dilation\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x14\n\x07\x66\x65\x61ther\x18\x06 \x01(\rH\x05\x88\x01\x01\x12,\n\routput_format\x18\x07 \x01(\x0e\x32\x15.mic2e.v1.ImageFormatB\x0b\n\t_strengthB\x08\n\x06_stepsB\x07\n\x05_seedB\x11\n\x0f_guidance_scaleB\x10\n\x0e_mask_dilationB\n\n\x08_feather\"\x8a\x01\n\x0eInpaintRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.mic2e.v1.Image\x12\x1d\n\x05masks\x18\x02 \x03(\x0b\x32\x0e.mic2e.v1.Mask\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.mic2e.v1.InpaintOptions\"\xb2\x01\n\rInpaintResult\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.mic2e.v1.EncodedImage\x12\x1c\n\x04mask\x18\x02 \x01(\x0b\x32\x0e.mic2e.v1.Mask\x12(\n\nprovenance\x18\x03 \x01(\x0b\x32\x14.mic2e.v1.Provenance\x12\x18\n\x10prompt_truncated\x18\x04 \x01(\x08\x12\x18\n\x10truncated_prompt\x18\x05 \x01(\t\"m\n\x0fInpaintResponse\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.mic2e.v1.ProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.mic2e.v1.InpaintResultH\x00\x42\x07\n\x05\x65vent2\x94\x01\n\x0b\x46luxService\x12\x43\n\x08Generate\x12\x19.mic2e.v1.GenerateRequest\x1a\x1a.mic2e.v1.GenerateResponse0\x01\x12@\n\x07Inpaint\x12\x18.mic2e.v1.InpaintRequest\x1a\x19.mic2e.v1.InpaintResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESULT']._serialized_end=408
   _globals['_GENERATERESPONSE']._serialized_start=410
   _globals['_GENERATERESPONSE']._serialized_end=521
-  _globals['_FLUXSERVICE']._serialized_start=523
-  _globals['_FLUXSERVICE']._serialized_end=605
+  _globals['_INPAINTOPTIONS']._serialized_start=524
+  _globals['_INPAINTOPTIONS']._serialized_end=808
+  _globals['_INPAINTREQUEST']._serialized_start=811
+  _globals['_INPAINTREQUEST']._serialized_end=949
+  _globals['_INPAINTRESULT']._serialized_start=952
+  _globals['_INPAINTRESULT']._serialized_end=1130
+  _globals['_INPAINTRESPONSE']._serialized_start=1132
+  _globals['_INPAINTRESPONSE']._serialized_end=1241
+  _globals['_FLUXSERVICE']._serialized_start=1244
+  _globals['_FLUXSERVICE']._serialized_end=1392
 # @@protoc_insertion_point(module_scope)

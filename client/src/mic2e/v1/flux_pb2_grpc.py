@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class FluxServiceStub:
-    """Generates images with FLUX.1-schnell. Streams one Progress per denoising step, then
-    exactly one result.
+    """Generates and inpaints images with FLUX.1. Streams one Progress per denoising step,
+    then exactly one result.
     """
 
     def __init__(self, channel):
@@ -41,16 +41,32 @@ class FluxServiceStub:
                 request_serializer=mic2e_dot_v1_dot_flux__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=mic2e_dot_v1_dot_flux__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Inpaint = channel.unary_stream(
+                '/mic2e.v1.FluxService/Inpaint',
+                request_serializer=mic2e_dot_v1_dot_flux__pb2.InpaintRequest.SerializeToString,
+                response_deserializer=mic2e_dot_v1_dot_flux__pb2.InpaintResponse.FromString,
+                _registered_method=True)
 
 
 class FluxServiceServicer:
-    """Generates images with FLUX.1-schnell. Streams one Progress per denoising step, then
-    exactly one result.
+    """Generates and inpaints images with FLUX.1. Streams one Progress per denoising step,
+    then exactly one result.
     """
 
     def Generate(self, request, context):
         """Generates one image from a prompt. Cancelling the call or letting its deadline pass
-        stops generation at the next step.
+        stops generation at the next step. A server holding a fill checkpoint answers
+        FAILED_PRECONDITION (ErrorInfo reason FILL_MODEL_ONLY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inpaint(self, request, context):
+        """Repaints the masked region of an image from a prompt, on the model the server holds
+        (FLUX.1-schnell by default; a FLUX fill checkpoint when the server loaded one). The
+        result is at the input's size and, outside the dilated, feathered mask, is the
+        input's own pixels. Cancellation and deadlines as Generate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -64,6 +80,11 @@ def add_FluxServiceServicer_to_server(servicer, server):
                     request_deserializer=mic2e_dot_v1_dot_flux__pb2.GenerateRequest.FromString,
                     response_serializer=mic2e_dot_v1_dot_flux__pb2.GenerateResponse.SerializeToString,
             ),
+            'Inpaint': grpc.unary_stream_rpc_method_handler(
+                    servicer.Inpaint,
+                    request_deserializer=mic2e_dot_v1_dot_flux__pb2.InpaintRequest.FromString,
+                    response_serializer=mic2e_dot_v1_dot_flux__pb2.InpaintResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mic2e.v1.FluxService', rpc_method_handlers)
@@ -73,8 +94,8 @@ def add_FluxServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FluxService:
-    """Generates images with FLUX.1-schnell. Streams one Progress per denoising step, then
-    exactly one result.
+    """Generates and inpaints images with FLUX.1. Streams one Progress per denoising step,
+    then exactly one result.
     """
 
     @staticmethod
@@ -94,6 +115,33 @@ class FluxService:
             '/mic2e.v1.FluxService/Generate',
             mic2e_dot_v1_dot_flux__pb2.GenerateRequest.SerializeToString,
             mic2e_dot_v1_dot_flux__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inpaint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mic2e.v1.FluxService/Inpaint',
+            mic2e_dot_v1_dot_flux__pb2.InpaintRequest.SerializeToString,
+            mic2e_dot_v1_dot_flux__pb2.InpaintResponse.FromString,
             options,
             channel_credentials,
             insecure,

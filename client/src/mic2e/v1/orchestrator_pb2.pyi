@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from mic2e.v1 import common_pb2 as _common_pb2
+from mic2e.v1 import flux_pb2 as _flux_pb2
 from mic2e.v1 import object_clear_pb2 as _object_clear_pb2
 import builtins as _builtins
 import sys
@@ -295,3 +296,164 @@ class RemoveObjectsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___RemoveObjectsResponse: _TypeAlias = RemoveObjectsResponse  # noqa: Y015
+
+@_typing.final
+class ReplaceObjectsRequest(_message.Message):
+    """Request of ReplaceObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    MASKS_FIELD_NUMBER: _builtins.int
+    BOX_FIELD_NUMBER: _builtins.int
+    REPLACEMENT_FIELD_NUMBER: _builtins.int
+    INPAINT_OPTIONS_FIELD_NUMBER: _builtins.int
+    replacement: _builtins.str
+    """What to paint there: the prompt of the inpainting, e.g. "a cat", 1 to 2000
+    characters. Required. (Not `prompt`: that is the click/box target's name.)
+    """
+    @_builtins.property
+    def image(self) -> _common_pb2.Image:
+        """The image. Required."""
+
+    @_builtins.property
+    def text(self) -> Global___TextTarget:
+        """Every instance of a text prompt."""
+
+    @_builtins.property
+    def prompt(self) -> Global___PromptTarget:
+        """One object marked by points and/or a box."""
+
+    @_builtins.property
+    def masks(self) -> Global___MaskTarget:
+        """Ready masks."""
+
+    @_builtins.property
+    def box(self) -> _common_pb2.Box:
+        """Everything inside this box (no segmentation): fill it with the prompt."""
+
+    @_builtins.property
+    def inpaint_options(self) -> _flux_pb2.InpaintOptions:
+        """Inpainting options (strength, steps, seed, mask dilation, feather, ...)."""
+
+    def __init__(
+        self,
+        *,
+        image: _common_pb2.Image | None = ...,
+        text: Global___TextTarget | None = ...,
+        prompt: Global___PromptTarget | None = ...,
+        masks: Global___MaskTarget | None = ...,
+        box: _common_pb2.Box | None = ...,
+        replacement: _builtins.str = ...,
+        inpaint_options: _flux_pb2.InpaintOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "image", b"image", "inpaint_options", b"inpaint_options", "masks", b"masks", "prompt", b"prompt", "target", b"target", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "image", b"image", "inpaint_options", b"inpaint_options", "masks", b"masks", "prompt", b"prompt", "replacement", b"replacement", "target", b"target", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["text", "prompt", "masks", "box"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___ReplaceObjectsRequest: _TypeAlias = ReplaceObjectsRequest  # noqa: Y015
+
+@_typing.final
+class ReplaceObjectsResult(_message.Message):
+    """The final result of ReplaceObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    PROMPT_TRUNCATED_FIELD_NUMBER: _builtins.int
+    TRUNCATED_PROMPT_FIELD_NUMBER: _builtins.int
+    prompt_truncated: _builtins.bool
+    """True when the prompt was longer than the text encoder's limit and was cut."""
+    truncated_prompt: _builtins.str
+    """The part of the prompt the model actually saw, when `prompt_truncated`."""
+    @_builtins.property
+    def image(self) -> _common_pb2.EncodedImage:
+        """The edited image at the input's size; outside the dilated, feathered mask, the
+        input's own pixels.
+        """
+
+    @_builtins.property
+    def mask(self) -> _common_pb2.Mask:
+        """The merged, dilated mask that was repainted."""
+
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Instance]:
+        """The instances replaced (empty for a mask or box target)."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Provenance]:
+        """Provenance of each model stage, in order (segmentation, then flux)."""
+
+    @_builtins.property
+    def timings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]:
+        """Wall time of every stage as the orchestrator saw it, including "total"."""
+
+    def __init__(
+        self,
+        *,
+        image: _common_pb2.EncodedImage | None = ...,
+        mask: _common_pb2.Mask | None = ...,
+        instances: _abc.Iterable[_common_pb2.Instance] | None = ...,
+        stages: _abc.Iterable[_common_pb2.Provenance] | None = ...,
+        timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        prompt_truncated: _builtins.bool = ...,
+        truncated_prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "instances", b"instances", "mask", b"mask", "prompt_truncated", b"prompt_truncated", "stages", b"stages", "timings", b"timings", "truncated_prompt", b"truncated_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceObjectsResult: _TypeAlias = ReplaceObjectsResult  # noqa: Y015
+
+@_typing.final
+class ReplaceObjectsResponse(_message.Message):
+    """One event of the ReplaceObjects stream, in order: Progress for the segmentation stage,
+    the SegmentationResult (neither for a mask or box target), Progress of the inpainting,
+    then exactly one result.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    SEGMENTATION_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> _common_pb2.Progress:
+        """Progress of the current stage."""
+
+    @_builtins.property
+    def segmentation(self) -> Global___SegmentationResult:
+        """The instances found."""
+
+    @_builtins.property
+    def result(self) -> Global___ReplaceObjectsResult:
+        """The final result; always the last event."""
+
+    def __init__(
+        self,
+        *,
+        progress: _common_pb2.Progress | None = ...,
+        segmentation: Global___SegmentationResult | None = ...,
+        result: Global___ReplaceObjectsResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result", "segmentation", b"segmentation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result", "segmentation", b"segmentation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "segmentation", "result"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ReplaceObjectsResponse: _TypeAlias = ReplaceObjectsResponse  # noqa: Y015

@@ -58,6 +58,16 @@ class EditServiceStub:
                 request_serializer=mic2e_dot_v1_dot_flux__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=mic2e_dot_v1_dot_flux__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.ReplaceObjects = channel.unary_stream(
+                '/mic2e.v1.EditService/ReplaceObjects',
+                request_serializer=mic2e_dot_v1_dot_orchestrator__pb2.ReplaceObjectsRequest.SerializeToString,
+                response_deserializer=mic2e_dot_v1_dot_orchestrator__pb2.ReplaceObjectsResponse.FromString,
+                _registered_method=True)
+        self.Inpaint = channel.unary_stream(
+                '/mic2e.v1.EditService/Inpaint',
+                request_serializer=mic2e_dot_v1_dot_flux__pb2.InpaintRequest.SerializeToString,
+                response_deserializer=mic2e_dot_v1_dot_flux__pb2.InpaintResponse.FromString,
+                _registered_method=True)
 
 
 class EditServiceServicer:
@@ -96,6 +106,24 @@ class EditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceObjects(self, request, context):
+        """Segments the target (unless masks or a box are given), then repaints it from a prompt
+        on the FLUX server ("replace the dog with a cat"; "a vase of flowers in this box").
+        Streams as RemoveObjects: the segmentation stage, the instances, the inpainting's
+        per-step progress, then exactly one result; a failed later stage ends the stream
+        with an ErrorInfo naming it, after the earlier events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inpaint(self, request, context):
+        """FluxService.Inpaint, passed through.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +146,16 @@ def add_EditServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=mic2e_dot_v1_dot_flux__pb2.GenerateRequest.FromString,
                     response_serializer=mic2e_dot_v1_dot_flux__pb2.GenerateResponse.SerializeToString,
+            ),
+            'ReplaceObjects': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplaceObjects,
+                    request_deserializer=mic2e_dot_v1_dot_orchestrator__pb2.ReplaceObjectsRequest.FromString,
+                    response_serializer=mic2e_dot_v1_dot_orchestrator__pb2.ReplaceObjectsResponse.SerializeToString,
+            ),
+            'Inpaint': grpc.unary_stream_rpc_method_handler(
+                    servicer.Inpaint,
+                    request_deserializer=mic2e_dot_v1_dot_flux__pb2.InpaintRequest.FromString,
+                    response_serializer=mic2e_dot_v1_dot_flux__pb2.InpaintResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +268,60 @@ class EditService:
             '/mic2e.v1.EditService/Generate',
             mic2e_dot_v1_dot_flux__pb2.GenerateRequest.SerializeToString,
             mic2e_dot_v1_dot_flux__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mic2e.v1.EditService/ReplaceObjects',
+            mic2e_dot_v1_dot_orchestrator__pb2.ReplaceObjectsRequest.SerializeToString,
+            mic2e_dot_v1_dot_orchestrator__pb2.ReplaceObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inpaint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mic2e.v1.EditService/Inpaint',
+            mic2e_dot_v1_dot_flux__pb2.InpaintRequest.SerializeToString,
+            mic2e_dot_v1_dot_flux__pb2.InpaintResponse.FromString,
             options,
             channel_credentials,
             insecure,

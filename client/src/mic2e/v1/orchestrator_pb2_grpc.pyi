@@ -49,6 +49,15 @@ class EditServiceStub:
     """SegmentationService.SegmentByPrompt, passed through."""
     Generate: _grpc.UnaryStreamMultiCallable[_flux_pb2.GenerateRequest, _flux_pb2.GenerateResponse]
     """FluxService.Generate, passed through."""
+    ReplaceObjects: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.ReplaceObjectsRequest, _orchestrator_pb2.ReplaceObjectsResponse]
+    """Segments the target (unless masks or a box are given), then repaints it from a prompt
+    on the FLUX server ("replace the dog with a cat"; "a vase of flowers in this box").
+    Streams as RemoveObjects: the segmentation stage, the instances, the inpainting's
+    per-step progress, then exactly one result; a failed later stage ends the stream
+    with an ErrorInfo naming it, after the earlier events.
+    """
+    Inpaint: _grpc.UnaryStreamMultiCallable[_flux_pb2.InpaintRequest, _flux_pb2.InpaintResponse]
+    """FluxService.Inpaint, passed through."""
 
 @_typing.type_check_only
 class EditServiceAsyncStub(EditServiceStub):
@@ -69,6 +78,15 @@ class EditServiceAsyncStub(EditServiceStub):
     """SegmentationService.SegmentByPrompt, passed through."""
     Generate: _aio.UnaryStreamMultiCallable[_flux_pb2.GenerateRequest, _flux_pb2.GenerateResponse]  # type: ignore[assignment]
     """FluxService.Generate, passed through."""
+    ReplaceObjects: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.ReplaceObjectsRequest, _orchestrator_pb2.ReplaceObjectsResponse]  # type: ignore[assignment]
+    """Segments the target (unless masks or a box are given), then repaints it from a prompt
+    on the FLUX server ("replace the dog with a cat"; "a vase of flowers in this box").
+    Streams as RemoveObjects: the segmentation stage, the instances, the inpainting's
+    per-step progress, then exactly one result; a failed later stage ends the stream
+    with an ErrorInfo naming it, after the earlier events.
+    """
+    Inpaint: _aio.UnaryStreamMultiCallable[_flux_pb2.InpaintRequest, _flux_pb2.InpaintResponse]  # type: ignore[assignment]
+    """FluxService.Inpaint, passed through."""
 
 class EditServiceServicer(metaclass=_abc_1.ABCMeta):
     """Edits that span several models, plus the model operations passed through, so a client
@@ -110,5 +128,26 @@ class EditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_flux_pb2.GenerateResponse], _abc.AsyncIterator[_flux_pb2.GenerateResponse]]:
         """FluxService.Generate, passed through."""
+
+    @_abc_1.abstractmethod
+    def ReplaceObjects(
+        self,
+        request: _orchestrator_pb2.ReplaceObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.ReplaceObjectsResponse], _abc.AsyncIterator[_orchestrator_pb2.ReplaceObjectsResponse]]:
+        """Segments the target (unless masks or a box are given), then repaints it from a prompt
+        on the FLUX server ("replace the dog with a cat"; "a vase of flowers in this box").
+        Streams as RemoveObjects: the segmentation stage, the instances, the inpainting's
+        per-step progress, then exactly one result; a failed later stage ends the stream
+        with an ErrorInfo naming it, after the earlier events.
+        """
+
+    @_abc_1.abstractmethod
+    def Inpaint(
+        self,
+        request: _flux_pb2.InpaintRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_flux_pb2.InpaintResponse], _abc.AsyncIterator[_flux_pb2.InpaintResponse]]:
+        """FluxService.Inpaint, passed through."""
 
 def add_EditServiceServicer_to_server(servicer: EditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

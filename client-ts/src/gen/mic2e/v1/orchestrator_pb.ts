@@ -8,7 +8,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Box, EncodedImage, Image, Instance, Mask, Point, Progress, Provenance, StageTiming } from "./common_pb.js";
 import { file_mic2e_v1_common } from "./common_pb.js";
-import type { GenerateRequestSchema, GenerateResponseSchema } from "./flux_pb.js";
+import type { GenerateRequestSchema, GenerateResponseSchema, InpaintOptions, InpaintRequestSchema, InpaintResponseSchema } from "./flux_pb.js";
 import { file_mic2e_v1_flux } from "./flux_pb.js";
 import type { ClearOptions } from "./object_clear_pb.js";
 import { file_mic2e_v1_object_clear } from "./object_clear_pb.js";
@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mic2e/v1/orchestrator.proto.
  */
 export const file_mic2e_v1_orchestrator: GenFile = /*@__PURE__*/
-  fileDesc("ChttaWMyZS92MS9vcmNoZXN0cmF0b3IucHJvdG8SCG1pYzJlLnYxIlcKClRleHRUYXJnZXQSDAoEdGV4dBgBIAEoCRIWCgltaW5fc2NvcmUYAiABKAJIAIgBARIVCg1tYXhfaW5zdGFuY2VzGAMgASgNQgwKCl9taW5fc2NvcmUiSwoMUHJvbXB0VGFyZ2V0Eh8KBnBvaW50cxgBIAMoCzIPLm1pYzJlLnYxLlBvaW50EhoKA2JveBgCIAEoCzINLm1pYzJlLnYxLkJveCIrCgpNYXNrVGFyZ2V0Eh0KBW1hc2tzGAEgAygLMg4ubWljMmUudjEuTWFzayKjAgoUUmVtb3ZlT2JqZWN0c1JlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIkCgR0ZXh0GAIgASgLMhQubWljMmUudjEuVGV4dFRhcmdldEgAEigKBnByb21wdBgDIAEoCzIWLm1pYzJlLnYxLlByb21wdFRhcmdldEgAEiUKBW1hc2tzGAQgASgLMhQubWljMmUudjEuTWFza1RhcmdldEgAEhoKDW1hc2tfZGlsYXRpb24YBSABKA1IAYgBARItCg1jbGVhcl9vcHRpb25zGAYgASgLMhYubWljMmUudjEuQ2xlYXJPcHRpb25zEg0KBWxhYmVsGAcgASgJQggKBnRhcmdldEIQCg5fbWFza19kaWxhdGlvbiJlChJTZWdtZW50YXRpb25SZXN1bHQSJQoJaW5zdGFuY2VzGAEgAygLMhIubWljMmUudjEuSW5zdGFuY2USKAoKcHJvdmVuYW5jZRgCIAEoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2UizwEKE1JlbW92ZU9iamVjdHNSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSJQoJaW5zdGFuY2VzGAMgAygLMhIubWljMmUudjEuSW5zdGFuY2USJAoGc3RhZ2VzGAQgAygLMhQubWljMmUudjEuUHJvdmVuYW5jZRImCgd0aW1pbmdzGAUgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcirwEKFVJlbW92ZU9iamVjdHNSZXNwb25zZRImCghwcm9ncmVzcxgBIAEoCzISLm1pYzJlLnYxLlByb2dyZXNzSAASNAoMc2VnbWVudGF0aW9uGAIgASgLMhwubWljMmUudjEuU2VnbWVudGF0aW9uUmVzdWx0SAASLwoGcmVzdWx0GAMgASgLMh0ubWljMmUudjEuUmVtb3ZlT2JqZWN0c1Jlc3VsdEgAQgcKBWV2ZW50MtACCgtFZGl0U2VydmljZRJSCg1SZW1vdmVPYmplY3RzEh4ubWljMmUudjEuUmVtb3ZlT2JqZWN0c1JlcXVlc3QaHy5taWMyZS52MS5SZW1vdmVPYmplY3RzUmVzcG9uc2UwARJQCg1TZWdtZW50QnlUZXh0Eh4ubWljMmUudjEuU2VnbWVudEJ5VGV4dFJlcXVlc3QaHy5taWMyZS52MS5TZWdtZW50QnlUZXh0UmVzcG9uc2USVgoPU2VnbWVudEJ5UHJvbXB0EiAubWljMmUudjEuU2VnbWVudEJ5UHJvbXB0UmVxdWVzdBohLm1pYzJlLnYxLlNlZ21lbnRCeVByb21wdFJlc3BvbnNlEkMKCEdlbmVyYXRlEhkubWljMmUudjEuR2VuZXJhdGVSZXF1ZXN0GhoubWljMmUudjEuR2VuZXJhdGVSZXNwb25zZTABYgZwcm90bzM", [file_mic2e_v1_common, file_mic2e_v1_flux, file_mic2e_v1_object_clear, file_mic2e_v1_segmentation]);
+  fileDesc("ChttaWMyZS92MS9vcmNoZXN0cmF0b3IucHJvdG8SCG1pYzJlLnYxIlcKClRleHRUYXJnZXQSDAoEdGV4dBgBIAEoCRIWCgltaW5fc2NvcmUYAiABKAJIAIgBARIVCg1tYXhfaW5zdGFuY2VzGAMgASgNQgwKCl9taW5fc2NvcmUiSwoMUHJvbXB0VGFyZ2V0Eh8KBnBvaW50cxgBIAMoCzIPLm1pYzJlLnYxLlBvaW50EhoKA2JveBgCIAEoCzINLm1pYzJlLnYxLkJveCIrCgpNYXNrVGFyZ2V0Eh0KBW1hc2tzGAEgAygLMg4ubWljMmUudjEuTWFzayKjAgoUUmVtb3ZlT2JqZWN0c1JlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIkCgR0ZXh0GAIgASgLMhQubWljMmUudjEuVGV4dFRhcmdldEgAEigKBnByb21wdBgDIAEoCzIWLm1pYzJlLnYxLlByb21wdFRhcmdldEgAEiUKBW1hc2tzGAQgASgLMhQubWljMmUudjEuTWFza1RhcmdldEgAEhoKDW1hc2tfZGlsYXRpb24YBSABKA1IAYgBARItCg1jbGVhcl9vcHRpb25zGAYgASgLMhYubWljMmUudjEuQ2xlYXJPcHRpb25zEg0KBWxhYmVsGAcgASgJQggKBnRhcmdldEIQCg5fbWFza19kaWxhdGlvbiJlChJTZWdtZW50YXRpb25SZXN1bHQSJQoJaW5zdGFuY2VzGAEgAygLMhIubWljMmUudjEuSW5zdGFuY2USKAoKcHJvdmVuYW5jZRgCIAEoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2UizwEKE1JlbW92ZU9iamVjdHNSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSJQoJaW5zdGFuY2VzGAMgAygLMhIubWljMmUudjEuSW5zdGFuY2USJAoGc3RhZ2VzGAQgAygLMhQubWljMmUudjEuUHJvdmVuYW5jZRImCgd0aW1pbmdzGAUgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcirwEKFVJlbW92ZU9iamVjdHNSZXNwb25zZRImCghwcm9ncmVzcxgBIAEoCzISLm1pYzJlLnYxLlByb2dyZXNzSAASNAoMc2VnbWVudGF0aW9uGAIgASgLMhwubWljMmUudjEuU2VnbWVudGF0aW9uUmVzdWx0SAASLwoGcmVzdWx0GAMgASgLMh0ubWljMmUudjEuUmVtb3ZlT2JqZWN0c1Jlc3VsdEgAQgcKBWV2ZW50Ip4CChVSZXBsYWNlT2JqZWN0c1JlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIkCgR0ZXh0GAIgASgLMhQubWljMmUudjEuVGV4dFRhcmdldEgAEigKBnByb21wdBgDIAEoCzIWLm1pYzJlLnYxLlByb21wdFRhcmdldEgAEiUKBW1hc2tzGAQgASgLMhQubWljMmUudjEuTWFza1RhcmdldEgAEhwKA2JveBgFIAEoCzINLm1pYzJlLnYxLkJveEgAEhMKC3JlcGxhY2VtZW50GAYgASgJEjEKD2lucGFpbnRfb3B0aW9ucxgHIAEoCzIYLm1pYzJlLnYxLklucGFpbnRPcHRpb25zQggKBnRhcmdldCKEAgoUUmVwbGFjZU9iamVjdHNSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSJQoJaW5zdGFuY2VzGAMgAygLMhIubWljMmUudjEuSW5zdGFuY2USJAoGc3RhZ2VzGAQgAygLMhQubWljMmUudjEuUHJvdmVuYW5jZRImCgd0aW1pbmdzGAUgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcSGAoQcHJvbXB0X3RydW5jYXRlZBgGIAEoCBIYChB0cnVuY2F0ZWRfcHJvbXB0GAcgASgJIrEBChZSZXBsYWNlT2JqZWN0c1Jlc3BvbnNlEiYKCHByb2dyZXNzGAEgASgLMhIubWljMmUudjEuUHJvZ3Jlc3NIABI0CgxzZWdtZW50YXRpb24YAiABKAsyHC5taWMyZS52MS5TZWdtZW50YXRpb25SZXN1bHRIABIwCgZyZXN1bHQYAyABKAsyHi5taWMyZS52MS5SZXBsYWNlT2JqZWN0c1Jlc3VsdEgAQgcKBWV2ZW50MukDCgtFZGl0U2VydmljZRJSCg1SZW1vdmVPYmplY3RzEh4ubWljMmUudjEuUmVtb3ZlT2JqZWN0c1JlcXVlc3QaHy5taWMyZS52MS5SZW1vdmVPYmplY3RzUmVzcG9uc2UwARJQCg1TZWdtZW50QnlUZXh0Eh4ubWljMmUudjEuU2VnbWVudEJ5VGV4dFJlcXVlc3QaHy5taWMyZS52MS5TZWdtZW50QnlUZXh0UmVzcG9uc2USVgoPU2VnbWVudEJ5UHJvbXB0EiAubWljMmUudjEuU2VnbWVudEJ5UHJvbXB0UmVxdWVzdBohLm1pYzJlLnYxLlNlZ21lbnRCeVByb21wdFJlc3BvbnNlEkMKCEdlbmVyYXRlEhkubWljMmUudjEuR2VuZXJhdGVSZXF1ZXN0GhoubWljMmUudjEuR2VuZXJhdGVSZXNwb25zZTABElUKDlJlcGxhY2VPYmplY3RzEh8ubWljMmUudjEuUmVwbGFjZU9iamVjdHNSZXF1ZXN0GiAubWljMmUudjEuUmVwbGFjZU9iamVjdHNSZXNwb25zZTABEkAKB0lucGFpbnQSGC5taWMyZS52MS5JbnBhaW50UmVxdWVzdBoZLm1pYzJlLnYxLklucGFpbnRSZXNwb25zZTABYgZwcm90bzM", [file_mic2e_v1_common, file_mic2e_v1_flux, file_mic2e_v1_object_clear, file_mic2e_v1_segmentation]);
 
 /**
  * Remove every instance matching a text prompt.
@@ -308,6 +308,192 @@ export const RemoveObjectsResponseSchema: GenMessage<RemoveObjectsResponse> = /*
   messageDesc(file_mic2e_v1_orchestrator, 6);
 
 /**
+ * Request of ReplaceObjects.
+ *
+ * @generated from message mic2e.v1.ReplaceObjectsRequest
+ */
+export type ReplaceObjectsRequest = Message<"mic2e.v1.ReplaceObjectsRequest"> & {
+  /**
+   * The image. Required.
+   *
+   * @generated from field: mic2e.v1.Image image = 1;
+   */
+  image?: Image | undefined;
+
+  /**
+   * What to repaint. Exactly one is required.
+   *
+   * @generated from oneof mic2e.v1.ReplaceObjectsRequest.target
+   */
+  target: {
+    /**
+     * Every instance of a text prompt.
+     *
+     * @generated from field: mic2e.v1.TextTarget text = 2;
+     */
+    value: TextTarget;
+    case: "text";
+  } | {
+    /**
+     * One object marked by points and/or a box.
+     *
+     * @generated from field: mic2e.v1.PromptTarget prompt = 3;
+     */
+    value: PromptTarget;
+    case: "prompt";
+  } | {
+    /**
+     * Ready masks.
+     *
+     * @generated from field: mic2e.v1.MaskTarget masks = 4;
+     */
+    value: MaskTarget;
+    case: "masks";
+  } | {
+    /**
+     * Everything inside this box (no segmentation): fill it with the prompt.
+     *
+     * @generated from field: mic2e.v1.Box box = 5;
+     */
+    value: Box;
+    case: "box";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * What to paint there: the prompt of the inpainting, e.g. "a cat", 1 to 2000
+   * characters. Required. (Not `prompt`: that is the click/box target's name.)
+   *
+   * @generated from field: string replacement = 6;
+   */
+  replacement: string;
+
+  /**
+   * Inpainting options (strength, steps, seed, mask dilation, feather, ...).
+   *
+   * @generated from field: mic2e.v1.InpaintOptions inpaint_options = 7;
+   */
+  inpaintOptions?: InpaintOptions | undefined;
+};
+
+/**
+ * Describes the message mic2e.v1.ReplaceObjectsRequest.
+ * Use `create(ReplaceObjectsRequestSchema)` to create a new message.
+ */
+export const ReplaceObjectsRequestSchema: GenMessage<ReplaceObjectsRequest> = /*@__PURE__*/
+  messageDesc(file_mic2e_v1_orchestrator, 7);
+
+/**
+ * The final result of ReplaceObjects.
+ *
+ * @generated from message mic2e.v1.ReplaceObjectsResult
+ */
+export type ReplaceObjectsResult = Message<"mic2e.v1.ReplaceObjectsResult"> & {
+  /**
+   * The edited image at the input's size; outside the dilated, feathered mask, the
+   * input's own pixels.
+   *
+   * @generated from field: mic2e.v1.EncodedImage image = 1;
+   */
+  image?: EncodedImage | undefined;
+
+  /**
+   * The merged, dilated mask that was repainted.
+   *
+   * @generated from field: mic2e.v1.Mask mask = 2;
+   */
+  mask?: Mask | undefined;
+
+  /**
+   * The instances replaced (empty for a mask or box target).
+   *
+   * @generated from field: repeated mic2e.v1.Instance instances = 3;
+   */
+  instances: Instance[];
+
+  /**
+   * Provenance of each model stage, in order (segmentation, then flux).
+   *
+   * @generated from field: repeated mic2e.v1.Provenance stages = 4;
+   */
+  stages: Provenance[];
+
+  /**
+   * Wall time of every stage as the orchestrator saw it, including "total".
+   *
+   * @generated from field: repeated mic2e.v1.StageTiming timings = 5;
+   */
+  timings: StageTiming[];
+
+  /**
+   * True when the prompt was longer than the text encoder's limit and was cut.
+   *
+   * @generated from field: bool prompt_truncated = 6;
+   */
+  promptTruncated: boolean;
+
+  /**
+   * The part of the prompt the model actually saw, when `prompt_truncated`.
+   *
+   * @generated from field: string truncated_prompt = 7;
+   */
+  truncatedPrompt: string;
+};
+
+/**
+ * Describes the message mic2e.v1.ReplaceObjectsResult.
+ * Use `create(ReplaceObjectsResultSchema)` to create a new message.
+ */
+export const ReplaceObjectsResultSchema: GenMessage<ReplaceObjectsResult> = /*@__PURE__*/
+  messageDesc(file_mic2e_v1_orchestrator, 8);
+
+/**
+ * One event of the ReplaceObjects stream, in order: Progress for the segmentation stage,
+ * the SegmentationResult (neither for a mask or box target), Progress of the inpainting,
+ * then exactly one result.
+ *
+ * @generated from message mic2e.v1.ReplaceObjectsResponse
+ */
+export type ReplaceObjectsResponse = Message<"mic2e.v1.ReplaceObjectsResponse"> & {
+  /**
+   * The event. Exactly one is set.
+   *
+   * @generated from oneof mic2e.v1.ReplaceObjectsResponse.event
+   */
+  event: {
+    /**
+     * Progress of the current stage.
+     *
+     * @generated from field: mic2e.v1.Progress progress = 1;
+     */
+    value: Progress;
+    case: "progress";
+  } | {
+    /**
+     * The instances found.
+     *
+     * @generated from field: mic2e.v1.SegmentationResult segmentation = 2;
+     */
+    value: SegmentationResult;
+    case: "segmentation";
+  } | {
+    /**
+     * The final result; always the last event.
+     *
+     * @generated from field: mic2e.v1.ReplaceObjectsResult result = 3;
+     */
+    value: ReplaceObjectsResult;
+    case: "result";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message mic2e.v1.ReplaceObjectsResponse.
+ * Use `create(ReplaceObjectsResponseSchema)` to create a new message.
+ */
+export const ReplaceObjectsResponseSchema: GenMessage<ReplaceObjectsResponse> = /*@__PURE__*/
+  messageDesc(file_mic2e_v1_orchestrator, 9);
+
+/**
  * Edits that span several models, plus the model operations passed through, so a client
  * needs only this address. Holds no model.
  *
@@ -356,6 +542,30 @@ export const EditService: GenService<{
     methodKind: "server_streaming";
     input: typeof GenerateRequestSchema;
     output: typeof GenerateResponseSchema;
+  },
+  /**
+   * Segments the target (unless masks or a box are given), then repaints it from a prompt
+   * on the FLUX server ("replace the dog with a cat"; "a vase of flowers in this box").
+   * Streams as RemoveObjects: the segmentation stage, the instances, the inpainting's
+   * per-step progress, then exactly one result; a failed later stage ends the stream
+   * with an ErrorInfo naming it, after the earlier events.
+   *
+   * @generated from rpc mic2e.v1.EditService.ReplaceObjects
+   */
+  replaceObjects: {
+    methodKind: "server_streaming";
+    input: typeof ReplaceObjectsRequestSchema;
+    output: typeof ReplaceObjectsResponseSchema;
+  },
+  /**
+   * FluxService.Inpaint, passed through.
+   *
+   * @generated from rpc mic2e.v1.EditService.Inpaint
+   */
+  inpaint: {
+    methodKind: "server_streaming";
+    input: typeof InpaintRequestSchema;
+    output: typeof InpaintResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mic2e_v1_orchestrator, 0);
