@@ -59,6 +59,16 @@ def tiny_flux(tiny_root: Path) -> Path:
     return _tiny(tiny_root, "flux", "mic2e_services.flux.tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_flux_fill(tiny_root: Path) -> Path:
+    path = tiny_root / "flux-fill"
+    if not path.exists():
+        from mic2e_services.flux.tiny import write_tiny_fill
+
+        write_tiny_fill(path, seed=0)
+    return path
+
+
 @contextlib.asynccontextmanager
 async def serving(server_and_port) -> AsyncIterator:
     """Start an in-process server, wait until SERVING, yield (server, channel), stop."""

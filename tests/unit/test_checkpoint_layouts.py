@@ -25,6 +25,7 @@ from tests.fixtures import REAL_CONFIGS  # noqa: E402
 NOT_READ = {
     "objectclear": set(),
     "flux-schnell": {"flux1-schnell.safetensors", "ae.safetensors", "schnell_grid.jpeg"},
+    "flux-fill": {"flux1-fill-dev.safetensors", "ae.safetensors", "LICENSE.md"},
     "sam3": {"sam3.pt"},
 }
 #: Keys whose values name classes: they must be the published ones.
@@ -85,9 +86,10 @@ def layout_problems(name: str, tiny: Path) -> list[str]:
     return problems
 
 
-@pytest.fixture(params=["objectclear", "flux-schnell", "sam3"])
-def checkpoint(request, tiny_objectclear, tiny_flux, tiny_sam3):
-    tiny = {"objectclear": tiny_objectclear, "flux-schnell": tiny_flux, "sam3": tiny_sam3}
+@pytest.fixture(params=["objectclear", "flux-schnell", "flux-fill", "sam3"])
+def checkpoint(request, tiny_objectclear, tiny_flux, tiny_flux_fill, tiny_sam3):
+    tiny = {"objectclear": tiny_objectclear, "flux-schnell": tiny_flux,
+            "flux-fill": tiny_flux_fill, "sam3": tiny_sam3}
     return request.param, tiny[request.param]
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 from mic2e_services.flux import types as flux
 from mic2e_services.object_clear import types as oc
-from mic2e_services.schema import Field, Request
+from mic2e_services.schema import MASKS, Field, Request
 from mic2e_services.segmentation import types as seg
 
 PROTOS = Path(__file__).resolve().parents[2] / "protos" / "mic2e" / "v1"
-REQUESTS = [oc.CLEAR, flux.GENERATE, seg.SEGMENT_BY_TEXT, seg.SEGMENT_BY_PROMPT,
+REQUESTS = [oc.CLEAR, flux.GENERATE, flux.INPAINT, seg.SEGMENT_BY_TEXT,
+            seg.SEGMENT_BY_PROMPT,
             # checked on the message before its masks are decoded, not on the query
-            Request("ClearRequest", {"masks": oc.MASKS})]
+            Request("ClearRequest", {"masks": MASKS}),
+            Request("InpaintRequest", {"masks": MASKS})]
 
 
 def proto_fields() -> dict[str, dict[str, tuple[str, str]]]:
@@ -62,7 +64,9 @@ def test_every_bad_value_is_named():
     assert flux.WIDTH.problem(1000) == "must be a multiple of 16, got 1000"
     assert oc.FUSION.problem(1) == "must be true or false"
     assert Field("x", int, lo=0, hi=2**64 - 1).range() == "0 to 2^64-1"
-    assert oc.MASKS.problem([]) == "at least one is required"
-    assert oc.MASKS.problem([b""] * 33) == "at most 32 items, got 33"
+    assert MASKS.problem([]) == "at least one is required"
+    assert MASKS.problem([b""] * 33) == "at most 32 items, got 33"
     assert seg.POINTS.problem(range(20_000)) == "at most 64 items, got 20000"
-    assert seg.POINTS.problem(()) is None and oc.MASKS.problem(7) == "must be a list, got int"
+    assert seg.POINTS.problem(()) is None and MASKS.problem(7) == "must be a list, got int"
+    assert flux.STRENGTH.problem(0.0) == "must be above 0 and at most 1, got 0.0"
+    assert flux.STRENGTH.problem(1e-6) is None and flux.STRENGTH.problem(1.0) is None

@@ -69,6 +69,17 @@ class Unavailable(Mic2eError):
         self.metadata = metadata or {}
 
 
+class FailedPrecondition(Mic2eError):
+    """The request is valid but this server cannot serve it as it is configured (e.g.
+    Generate on a server holding a FLUX fill checkpoint) -> FAILED_PRECONDITION; asking
+    again will not help, another server may."""
+
+    def __init__(self, message: str, *, reason: str, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
 class DeviceLost(Mic2eError):
     """The accelerator is unusable (dead CUDA context): the process must restart.
 

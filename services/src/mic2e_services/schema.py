@@ -21,7 +21,7 @@ from typing import Any
 
 from mic2e_services.errors import FieldViolation, InvalidArgument
 
-__all__ = ["Field", "Request", "raise_if"]
+__all__ = ["MASKS", "Field", "Request", "raise_if"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Field:
     default: Any = None
     lo: float | None = None
     hi: float | None = None
+    #: `lo` itself is not allowed (e.g. strength in (0, 1]).
+    lo_exclusive: bool = False
     multiple_of: int | None = None
     max_chars: int | None = None
     max_items: int | None = None
@@ -73,7 +75,9 @@ class Field:
             return f"must be {'an integer' if self.kind is int else 'a number'}, got {value!r}"
         if not math.isfinite(value):
             return f"must be a finite number, got {value}"
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+        below = self.lo is not None and (value <= self.lo if self.lo_exclusive
+                                          else value < self.lo)
+        if below or (self.hi is not None and value > self.hi):
             return f"must be {self.range()}, got {value}"
         if self.multiple_of and value % self.multiple_of:
             return f"must be a multiple of {self.multiple_of}, got {value}"
@@ -102,9 +106,16 @@ class Field:
             chars = f"at most {self.max_chars} characters" if self.max_chars else "any text"
             return f"1 to {self.max_chars} characters" if self.required else chars
         lo, hi = _number(self.lo), _number(self.hi)
+        if self.lo_exclusive:
+            return f"above {lo}" + (f" and at most {hi}" if self.hi is not None else "")
         if self.lo is not None and self.hi is not None:
             return f"{lo} to {hi}"
         return f"at least {lo}" if self.lo is not None else f"at most {hi}"
+
+
+#: Masks at the image's size (ClearRequest, InpaintRequest), merged into one: a few per
+#: object, a handful of objects.
+MASKS = Field("masks", list, required=True, max_items=32)
 
 
 def _number(value: float | None) -> str:

@@ -6,8 +6,16 @@ from typing import Any
 
 from mic2e.v1 import common_pb2, flux_pb2
 
-from mic2e_services.flux.types import GenerateOutput, GenerateQuery
+from mic2e_services.flux.types import (
+    INPAINT_OPTIONS,
+    GenerateOutput,
+    GenerateQuery,
+    InpaintOutput,
+    InpaintQuery,
+)
 from mic2e_services.runtime import convert
+from mic2e_services.runtime.images import StoredImage
+from mic2e_services.schema import MASKS, raise_if
 
 
 def generate_query(req: flux_pb2.GenerateRequest, defaults: dict[str, Any] | None = None
@@ -24,3 +32,27 @@ def result(out: GenerateOutput, fmt: str, provenance: common_pb2.Provenance
     return flux_pb2.GenerateResponse(result=flux_pb2.GenerateResult(
         image=convert.encoded_image(out.image, fmt), provenance=provenance,
         prompt_truncated=out.prompt_truncated, truncated_prompt=out.truncated_prompt))
+
+
+def check_before_decoding(req: flux_pb2.InpaintRequest) -> None:
+    """What can be refused before the image or any mask is decoded: the number of masks."""
+    raise_if(MASKS.violations(req.masks))
+
+
+def inpaint_query(req: flux_pb2.InpaintRequest, image: StoredImage, *, max_pixels: int
+                  ) -> InpaintQuery:
+    """The masks merged (union); options the caller left unset take the model's own."""
+    check_before_decoding(req)
+    mask = convert.merged_masks_from_proto(req.masks, "masks",
+                                           size=(image.width, image.height),
+                                           max_pixels=max_pixels)
+    return InpaintQuery(image=image.image, mask=mask, prompt=req.prompt,
+                        **convert.given(req.options, INPAINT_OPTIONS))
+
+
+def inpaint_result(out: InpaintOutput, fmt: str, provenance: common_pb2.Provenance
+                   ) -> flux_pb2.InpaintResponse:
+    return flux_pb2.InpaintResponse(result=flux_pb2.InpaintResult(
+        image=convert.encoded_image(out.image, fmt), mask=convert.mask_to_proto(out.mask, "png"),
+        provenance=provenance, prompt_truncated=out.prompt_truncated,
+        truncated_prompt=out.truncated_prompt))

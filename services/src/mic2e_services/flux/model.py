@@ -1,12 +1,21 @@
-"""FLUX.1-schnell text-to-image as a resident `TorchModel` (diffusers `FluxPipeline`).
+"""FLUX.1 as a resident `TorchModel`: text to image (diffusers `FluxPipeline`) and
+inpainting on the same components.
 
 Model side only: torch and diffusers, never grpc or the generated protos. The servicer
-converts protobuf messages to `GenerateQuery` / from `GenerateOutput` in its own module,
-so this file can be loaded, tested and benchmarked without a server, and the servicer
-(and the orchestrator) can be installed without torch.
+converts protobuf messages to `GenerateQuery` / `InpaintQuery` and back in its own
+module, so this file can be loaded, tested and benchmarked without a server, and the
+servicer (and the orchestrator) can be installed without torch.
 
-A batch (same size and step count; the worker groups them) is one pipeline call with one
-seeded generator per request, so a request's picture does not depend on its batch-mates.
+Inpainting: with FLUX.1-schnell (the default checkpoint) `FluxInpaintPipeline` made with
+`from_pipe` from the resident pipeline, sharing its transformer, text encoders and VAE -
+no second copy of any weight. With a fill checkpoint (`FluxFillPipeline` layout, e.g.
+FLUX.1-Fill-dev) that pipeline itself; such a server cannot Generate (its transformer
+reads image and mask channels). The result is composited at the input's size: pixels
+outside the dilated, feathered mask are the input's own, byte for byte.
+
+A batch (same kind, size and step count; the worker groups them) is one pipeline call
+with one seeded generator per request, so a request's picture does not depend on its
+batch-mates.
 """
 
 from __future__ import annotations
@@ -18,20 +27,29 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 
 from mic2e_services import errors
 from mic2e_services.flux.types import (
     MAX_SEQUENCE_LENGTH,
+    STEPS,
     GenerateOutput,
     GenerateQuery,
+    InpaintOutput,
+    InpaintQuery,
+    inpaint_violations,
+    inpaint_working_size,
+    steps_run,
     violations,
 )
 from mic2e_services.model_base import TorchModel
+from mic2e_services.object_clear.fusion import dilate_mask
 from mic2e_services.runtime.model_api import StepContext
 
-__all__ = ["STAGE", "FluxGenerator", "GenerateOutput", "GenerateQuery"]
+__all__ = ["INPAINT_STAGE", "STAGE", "FluxGenerator", "GenerateOutput", "GenerateQuery",
+           "InpaintOutput", "InpaintQuery"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +62,11 @@ _WARMUP_STEPS = 3
 _DEFAULT_STEP_S = {"cpu": 0.5, "cuda": 0.08}
 
 STAGE = "generation"
+INPAINT_STAGE = "inpainting"
+#: A fill checkpoint's own defaults (FLUX.1-Fill-dev's model card: 50 steps, guidance 30).
+_FILL_STEPS, _FILL_GUIDANCE = 50, 30.0
+#: A guidance-distilled text-to-image checkpoint (FLUX.1-dev) used for inpainting.
+_GUIDED_STEPS, _GUIDED_GUIDANCE = 28, 3.5
 
 
 class _NoPromptText(logging.Filter):
@@ -62,7 +85,8 @@ def _keep_prompts_out_of_logs(pipe: Any) -> None:
 
 
 class FluxGenerator(TorchModel):
-    """FLUX.1-schnell on one device."""
+    """FLUX.1 on one device: Generate (text to image) and Inpaint; see the module
+    docstring for which checkpoint does what."""
 
     STAGE: ClassVar[str] = STAGE
     # bf16 rather than fp16: FLUX is trained in bf16 and it measured faster (MODELS.md).
@@ -75,6 +99,9 @@ class FluxGenerator(TorchModel):
     def __init__(self, model_id: str, **kwargs: Any) -> None:
         super().__init__(model_id, **kwargs)
         self._pipe: Any = None
+        self._inpaint_pipe: Any = None  # made from the resident one at first use
+        #: True when the checkpoint is a fill model (FluxFillPipeline layout).
+        self.fill = False
         self._step_s = _DEFAULT_STEP_S.get(self.device.type, 0.5)
         self._fixed_s = 0.0
 
@@ -85,11 +112,18 @@ class FluxGenerator(TorchModel):
     # -- loading -------------------------------------------------------------------------
 
     def load_parts(self, folder: Path) -> Any:
-        from diffusers import FluxPipeline
+        """The pipeline the checkpoint's model_index.json names: FluxFillPipeline for a fill
+        checkpoint, FluxPipeline otherwise."""
+        import json
 
-        return FluxPipeline.from_pretrained(folder, dtype=self.dtype)
+        from diffusers import FluxFillPipeline, FluxPipeline
+
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+        cls = FluxFillPipeline if index.get("_class_name") == "FluxFillPipeline" else FluxPipeline
+        return cls.from_pretrained(folder, dtype=self.dtype)
 
     def setup(self, pipe: Any) -> None:
+        self.fill = type(pipe).__name__ == "FluxFillPipeline"
         _keep_prompts_out_of_logs(pipe)
         if pipe.transformer.dtype != self.dtype:  # never serve silently in another dtype
             pipe.to(dtype=self.dtype)
@@ -117,13 +151,23 @@ class FluxGenerator(TorchModel):
             stamps.append(time.perf_counter())
             return {}
 
-        query = GenerateQuery("a photo of a dog", _WARMUP_SIZE, _WARMUP_SIZE, _WARMUP_STEPS, 0)
+        if self.fill:  # no text-to-image path: time an inpainting instead
+            pixels = np.full((_WARMUP_SIZE, _WARMUP_SIZE, 3), 128, np.uint8)
+            mask = np.zeros((_WARMUP_SIZE, _WARMUP_SIZE), bool)
+            mask[_WARMUP_SIZE // 4:-_WARMUP_SIZE // 4, _WARMUP_SIZE // 4:-_WARMUP_SIZE // 4] = True
+            query: Any = InpaintQuery(Image.fromarray(pixels), mask, "a photo of a dog",
+                                      steps=_WARMUP_STEPS, seed=0)
+            run = lambda on: self._inpaint([query], [0], on)  # noqa: E731
+        else:
+            query = GenerateQuery("a photo of a dog", _WARMUP_SIZE, _WARMUP_SIZE,
+                                  _WARMUP_STEPS, 0)
+            run = lambda on: self._generate([query], [0], on)  # noqa: E731
         # An untimed first run pays the one-off costs (allocator, kernel selection, lazy
         # imports), which would otherwise inflate the estimate many times over.
-        self._generate([query], [0], lambda pipe, i, t, kwargs: {})
+        run(lambda pipe, i, t, kwargs: {})
         stamps.clear()
         start = time.perf_counter()
-        self._generate([query], [0], on_step)
+        run(on_step)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         total = time.perf_counter() - start
@@ -132,7 +176,7 @@ class FluxGenerator(TorchModel):
         self._fixed_s = max(0.0, total - self._step_s * _WARMUP_STEPS)
         log.info("flux warm-up: %.4f s per step, %.4f s fixed at %dx%d", self._step_s,
                  self._fixed_s, _WARMUP_SIZE, _WARMUP_SIZE)
-        if self.compile is not None:
+        if self.compile is not None and not self.fill:
             # Compiled: calls at another size, alone and (when batching is on) batched,
             # make torch's automatic dynamic shapes recompile NOW, before SERVING, not on
             # the first real request of another size or batch (cold: minutes). Both are
@@ -143,64 +187,136 @@ class FluxGenerator(TorchModel):
 
     # -- requests ------------------------------------------------------------------------
 
-    def violations(self, request: GenerateQuery) -> list[errors.FieldViolation]:
+    def check(self, request: Any) -> None:
+        if isinstance(request, GenerateQuery) and self.fill:
+            raise errors.FailedPrecondition(
+                "this server holds a FLUX fill checkpoint, which only inpaints: Generate "
+                "needs a text-to-image checkpoint (FLUX.1-schnell)", reason="FILL_MODEL_ONLY",
+                metadata={"model": self.model_id})
+        super().check(request)
+
+    def violations(self, request: GenerateQuery | InpaintQuery) -> list[errors.FieldViolation]:
+        if isinstance(request, InpaintQuery):
+            return inpaint_violations(request, guided=self._guided())
         return violations(request)
 
-    def batch_key(self, request: GenerateQuery) -> Hashable | None:
-        """Same size and step count: one pipeline call, one generator per request."""
-        return (request.width, request.height, request.steps)
+    def inpaint_defaults(self) -> tuple[int, float | None]:
+        """(steps, guidance scale) of an Inpaint that sets neither: the checkpoint's own."""
+        if self.fill:
+            return _FILL_STEPS, _FILL_GUIDANCE
+        if self._guided():
+            return _GUIDED_STEPS, _GUIDED_GUIDANCE
+        return STEPS.default, None
 
-    def estimate_seconds(self, request: GenerateQuery) -> float:
+    def _guided(self) -> bool:
+        """Whether the transformer takes a guidance input (schnell: no, dev and fill: yes)."""
+        transformer = self._pipe.transformer if self._pipe is not None else None
+        return bool(transformer is not None and transformer.config.guidance_embeds)
+
+    def batch_key(self, request: GenerateQuery | InpaintQuery) -> Hashable | None:
+        """Same kind, size and step count: one pipeline call, one generator per request."""
+        if isinstance(request, InpaintQuery):
+            steps, guidance = self._inpaint_settings(request)
+            return ("inpaint", *inpaint_working_size(*request.image.size), steps,
+                    request.strength, guidance)
+        return ("generate", request.width, request.height, request.steps)
+
+    def estimate_seconds(self, request: GenerateQuery | InpaintQuery) -> float:
         """Warm-up step time x steps (+ text encoding and decoding), scaled by pixels.
 
         Linear in pixels overestimates large pictures a little (the transformer's cost
         grows more slowly at these sizes); for admission control that errs on the safe side.
+        Inpainting also encodes the image: counted as one more fixed part.
         """
-        scale = request.width * request.height / (_WARMUP_SIZE * _WARMUP_SIZE)
-        return (self._fixed_s + self._step_s * request.steps) * scale
+        if isinstance(request, InpaintQuery):
+            width, height = inpaint_working_size(*request.image.size)
+            steps, _ = self._inpaint_settings(request)
+            work = 2 * self._fixed_s + self._step_s * steps_run(steps, request.strength)
+        else:
+            width, height = request.width, request.height
+            work = self._fixed_s + self._step_s * request.steps
+        return work * width * height / (_WARMUP_SIZE * _WARMUP_SIZE)
 
-    def run(self, requests: Sequence[GenerateQuery], contexts: Sequence[StepContext]
-            ) -> list[GenerateOutput | Exception]:
+    def run(self, requests: Sequence[GenerateQuery | InpaintQuery],
+            contexts: Sequence[StepContext]) -> list[Any]:
+        """A batch of one kind: Generate queries, or Inpaint queries (see `batch_key`)."""
+        inpaint = isinstance(requests[0], InpaintQuery)
+        stage, what = (INPAINT_STAGE, "inpainting") if inpaint else (STAGE, "generation")
+
         # 1. Work whose caller already left gets no device time; draw the missing seeds
         #    now, so every picture is reproducible from its output.
         live = [i for i, context in enumerate(contexts) if not context.cancelled()]
         if not live:
-            raise errors.Cancelled("cancelled before generation started")
-        seeds = [_seed_of(requests[i]) for i in live]
-        steps = requests[0].steps
+            raise errors.Cancelled(f"cancelled before {what} started")
+        batch = [requests[i] for i in live]
+        seeds = [_seed_of(q) for q in batch]
+        if inpaint:
+            steps, _ = self._inpaint_settings(batch[0])
+            total = steps_run(steps, batch[0].strength)
+        else:
+            total = batch[0].steps
 
-        # 2. Per-step progress and cancellation. A cancelled request stops reporting; the
-        #    batch stops at the end of this step only when every request is cancelled.
-        stopped = [False] * len(live)
+        # 2. Per-step progress and cancellation.
+        on_step, stopped = _stepper(stage, total, [contexts[i] for i in live])
 
-        def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            for j, k in enumerate(live):
-                if stopped[j]:
-                    continue
-                contexts[k].progress(STAGE, i + 1, steps)
-                stopped[j] = contexts[k].cancelled()
-            if all(stopped):
-                # The flag alone would skip the remaining steps but still decode; raising
-                # also skips the VAE.
-                pipe._interrupt = True
-                raise errors.Cancelled(f"cancelled after step {i + 1} of {steps}")
-            return {}
+        # 3. One pipeline call, one seeded generator per request (inpainting: at the
+        #    working size, on the grown masks).
+        if inpaint:
+            masks = [_dilated(q.mask, q.mask_dilation, self.device) for q in batch]
+            pictures = self._inpaint(batch, seeds, on_step, masks)
+        else:
+            pictures = self._generate(batch, seeds, on_step)
 
-        # 3. One pipeline call, one seeded generator per request.
-        images = self._generate([requests[i] for i in live], seeds, on_step)
-
-        # 4. Report what the model saw: T5 reads MAX_SEQUENCE_LENGTH tokens, no more.
-        results: list[GenerateOutput | Exception] = [
-            errors.Cancelled("cancelled before generation started")] * len(requests)
+        # 4. Report what the model saw (T5 reads MAX_SEQUENCE_LENGTH tokens, no more);
+        #    an inpainting back at its input's size, the input's own pixels outside the
+        #    feathered mask.
+        results: list[Any] = [errors.Cancelled(f"cancelled before {what} started")] * len(
+            requests)
         for j, i in enumerate(live):
             if stopped[j]:
-                results[i] = errors.Cancelled("cancelled during generation")
+                results[i] = errors.Cancelled(f"cancelled during {what}")
                 continue
-            truncated, seen = self._t5_truncation(requests[i].prompt)
-            results[i] = GenerateOutput(image=images[j], seed=seeds[j], steps=steps,
-                                        prompt_truncated=truncated,
-                                        truncated_prompt=seen if truncated else "")
+            truncated, seen = self._t5_truncation(batch[j].prompt)
+            facts = {"seed": seeds[j], "steps": total, "prompt_truncated": truncated,
+                     "truncated_prompt": seen if truncated else ""}
+            if inpaint:
+                query = batch[j]
+                alpha = _feathered(masks[j], query.feather, self.device)
+                results[i] = InpaintOutput(image=composite(query.image, pictures[j], alpha),
+                                           mask=masks[j], **facts)
+            else:
+                results[i] = GenerateOutput(image=pictures[j], **facts)
         return results
+
+    def _inpaint_settings(self, query: InpaintQuery) -> tuple[int, float | None]:
+        steps, guidance = self.inpaint_defaults()
+        return (query.steps if query.steps is not None else steps,
+                query.guidance_scale if query.guidance_scale is not None else guidance)
+
+    def inpaint_pipeline(self) -> Any:
+        """The pipeline Inpaint runs: the fill checkpoint's own, or FluxInpaintPipeline on
+        the resident components (`from_pipe` shares every module; the dtype is passed on,
+        or diffusers would cast the shared modules to float32 in place)."""
+        if self.fill:
+            return self._pipe
+        if self._inpaint_pipe is None:
+            from diffusers import FluxInpaintPipeline
+
+            pipe = FluxInpaintPipeline.from_pipe(self._pipe, dtype=self.dtype)
+            pipe.set_progress_bar_config(disable=True)
+            self._inpaint_pipe = pipe
+        return self._inpaint_pipe
+
+    def resident_parameters(self) -> int:
+        """Bytes of the distinct parameter and buffer tensors every pipeline held here
+        reaches (a module shared by two pipelines counts once)."""
+        seen: dict[int, int] = {}
+        for pipe in (self._pipe, self._inpaint_pipe):
+            for component in (pipe.components.values() if pipe is not None else ()):
+                if isinstance(component, torch.nn.Module):
+                    for tensor in (*component.parameters(), *component.buffers()):
+                        seen[id(tensor)] = tensor.numel() * tensor.element_size()
+        return sum(seen.values())
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -219,6 +335,30 @@ class FluxGenerator(TorchModel):
             callback_on_step_end=on_step)
         return list(out.images)
 
+    def _inpaint(self, batch: Sequence[InpaintQuery], seeds: Sequence[int],
+                 on_step: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]],
+                 masks: Sequence[np.ndarray] | None = None) -> list[Image.Image]:
+        """The repainted pictures at the working size (not yet composited)."""
+        first = batch[0]
+        width, height = inpaint_working_size(*first.image.size)
+        steps, guidance = self._inpaint_settings(first)
+        if masks is None:
+            masks = [_dilated(q.mask, q.mask_dilation, self.device) for q in batch]
+        images = [q.image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+                  for q in batch]
+        mask_images = [Image.fromarray(m.astype(np.uint8) * 255).resize(
+            (width, height), Image.Resampling.NEAREST) for m in masks]
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        kwargs: dict[str, Any] = {}
+        if guidance is not None:
+            kwargs["guidance_scale"] = guidance
+        out = self.inpaint_pipeline()(
+            prompt=[q.prompt for q in batch], image=images, mask_image=mask_images,
+            width=width, height=height, strength=first.strength, num_inference_steps=steps,
+            max_sequence_length=MAX_SEQUENCE_LENGTH, generator=generators,
+            output_type="pil", callback_on_step_end=on_step, **kwargs)
+        return list(out.images)
+
     def _t5_truncation(self, prompt: str) -> tuple[bool, str]:
         """(whether T5 cut the prompt, the text it kept) - as the pipeline tokenizes it."""
         tokenizer = self._pipe.tokenizer_2
@@ -230,5 +370,60 @@ class FluxGenerator(TorchModel):
         return True, tokenizer.decode(kept, skip_special_tokens=True)
 
 
-def _seed_of(request: GenerateQuery) -> int:
+def _stepper(stage: str, total: int, contexts: Sequence[StepContext]
+             ) -> tuple[Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]], list[bool]]:
+    """The pipeline's step callback for a batch, and which of its requests stopped: each
+    request reports its progress until cancelled; the batch stops at the end of a step
+    only when every request is cancelled."""
+    stopped = [False] * len(contexts)
+
+    def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for j, context in enumerate(contexts):
+            if stopped[j]:
+                continue
+            context.progress(stage, i + 1, total)
+            stopped[j] = context.cancelled()
+        if all(stopped):
+            # The flag alone would skip the remaining steps but still decode; raising
+            # also skips the VAE.
+            pipe._interrupt = True
+            raise errors.Cancelled(f"cancelled after step {i + 1} of {total}")
+        return {}
+
+    return on_step, stopped
+
+
+def _seed_of(request: GenerateQuery | InpaintQuery) -> int:
     return request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
+
+
+def _dilated(mask: np.ndarray, pixels: int, device: torch.device) -> np.ndarray:
+    """`mask` grown by `pixels` (a disk), at the image's size."""
+    if pixels <= 0:
+        return mask.copy()
+    grown = dilate_mask(torch.from_numpy(mask).to(device), pixels)
+    return grown.cpu().numpy().astype(bool)
+
+
+def _feathered(mask: np.ndarray, feather: int, device: torch.device) -> np.ndarray:
+    """Blend weights in [0, 1] at the image's size: 1 on `mask`, falling to 0 over about
+    `feather` pixels outside it, exactly 0 beyond (a box blur of the mask grown by half the
+    feather, which has no tail)."""
+    alpha = torch.from_numpy(mask).to(device)
+    half = feather // 2
+    if half > 0:
+        grown = dilate_mask(alpha, half).float()[None, None]
+        blurred = torch.nn.functional.avg_pool2d(grown, 2 * half + 1, stride=1,
+                                                 padding=half, count_include_pad=False)[0, 0]
+        alpha = torch.maximum(blurred, alpha.float())
+    return alpha.float().cpu().numpy()
+
+
+def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray) -> Image.Image:
+    """`painted` (any size) over `image` at the image's size with weights `alpha`; where
+    alpha is 0 the result is the image's own pixels, unchanged."""
+    base = np.asarray(image.convert("RGB"))
+    top = np.asarray(painted.convert("RGB").resize(image.size, Image.Resampling.LANCZOS))
+    a = alpha[..., None]
+    mixed = np.rint(base * (1.0 - a) + top * a).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.where(a > 0, mixed, base))

@@ -19,7 +19,8 @@ SERVICE_NAME = "mic2e.v1.FluxService"
 
 
 class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
-    """Serves FLUX.1-schnell through the shared worker; see the proto for the contract."""
+    """Serves FLUX.1 (Generate, Inpaint) through the shared worker; see the proto for the
+    contract."""
 
     def __init__(self, worker: ModelWorker, images: ImageStore,
                  defaults: dict[str, Any] | None = None) -> None:
@@ -38,4 +39,19 @@ class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
                 server="flux", stage="generation",
                 progress=lambda p: flux_pb2.GenerateResponse(progress=p),
                 result=lambda out, provenance: fx.result(out, fmt, provenance)):
+            yield message
+
+    @stream_rpc
+    async def Inpaint(self, request: flux_pb2.InpaintRequest,
+                      context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[flux_pb2.InpaintResponse]:
+        fmt = convert.image_format(request.options.output_format, "options.output_format")
+        fx.check_before_decoding(request)
+        image = await convert.image_from_proto(self.images, request.image)
+        query = fx.inpaint_query(request, image, max_pixels=self.images.max_pixels)
+        async for message in stream_job(
+                self.worker, query, context, server="flux", stage="inpainting",
+                progress=lambda p: flux_pb2.InpaintResponse(progress=p),
+                result=lambda out, provenance: fx.inpaint_result(out, fmt, provenance),
+                keep=lambda: self.images.keep(image)):
             yield message

@@ -1,4 +1,5 @@
-"""A tiny, randomly initialised FLUX.1-schnell checkpoint in the published layout.
+"""Tiny, randomly initialised FLUX.1-schnell and FLUX.1-Fill-dev checkpoints in their
+published layouts.
 
 Every file and config key of `black-forest-labs/FLUX.1-schnell`'s diffusers layout
 (model_index.json, the schnell scheduler, CLIP and T5 tokenizers as published: vocab.json +
@@ -7,7 +8,10 @@ published dtypes (bf16, the VAE fp32). The FLUX server, its tests and the demo l
 through the same `FluxPipeline.from_pretrained` as the real weights. Not written: the
 repository's original-format single files (`flux1-schnell.safetensors`, `ae.safetensors`),
 its README and sample image, which nothing here reads; large weights come in shards in
-the real repository and in one file here. Pictures are noise.
+the real repository and in one file here. Pictures are noise. The fill checkpoint
+(`write_tiny_fill`) is the same with FLUX.1-Fill-dev's configs: `FluxFillPipeline`, a
+transformer reading 384 channels (latents, masked-image latents, the 8x8-unshuffled mask)
+with a guidance input, the dev scheduler.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from pathlib import Path
 from mic2e_services import tiny_tokenizers
 from mic2e_services.published import Whole, published, save_weights, shrink
 
-__all__ = ["LATENT_CHANNELS", "TINY_SIZES", "write_tiny"]
+__all__ = ["LATENT_CHANNELS", "TINY_SIZES", "write_tiny", "write_tiny_fill"]
 
 _CHECKPOINT = "flux-schnell"
+_FILL_CHECKPOINT = "flux-fill"
 #: Sixteen latent channels, packed 2x2 into the transformer's 64 input channels (as schnell).
 LATENT_CHANNELS = 16
 #: Size values that replace the published ones (nothing else changes). The transformer
@@ -45,8 +50,9 @@ _AS_PUBLISHED = ("model_index.json", "scheduler/scheduler_config.json",
                  "tokenizer/special_tokens_map.json", "tokenizer_2/special_tokens_map.json")
 
 
-def write_tiny(path: Path, seed: int = 0) -> None:
-    """Write the tiny checkpoint into `path` (created if missing; existing files replaced).
+def write_tiny(path: Path, seed: int = 0, checkpoint: str = _CHECKPOINT) -> None:
+    """Write the tiny checkpoint into `path` (created if missing; existing files replaced);
+    `checkpoint`: which published layout (flux-schnell, flux-fill).
 
     The same `seed` gives byte-identical files on every run. About 2 MB; each component
     loads with no missing or unexpected keys.
@@ -57,7 +63,7 @@ def write_tiny(path: Path, seed: int = 0) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     root = Path(path)
-    configs = {name: shrink(published(_CHECKPOINT, name).data, sizes)
+    configs = {name: shrink(published(checkpoint, name).data, sizes)
                for name, sizes in TINY_SIZES.items()}
 
     # 1. Tokenizers: the tiny vocabularies in the published files; the id-keyed map of
@@ -67,7 +73,7 @@ def write_tiny(path: Path, seed: int = 0) -> None:
     tiny_tokenizers.write_t5_spiece(root / "tokenizer_2" / "spiece.model")
     for name in ("tokenizer", "tokenizer_2"):
         ids = tiny_tokenizers.special_token_ids(root / name)
-        config = published(_CHECKPOINT, f"{name}/tokenizer_config.json")
+        config = published(checkpoint, f"{name}/tokenizer_config.json")
         decoder = {str(ids[entry["content"]]): entry
                    for entry in config.data["added_tokens_decoder"].values()}
         config.write(root, shrink(config.data, {"added_tokens_decoder": Whole(
@@ -106,6 +112,11 @@ def write_tiny(path: Path, seed: int = 0) -> None:
 
     # 3. Configs: the published ones with tiny sizes, and the size-free ones as they are.
     for name, config in configs.items():
-        published(_CHECKPOINT, name).write(root, config)
+        published(checkpoint, name).write(root, config)
     for name in _AS_PUBLISHED:
-        published(_CHECKPOINT, name).write(root)
+        published(checkpoint, name).write(root)
+
+
+def write_tiny_fill(path: Path, seed: int = 0) -> None:
+    """The tiny FLUX.1-Fill-dev checkpoint (see the module docstring) into `path`."""
+    write_tiny(path, seed, checkpoint=_FILL_CHECKPOINT)

@@ -6,11 +6,14 @@ No torch, no protobuf: shared by the model (`model.py`), the servicer's conversi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from mic2e_services.errors import FieldViolation
+from mic2e_services.masked_image import masked_image_violations
 from mic2e_services.schema import Field, Request
 
 #: T5 tokens FLUX.1-schnell reads (the pipeline's max_sequence_length, </s> included);
@@ -54,4 +57,93 @@ class GenerateOutput:
     #: True when the prompt was longer than the T5 encoder reads.
     prompt_truncated: bool
     #: The text the model actually read when `prompt_truncated`; "" otherwise.
+    truncated_prompt: str
+
+
+# --------------------------------------------------------------------------------------
+# Inpaint: the masked region of an image repainted from a prompt, the rest kept.
+
+#: The picture area FLUX.1 is made for (1024x1024): larger images are inpainted at this
+#: area (same aspect) and the repainted region is scaled back to the input's size.
+MAX_WORKING_PIXELS = 1024 * 1024
+_SIDE_MULTIPLE = 16
+
+# Strength 1: the masked region starts from noise (a replacement); lower keeps more of
+# what was there. Steps and guidance: the checkpoint's own unless set (schnell: 4 steps,
+# no guidance input; FLUX.1-Fill: 50 steps, guidance 30).
+STRENGTH = Field("options.strength", float, 1.0, lo=0.0, lo_exclusive=True, hi=1.0)
+INPAINT_STEPS = Field("options.steps", int, lo=1, hi=50)
+INPAINT_SEED = Field("options.seed", int, lo=0, hi=2**64 - 1)
+GUIDANCE_SCALE = Field("options.guidance_scale", float, lo=0.0, hi=100.0)
+# The mask grows by this many pixels first (a segmentation mask hugs the object; its
+# outline and halo must be repainted too), then fades out over `feather` more.
+MASK_DILATION = Field("options.mask_dilation", int, 8, lo=0, hi=256)
+FEATHER = Field("options.feather", int, 8, lo=0, hi=128)
+#: InpaintOptions' fields, by InpaintQuery attribute.
+INPAINT_OPTIONS = {"strength": STRENGTH, "steps": INPAINT_STEPS, "seed": INPAINT_SEED,
+                   "guidance_scale": GUIDANCE_SCALE, "mask_dilation": MASK_DILATION,
+                   "feather": FEATHER}
+INPAINT = Request("InpaintRequest", {"prompt": PROMPT, **INPAINT_OPTIONS})
+
+
+def inpaint_working_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) an image is inpainted at: its own size, or scaled down to the area
+    of MAX_WORKING_PIXELS, each side rounded to the nearest multiple of 16 (the VAE's 8x
+    and the transformer's 2x2 packing; at least 16): 4000x3000 -> 1184x880."""
+    scale = min(1.0, math.sqrt(MAX_WORKING_PIXELS / (width * height)))
+
+    def side(x: int) -> int:
+        return max(_SIDE_MULTIPLE, round(x * scale / _SIDE_MULTIPLE) * _SIDE_MULTIPLE)
+
+    return side(width), side(height)
+
+
+def steps_run(steps: int, strength: float) -> int:
+    """Denoising steps a request really runs: diffusers starts `strength` of the way into
+    the schedule (FluxInpaintPipeline.get_timesteps); at least 1 for any strength > 0."""
+    return steps - int(max(steps - steps * strength, 0))
+
+
+@dataclass(frozen=True, eq=False)
+class InpaintQuery:
+    """Repaint `mask` (bool HxW at the image's size, the caller's masks merged) of `image`
+    from `prompt`. None for steps / guidance_scale: the checkpoint's own; seed None: the
+    server draws one."""
+
+    image: Image.Image
+    mask: np.ndarray
+    prompt: str
+    strength: float = STRENGTH.default
+    steps: int | None = None
+    seed: int | None = None
+    guidance_scale: float | None = None
+    mask_dilation: int = MASK_DILATION.default
+    feather: int = FEATHER.default
+
+
+def inpaint_violations(query: InpaintQuery, *, guided: bool) -> list[FieldViolation]:
+    """Every bad field of `query`, named as in the API. `guided`: whether the loaded
+    checkpoint takes a guidance input. (Any strength above 0 runs at least one step:
+    `steps_run`.)"""
+    bad = INPAINT.check(query)
+    pair = masked_image_violations(query.image, query.mask)
+    if pair and pair[0].field == "image":
+        return [*pair, *bad]
+    bad += pair
+    if query.guidance_scale is not None and not guided:
+        bad.append(FieldViolation(GUIDANCE_SCALE.path, "this checkpoint takes no guidance "
+                                  "(FLUX.1-schnell is guidance-distilled): leave it unset"))
+    return bad
+
+
+@dataclass(frozen=True, eq=False)
+class InpaintOutput:
+    """The image at the input's size (outside the feathered mask: the input's own
+    pixels), the mask repainted (dilated), and what it took to reproduce it."""
+
+    image: Image.Image
+    mask: np.ndarray
+    seed: int
+    steps: int
+    prompt_truncated: bool
     truncated_prompt: str

@@ -6,10 +6,10 @@ from typing import Any
 
 from mic2e.v1 import common_pb2, object_clear_pb2
 
-from mic2e_services.object_clear.types import MASKS, OPTIONS, ClearOutput, ClearQuery
+from mic2e_services.object_clear.types import OPTIONS, ClearOutput, ClearQuery
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
-from mic2e_services.schema import raise_if
+from mic2e_services.schema import MASKS, raise_if
 
 
 def check_before_decoding(req: object_clear_pb2.ClearRequest) -> None:

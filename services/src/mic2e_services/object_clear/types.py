@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from mic2e_services.errors import FieldViolation
+from mic2e_services.masked_image import masked_image_violations
 from mic2e_services.schema import Field, Request
 
 #: The reference script's working short side: larger images are scaled down to it.
@@ -30,8 +31,6 @@ SEED = Field("options.seed", int, lo=0, hi=2**64 - 1)
 FUSION = Field("options.fusion", bool, True)
 MASK_DILATION = Field("options.mask_dilation", int, 0, lo=0, hi=256)
 LABEL = Field("label", str, "", max_chars=100)
-# The caller's masks, merged into one: a few per object, a handful of objects.
-MASKS = Field("masks", list, required=True, max_items=32)
 #: ClearOptions' fields, by ClearQuery attribute.
 OPTIONS = {"steps": STEPS, "guidance_scale": GUIDANCE_SCALE, "short_side": SHORT_SIDE,
            "seed": SEED, "fusion": FUSION, "mask_dilation": MASK_DILATION}
@@ -84,16 +83,11 @@ class ClearQuery:
 def violations(query: ClearQuery) -> list[FieldViolation]:
     """Every bad field of `query`, named as in the API."""
     bad = CLEAR.check(query)
-    image, mask = query.image, query.mask
-    if not isinstance(image, Image.Image) or image.width < 1 or image.height < 1:
-        return [FieldViolation("image", "not a decodable, non-empty image"), *bad]
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
-        bad.append(FieldViolation("masks", "expected one 2-D mask"))
-    elif mask.shape != (image.height, image.width):
-        bad.append(FieldViolation("masks", f"mask is {mask.shape[1]}x{mask.shape[0]} but the "
-                                           f"image is {image.width}x{image.height}"))
-    elif not mask.any():
-        bad.append(FieldViolation("masks", "the mask selects no pixel"))
+    image = query.image
+    pair = masked_image_violations(image, query.mask)
+    if pair and pair[0].field == "image":
+        return [*pair, *bad]
+    bad += pair
     if SHORT_SIDE.problem(query.short_side) is None and max(
             working_size(image.width, image.height, query.short_side)) > MAX_WORKING_SIDE:
         bad.append(FieldViolation("image", f"aspect ratio too extreme: the long side would "

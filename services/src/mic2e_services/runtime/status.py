@@ -10,6 +10,7 @@ INTERNAL (logged with its traceback; the caller sees no internals).
 | NotFound                  | NOT_FOUND           | ErrorInfo (reason, metadata)  |
 | ResourceExhausted         | RESOURCE_EXHAUSTED  | RetryInfo (when known), ErrorInfo |
 | Unavailable               | UNAVAILABLE         | ErrorInfo                     |
+| FailedPrecondition        | FAILED_PRECONDITION | ErrorInfo (reason, metadata)  |
 | DeviceLost                | UNAVAILABLE         | ErrorInfo reason DEVICE_LOST  |
 | Cancelled                 | CANCELLED           | -                             |
 | DeadlineExceeded          | DEADLINE_EXCEEDED   | -                             |
@@ -38,6 +39,7 @@ from mic2e_services.errors import (
     DeadlineExceeded,
     DeviceLost,
     DownstreamError,
+    FailedPrecondition,
     InvalidArgument,
     Mic2eError,
     NotFound,
@@ -86,6 +88,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         details.append(_error_info(exc.reason))
     elif isinstance(exc, Unavailable):
         code = code_pb2.UNAVAILABLE
+        details.append(_error_info(exc.reason, exc.metadata))
+    elif isinstance(exc, FailedPrecondition):
+        code = code_pb2.FAILED_PRECONDITION
         details.append(_error_info(exc.reason, exc.metadata))
     elif isinstance(exc, DeviceLost):
         code = code_pb2.UNAVAILABLE
