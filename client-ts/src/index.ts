@@ -24,11 +24,18 @@ import type { SecureClientSessionOptions } from "node:http2";
 import { errorDetails } from "./errors.js";
 
 import type { ImageSchema } from "./gen/mic2e/v1/common_pb.js";
-import type { GenerateRequestSchema, GenerateResponse } from "./gen/mic2e/v1/flux_pb.js";
+import type {
+  GenerateRequestSchema,
+  GenerateResponse,
+  InpaintRequestSchema,
+  InpaintResponse,
+} from "./gen/mic2e/v1/flux_pb.js";
 import {
   EditService,
   type RemoveObjectsRequestSchema,
   type RemoveObjectsResponse,
+  type ReplaceObjectsRequestSchema,
+  type ReplaceObjectsResponse,
 } from "./gen/mic2e/v1/orchestrator_pb.js";
 import type {
   SegmentByPromptRequestSchema,
@@ -48,6 +55,10 @@ export type { CallOptions, Interceptor } from "@connectrpc/connect";
 
 /** A `RemoveObjects` request as a plain object (see `RemoveObjectsRequest` in the protos). */
 export type RemoveObjectsInit = MessageInitShape<typeof RemoveObjectsRequestSchema>;
+/** A `ReplaceObjects` request as a plain object (see `ReplaceObjectsRequest` in the protos). */
+export type ReplaceObjectsInit = MessageInitShape<typeof ReplaceObjectsRequestSchema>;
+/** An `Inpaint` request as a plain object (see `InpaintRequest` in the protos). */
+export type InpaintInit = MessageInitShape<typeof InpaintRequestSchema>;
 /** A `SegmentByText` request as a plain object. */
 export type SegmentByTextInit = MessageInitShape<typeof SegmentByTextRequestSchema>;
 /** A `SegmentByPrompt` request as a plain object. */
@@ -249,6 +260,32 @@ export class Mic2eClient {
    */
   removeObjects(request: RemoveObjectsInit, options?: CallOptions): AsyncIterable<RemoveObjectsResponse> {
     return this.#stream(request, (r) => this.#edit.removeObjects(r, options));
+  }
+
+  /**
+   * Repaints the target (text, clicks/box, ready masks, or everything in a `box`) as the
+   * `replacement` prompt says ("a cat"), with FLUX on the flux server.
+   *
+   * Streams as {@link Mic2eClient.removeObjects}: the segmentation stage's `progress`
+   * and `segmentation` events (not for a masks or box target), one `progress` per
+   * denoising step, then exactly one `result`: the image at the input's size (the
+   * input's own pixels outside the dilated, feathered mask), the mask repainted, every
+   * stage's provenance.
+   *
+   * @param request The image, exactly one `target`, the `replacement` and optional
+   *   `inpaintOptions` (strength, steps, seed, guidanceScale, maskDilation, feather).
+   * @param options Per-call `timeoutMs`, `signal`, `headers`.
+   */
+  replaceObjects(request: ReplaceObjectsInit, options?: CallOptions): AsyncIterable<ReplaceObjectsResponse> {
+    return this.#stream(request, (r) => this.#edit.replaceObjects(r, options));
+  }
+
+  /**
+   * Repaints the masked region of an image from a prompt: one `progress` per denoising
+   * step, then exactly one `result`. Passed through to the flux server.
+   */
+  inpaint(request: InpaintInit, options?: CallOptions): AsyncIterable<InpaintResponse> {
+    return this.#stream(request, (r) => this.#edit.inpaint(r, options));
   }
 
   /**

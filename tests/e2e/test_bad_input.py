@@ -136,7 +136,7 @@ def generate(prompt="a red bicycle", timeout=None, **kw):
 
 def raw(server: str, method: str, data: bytes = b"\xff\xff\xff\xff"):
     """Bytes that are no protobuf message at all, sent to `method` as its request."""
-    if method.endswith(("/Clear", "/Generate", "/RemoveObjects")):
+    if method.endswith(("/Clear", "/Generate", "/RemoveObjects", "/Inpaint")):
         return (server, lambda ch: drain(ch.unary_stream(method)(data)))
     return (server, lambda ch: ch.unary_unary(method)(data))
 
@@ -150,7 +150,23 @@ def remove(image=None, clear_options=None, **kw):
             .RemoveObjects(req)))
 
 
+def replace(image=None, replacement="a cat", options=None, **kw):
+    opts = flux_pb2.InpaintOptions(**{"steps": 1, "seed": 0, **(options or {})})
+    req = orchestrator_pb2.ReplaceObjectsRequest(image=image or img(), replacement=replacement,
+                                                 inpaint_options=opts, **kw)
+    return ("orchestrator", lambda ch: drain(orchestrator_pb2_grpc.EditServiceStub(ch)
+            .ReplaceObjects(req)))
+
+
+def inpaint(image=None, masks=None, prompt="a cat", **options):
+    opts = flux_pb2.InpaintOptions(**{"steps": 1, "seed": 0, **options})
+    return ("flux", lambda ch: drain(flux_pb2_grpc.FluxServiceStub(ch).Inpaint(
+        flux_pb2.InpaintRequest(image=image or img(), masks=[mask()] if masks is None
+                                else masks, prompt=prompt, options=opts))))
+
+
 TEXT = {"text": orchestrator_pb2.TextTarget(text="dog", min_score=0.0)}
+BOX = {"box": common_pb2.Box(x0=10, y0=10, x1=40, y1=30)}
 MASKS = {"masks": orchestrator_pb2.MaskTarget(masks=[mask()])}
 
 
@@ -286,6 +302,30 @@ CASES = [
     Case("no prompt at all", seg_prompt(), field="points"),
     Case("no target", remove(), field="target"),
     Case("empty prompt target", remove(prompt=orchestrator_pb2.PromptTarget()), field="prompt"),
+    # inpainting and replacement
+    Case("empty inpaint prompt", inpaint(prompt=""), field="prompt"),
+    Case("inpaint strength 0", inpaint(strength=0.0), field="options.strength"),
+    Case("inpaint strength 1.5", inpaint(strength=1.5), field="options.strength"),
+    Case("guidance on schnell", inpaint(guidance_scale=3.5), field="options.guidance_scale"),
+    Case("inpaint mask of the wrong size", inpaint(masks=[mask(W, H + 16)]), field="masks[0]"),
+    Case("inpaint empty mask", inpaint(masks=[mask(box=(0, 0, 0, 0))]), field="masks"),
+    Case("inpaint without masks", inpaint(masks=[]), field="masks"),
+    Case("inpaint strength 0.3, one step", inpaint(strength=0.3), OK),
+    Case("empty replacement", replace(replacement="", **BOX), field="replacement"),
+    Case("replace strength 0", replace(options={"strength": 0.0}, **BOX),
+         field="inpaint_options.strength"),
+    Case("replace guidance on schnell", replace(options={"guidance_scale": 2.0}, **BOX),
+         field="inpaint_options.guidance_scale"),
+    Case("replace mask of the wrong size",
+         replace(masks=orchestrator_pb2.MaskTarget(masks=[mask(10, 10)])),
+         field="masks.masks[0]"),
+    Case("fill box outside", replace(box=common_pb2.Box(x0=0, y0=0, x1=W + 5, y1=H)),
+         field="box"),
+    Case("fill box without area", replace(box=common_pb2.Box(x0=5, y0=5, x1=5, y1=9)),
+         field="box"),
+    Case("replace without a target", replace(), field="target"),
+    Case("replace steps 51", replace(options={"steps": 51}, **BOX),
+         field="inpaint_options.steps"),
     # bytes that are no message at all
     Case("undecodable SegmentByText", raw("segmentation",
                                           "/mic2e.v1.SegmentationService/SegmentByText"),
@@ -293,6 +333,7 @@ CASES = [
     Case("undecodable Clear", raw("object_clear", "/mic2e.v1.ObjectClearService/Clear"),
          field="request"),
     Case("undecodable Generate", raw("flux", "/mic2e.v1.FluxService/Generate"), field="request"),
+    Case("undecodable Inpaint", raw("flux", "/mic2e.v1.FluxService/Inpaint"), field="request"),
     Case("undecodable RemoveObjects", raw("orchestrator", "/mic2e.v1.EditService/RemoveObjects",
                                           b"\x0a\xff\xff\xff\xff\x0f"), field="request"),
 ]

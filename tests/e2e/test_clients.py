@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mic2e import AsyncClient, Client, Point, codecs
 from mic2e.errors import InvalidArgumentError, NotFoundError
-from mic2e.types import Progress, RemoveResult, Segmented
+from mic2e.types import InpaintResult, Progress, RemoveResult, ReplaceResult, Segmented
 from PIL import Image
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -175,3 +175,63 @@ async def test_cli_segment_remove_generate_health(stack, image_file, tmp_path):
     code, out, err = await mic2e("--server", stack.address, "generate", "", "-o",
                                  str(tmp_path / "x.png"))
     assert code == 1 and "INVALID_ARGUMENT" in err and "field prompt" in err
+
+
+async def test_sync_client_replaces_fills_and_inpaints(stack, image_file):
+    mask = np.zeros((H, W), bool)
+    mask[30:70, 40:100] = True
+    inpaint = {"steps": 2, "seed": 1}
+
+    def run():
+        with Client(stack.address, timeout=120) as client:
+            replaced = list(client.replace_objects(image_file, "a cat", text="dog",
+                                                   min_score=0.0, **inpaint))
+            filled = list(client.fill(image_file, (10, 10, 60, 50), "a vase", **inpaint))
+            painted = list(client.inpaint(image_file, [mask], "a cat", **inpaint))
+            return replaced, filled, painted
+
+    replaced, filled, painted = await asyncio.to_thread(run)
+    assert isinstance(replaced[0], Progress) and replaced[0].stage == "segmentation"
+    assert sum(isinstance(e, Segmented) for e in replaced) == 1
+    result = replaced[-1]
+    assert isinstance(result, ReplaceResult)
+    assert result.image.size == (W, H) and result.mask.shape == (H, W)
+    assert [s.server for s in result.stages] == ["segmentation", "flux"]
+    assert set(result.timings) == {"segmentation", "inpainting", "total"}
+    assert [type(e).__name__ for e in filled] == ["Progress", "Progress", "ReplaceResult"]
+    assert filled[-1].mask[10:50, 10:60].all() and not filled[-1].instances
+    assert [type(e).__name__ for e in painted] == ["Progress", "Progress", "InpaintResult"]
+    assert (painted[-1].mask >= mask).all()
+
+
+async def test_async_client_inpaints_on_the_flux_server_itself(stack, image_file):
+    mask = np.zeros((H, W), bool)
+    mask[5:25, 5:45] = True
+    async with AsyncClient(addr(stack.flux), timeout=120) as client:
+        assert not await client.via_orchestrator()
+        events = [e async for e in client.inpaint(image_file, [mask], "a cat", steps=1,
+                                                  seed=0, strength=0.9)]
+        assert isinstance(events[-1], InpaintResult)
+        assert events[-1].provenance.steps == 1 and events[-1].image.size == (W, H)
+        with pytest.raises(InvalidArgumentError) as info:
+            async for _ in client.inpaint(image_file, [mask], "a cat", strength=1.5):
+                pass
+        assert [f for f, _ in info.value.field_violations] == ["options.strength"]
+
+
+async def test_cli_replace_and_fill(stack, image_file, tmp_path):
+    code, out, err = await mic2e("--server", stack.address, "replace", image_file, "--text",
+                                 "dog", "--min-score", "0", "--prompt", "a cat", "--steps",
+                                 "2", "--seed", "1", "-o", str(tmp_path / "cat.png"))
+    assert code == 0, err
+    assert "segmented" in out and "inpainting" in out and "repainted" in out
+    assert Image.open(tmp_path / "cat.png").size == (W, H)
+    code, out, err = await mic2e("fill", image_file, "--box", "10,10,60,50", "--prompt",
+                                 "a vase", "--steps", "1", "-o", str(tmp_path / "vase.png"),
+                                 "--server", stack.address)
+    assert code == 0, err
+    assert Image.open(tmp_path / "vase.png").size == (W, H)
+    code, out, err = await mic2e("--server", stack.address, "fill", image_file, "--box",
+                                 "10,10,60,50", "--prompt", "a vase", "--strength", "0",
+                                 "-o", str(tmp_path / "x.png"))
+    assert code == 1 and "field inpaint_options.strength" in err

@@ -14,12 +14,14 @@ from mic2e.types import (
     BoxT,
     ClearResult,
     GenerateResult,
+    InpaintResult,
     Instance,
     Point,
     Progress,
     PromptSegmentation,
     Provenance,
     RemoveResult,
+    ReplaceResult,
     Segmented,
     TextSegmentation,
 )
@@ -136,16 +138,47 @@ def generate_event(msg: flux_pb2.GenerateResponse) -> Progress | GenerateResult:
                           r.truncated_prompt, r.image.data)
 
 
-def remove_event(msg: orchestrator_pb2.RemoveObjectsResponse
-                 ) -> Progress | Segmented | RemoveResult:
+def _composed_event(msg: orchestrator_pb2.RemoveObjectsResponse
+                    | orchestrator_pb2.ReplaceObjectsResponse) -> Progress | Segmented | None:
+    """A composed call's progress or segmentation event; None for its result."""
     kind = msg.WhichOneof("event")
     if kind == "progress":
         return progress(msg.progress)
     if kind == "segmentation":
         return Segmented(instances(msg.segmentation.instances),
                          provenance(msg.segmentation.provenance))
+    return None
+
+
+def _stages(r: orchestrator_pb2.RemoveObjectsResult | orchestrator_pb2.ReplaceObjectsResult
+            ) -> tuple[list[Provenance], dict[str, float]]:
+    return ([provenance(p) for p in r.stages],
+            {t.stage: t.duration.ToNanoseconds() / 1e9 for t in r.timings})
+
+
+def remove_event(msg: orchestrator_pb2.RemoveObjectsResponse
+                 ) -> Progress | Segmented | RemoveResult:
+    event = _composed_event(msg)
+    if event is not None:
+        return event
     r = msg.result
-    return RemoveResult(
-        decoded(r.image), mask_array(r.mask), instances(r.instances),
-        [provenance(p) for p in r.stages],
-        {t.stage: t.duration.ToNanoseconds() / 1e9 for t in r.timings}, r.image.data)
+    return RemoveResult(decoded(r.image), mask_array(r.mask), instances(r.instances),
+                        *_stages(r), r.image.data)
+
+
+def inpaint_event(msg: flux_pb2.InpaintResponse) -> Progress | InpaintResult:
+    if msg.WhichOneof("event") == "progress":
+        return progress(msg.progress)
+    r = msg.result
+    return InpaintResult(decoded(r.image), mask_array(r.mask), provenance(r.provenance),
+                         r.prompt_truncated, r.truncated_prompt, r.image.data)
+
+
+def replace_event(msg: orchestrator_pb2.ReplaceObjectsResponse
+                  ) -> Progress | Segmented | ReplaceResult:
+    event = _composed_event(msg)
+    if event is not None:
+        return event
+    r = msg.result
+    return ReplaceResult(decoded(r.image), mask_array(r.mask), instances(r.instances),
+                         *_stages(r), r.prompt_truncated, r.truncated_prompt, r.image.data)

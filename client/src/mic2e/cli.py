@@ -2,6 +2,9 @@
 
     mic2e remove IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1
                         | --mask FILE...) -o OUT
+    mic2e replace IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1
+                         | --mask FILE...) --prompt P -o OUT
+    mic2e fill IMAGE --box X0,Y0,X1,Y1 --prompt P -o OUT
     mic2e segment IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1) -o DIR
     mic2e generate PROMPT -o OUT
     mic2e health
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mic2e import codecs
 from mic2e.channel import tls_credentials
@@ -72,6 +77,17 @@ def _add_connection(p: argparse.ArgumentParser, *, after_command: bool = False) 
     p.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)", **d)
 
 
+def _add_inpainting(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", required=True, help="what to paint there, e.g. 'a cat'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
+    p.add_argument("--strength", type=float,
+                   help="how much to repaint, in (0, 1] (default 1: from scratch)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, help="random seed (default: random)")
+    p.add_argument("--dilation", type=int, help="grow the mask by N pixels (default 8)")
+    p.add_argument("--feather", type=int, help="blend over N pixels (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mic2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference ObjectClear's 'object'; another word changes the picture)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the server's)")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
+
+    p = sub.add_parser("replace", help="repaint objects from a prompt ('the dog' -> 'a cat')",
+                       parents=[connection])
+    p.add_argument("image", type=Path)
+    _add_target(p, masks=True)
+    _add_inpainting(p)
+
+    p = sub.add_parser("fill", help="paint a prompt into a box", parents=[connection])
+    p.add_argument("image", type=Path)
+    p.add_argument("--box", type=_box, required=True, metavar="X0,Y0,X1,Y1",
+                   help="the region to fill")
+    _add_inpainting(p)
 
     p = sub.add_parser("segment", help="find objects; one mask PNG per instance",
                        parents=[connection])
@@ -165,6 +193,16 @@ def _remove(client: Client, args: argparse.Namespace) -> None:
         events = client.remove_objects(
             args.image, text=args.text, points=args.point, box=args.box, masks=args.mask,
             min_score=args.min_score, mask_dilation=args.dilation, label=args.label, **options)
+    result = _follow(events)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(result.data)
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height})")
+    _print_timings(getattr(result, "timings", None) or result.provenance.timings)
+
+
+def _follow(events: Iterator[Any]) -> Any:
+    """A streamed edit's events shown as they come (a progress bar, the instances found);
+    its result."""
     result = None
     with _Bar() as bar:
         for event in events:
@@ -175,11 +213,31 @@ def _remove(client: Client, args: argparse.Namespace) -> None:
                 _print_instances(event.instances)
             else:
                 result = event
-    assert result is not None
+    assert result is not None, "the stream ended without a result"
+    return result
+
+
+def _replace(client: Client, args: argparse.Namespace) -> None:
+    options = {"strength": args.strength, "steps": args.steps, "seed": args.seed,
+               "mask_dilation": args.dilation, "feather": args.feather}
+    if args.command == "fill":
+        events = client.fill(args.image, args.box, args.prompt, **options)
+    else:
+        _check_text("replace", args)
+        targets = sum(bool(x) for x in (args.text is not None, args.point or args.box,
+                                        args.mask))
+        if targets != 1:
+            raise SystemExit("mic2e replace: give exactly one of --text, --point/--box, --mask")
+        events = client.replace_objects(
+            args.image, args.prompt, text=args.text, points=args.point, box=args.box,
+            masks=args.mask, min_score=args.min_score, **options)
+    result = _follow(events)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(result.data)
-    print(f"wrote {args.output} ({result.image.width}x{result.image.height})")
-    _print_timings(getattr(result, "timings", None) or result.provenance.timings)
+    note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
+          f"{int(result.mask.sum())} px repainted){note}")
+    _print_timings(result.timings)
 
 
 def _segment(client: Client, args: argparse.Namespace) -> None:
@@ -244,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     credentials=credentials) as client:
             if args.command == "health":
                 return _health(client, args)
-            {"remove": _remove, "segment": _segment, "generate": _generate}[args.command](
-                client, args)
+            {"remove": _remove, "replace": _replace, "fill": _replace, "segment": _segment,
+             "generate": _generate}[args.command](client, args)
     except Mic2eError as exc:
         print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
         for field, why in exc.field_violations:

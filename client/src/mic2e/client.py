@@ -4,8 +4,9 @@
 holds no logic of its own. Both talk to the orchestrator (one address for everything) or
 directly to a model server; which one is found out once, through grpc.health.v1. Images
 go over the wire once per server (`mic2e.image_refs`, the policy the orchestrator uses
-too). Streamed calls yield `Progress` events (and, for removals, a `Segmented` event)
-followed by exactly one result. Failures raise the typed exceptions of `mic2e.errors`.
+too). Streamed calls yield `Progress` events (and, for removals and replacements, a
+`Segmented` event) followed by exactly one result. Failures raise the typed exceptions
+of `mic2e.errors`.
 
     from mic2e import Client
     with Client("localhost:50051") as client:
@@ -33,10 +34,12 @@ from mic2e.types import (
     BoxT,
     ClearResult,
     GenerateResult,
+    InpaintResult,
     Point,
     Progress,
     PromptSegmentation,
     RemoveResult,
+    ReplaceResult,
     Segmented,
     TextSegmentation,
 )
@@ -107,11 +110,45 @@ def _remove_request(image: common_pb2.Image, text: str | None, points: Sequence,
                     masks: Sequence[cv.MaskInput], min_score: float | None, max_instances: int,
                     mask_dilation: int | None, label: str, options: dict[str, Any]
                     ) -> orchestrator_pb2.RemoveObjectsRequest:
-    given = sum(x for x in (text is not None, bool(points) or box is not None, bool(masks)))
-    if given != 1:
-        raise ValueError("give exactly one target: text=, points=/box=, or masks=")
     req = orchestrator_pb2.RemoveObjectsRequest(image=image, label=label,
                                                 clear_options=_clear_options(dict(options)))
+    _set_target(req, text, points, box, masks, None, min_score, max_instances)
+    if mask_dilation is not None:
+        req.mask_dilation = mask_dilation
+    return req
+
+
+def _inpaint_options(options: dict[str, Any]) -> flux_pb2.InpaintOptions:
+    """Keyword options -> InpaintOptions (None means the server default)."""
+    opts = flux_pb2.InpaintOptions(
+        output_format=cv.output_format(options.pop("output_format", "png")))
+    for name, value in options.items():
+        if value is not None:
+            setattr(opts, name, value)
+    return opts
+
+
+def _replace_request(image: common_pb2.Image, replacement: str, text: str | None,
+                     points: Sequence, box: BoxT | None, masks: Sequence[cv.MaskInput],
+                     fill_box: BoxT | None, min_score: float | None, max_instances: int,
+                     options: dict[str, Any]) -> orchestrator_pb2.ReplaceObjectsRequest:
+    req = orchestrator_pb2.ReplaceObjectsRequest(
+        image=image, replacement=replacement, inpaint_options=_inpaint_options(dict(options)))
+    _set_target(req, text, points, box, masks, fill_box, min_score, max_instances)
+    return req
+
+
+def _set_target(req: orchestrator_pb2.RemoveObjectsRequest
+                | orchestrator_pb2.ReplaceObjectsRequest, text: str | None, points: Sequence,
+                box: BoxT | None, masks: Sequence[cv.MaskInput], fill_box: BoxT | None,
+                min_score: float | None, max_instances: int) -> None:
+    """The one target of a composed call; `fill_box` only exists for ReplaceObjects."""
+    given = sum(x for x in (text is not None, bool(points) or box is not None, bool(masks),
+                            fill_box is not None))
+    if given != 1:
+        kinds = "text=, points=/box=, masks=" + (" or fill_box=" if hasattr(req, "box")
+                                                  else "")
+        raise ValueError(f"give exactly one target: {kinds}")
     if text is not None:
         req.text.text = text
         req.text.max_instances = max_instances
@@ -119,13 +156,12 @@ def _remove_request(image: common_pb2.Image, text: str | None, points: Sequence,
             req.text.min_score = min_score
     elif masks:
         req.masks.masks.extend(cv.mask_proto(m) for m in masks)
+    elif fill_box is not None:
+        req.box.CopyFrom(cv.box_proto(fill_box))  # type: ignore[union-attr]
     else:
         req.prompt.points.extend(cv.points_proto(points))
         if box is not None:
             req.prompt.box.CopyFrom(cv.box_proto(box))
-    if mask_dilation is not None:
-        req.mask_dilation = mask_dilation
-    return req
 
 
 class AsyncClient:
@@ -250,6 +286,51 @@ class AsyncClient:
                 cv.clear_event):
             yield event
 
+    async def inpaint(self, image: cv.ImageInput, masks: Sequence[cv.MaskInput], prompt: str,
+                      *, timeout: float | None = None, **options: Any
+                      ) -> AsyncIterator[Progress | InpaintResult]:
+        """Repaint the masked region from `prompt` with FLUX (a flux server, or through the
+        orchestrator): `Progress` per step, then one `InpaintResult`. `options`:
+        strength, steps, seed, guidance_scale, mask_dilation, feather, output_format."""
+        stub = self._edit if await self.via_orchestrator() else self._flux
+        data = cv.image_bytes(image)
+        mask_msgs = [cv.mask_proto(m) for m in masks]
+        opts = _inpaint_options(dict(options))
+        async for event in self._stream(data, lambda img: stub.Inpaint(
+                flux_pb2.InpaintRequest(image=img, masks=mask_msgs, prompt=prompt,
+                                        options=opts), **self._kw(timeout)),
+                cv.inpaint_event):
+            yield event
+
+    async def replace_objects(self, image: cv.ImageInput, replacement: str, *,
+                              text: str | None = None, points: Sequence[Point | tuple] = (),
+                              box: BoxT | None = None, masks: Sequence[cv.MaskInput] = (),
+                              fill_box: BoxT | None = None, min_score: float | None = None,
+                              max_instances: int = 0, timeout: float | None = None,
+                              **options: Any) -> AsyncIterator[Progress | Segmented
+                                                               | ReplaceResult]:
+        """Segment the target (text=, points=/box=), or take masks= or everything in
+        fill_box=, and repaint it as `replacement` ("a cat"), through the orchestrator:
+        `Progress`, `Segmented` (not for masks / fill_box), per-step `Progress`, then one
+        `ReplaceResult`. `options` as `inpaint`'s."""
+        data = cv.image_bytes(image)
+        build = lambda img: _replace_request(img, replacement, text, points, box,  # noqa: E731
+                                             masks, fill_box, min_score, max_instances,
+                                             options)
+        build(common_pb2.Image())
+        async for event in self._stream(data, lambda img: self._edit.ReplaceObjects(
+                build(img), **self._kw(timeout)), cv.replace_event):
+            yield event
+
+    async def fill(self, image: cv.ImageInput, box: BoxT, prompt: str, *,
+                   timeout: float | None = None, **options: Any
+                   ) -> AsyncIterator[Progress | ReplaceResult]:
+        """Paint `prompt` into everything inside `box` (x0, y0, x1, y1): `replace_objects`
+        with a box target."""
+        async for event in self.replace_objects(image, prompt, fill_box=box, timeout=timeout,
+                                                **options):
+            yield event  # type: ignore[misc]
+
     async def remove_objects(self, image: cv.ImageInput, *, text: str | None = None,
                              points: Sequence[Point | tuple] = (), box: BoxT | None = None,
                              masks: Sequence[cv.MaskInput] = (), min_score: float | None = None,
@@ -323,5 +404,5 @@ def _blocking(name: str) -> Callable[..., Any]:
 
 
 for _name in ("health", "via_orchestrator", "segment_by_text", "segment_by_prompt",
-              "generate", "clear", "remove_objects"):
+              "generate", "clear", "remove_objects", "inpaint", "replace_objects", "fill"):
     setattr(Client, _name, _blocking(_name))

@@ -61,6 +61,11 @@ class UnauthenticatedError(Mic2eError):
     """Missing or wrong credentials."""
 
 
+class FailedPreconditionError(Mic2eError):
+    """FAILED_PRECONDITION: valid, but this server cannot serve it as it is configured
+    (e.g. Generate on a server holding a FLUX fill checkpoint); `reason` says why."""
+
+
 class InternalError(Mic2eError):
     """A bug on the server side."""
 
@@ -73,6 +78,7 @@ _BY_CODE: dict[grpc.StatusCode, type[Mic2eError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.INTERNAL: InternalError,
 }
 

@@ -78,7 +78,8 @@ class PromptSegmentation:
 
 @dataclass(frozen=True)
 class Segmented:
-    """Event of `remove_objects`: the instances that will be removed."""
+    """Event of `remove_objects` / `replace_objects`: the instances that will be removed
+    or repainted."""
 
     instances: list[Instance]
     provenance: Provenance
@@ -114,4 +115,32 @@ class RemoveResult:
     instances: list[Instance]
     stages: list[Provenance]
     timings: dict[str, float]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class InpaintResult:
+    """Final event of `inpaint`: the image at the input's size (the input's own pixels
+    outside the dilated, feathered mask) and the mask repainted."""
+
+    image: Image.Image
+    mask: np.ndarray
+    provenance: Provenance
+    prompt_truncated: bool
+    truncated_prompt: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ReplaceResult:
+    """Final event of `replace_objects` / `fill`: image, repainted mask, instances (none
+    for a mask or box target), per-stage facts."""
+
+    image: Image.Image
+    mask: np.ndarray
+    instances: list[Instance]
+    stages: list[Provenance]
+    timings: dict[str, float]
+    prompt_truncated: bool
+    truncated_prompt: str
     data: bytes

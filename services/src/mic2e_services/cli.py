@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = f"--{model}-address"
         p.add_argument(flag, dest=f"{model.replace('-', '_')}_address",
                        help=f"HOST:PORT or dns:///name:port of the {model} server(s)")
+    p.add_argument("--inpaint-address", dest="inpaint_address",
+                   help="flux server(s) for Inpaint / ReplaceObjects (e.g. ones holding "
+                        "FLUX.1-Fill-dev); default: the flux server(s)")
     p = sub.add_parser("up", help="start all four servers on this machine")
     p.add_argument("--tiny-dir", type=Path, default=Path(".tiny"),
                    help="tiny checkpoints (made if missing) used when no --model-* is given")

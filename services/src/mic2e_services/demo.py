@@ -1,11 +1,12 @@
-"""The README's demo: the whole stack on tiny checkpoints, four real edits, then stop.
+"""The README's demo: the whole stack on tiny checkpoints, five real edits, then stop.
 
     ./scripts/demo [--out DIR] [--base-port N]
 
 Starts `mic2e-server up` (tiny random checkpoints on CPU), draws a sample picture, then
-through the orchestrator: a text removal, a click removal, a segmentation and a
-generation. Writes every result to the output folder, prints per-stage timings, and stops
-the stack. Tiny random weights draw noise: the plumbing is real, the pictures are not.
+through the orchestrator: a text removal, a click removal, a replacement ("the ball ->
+a sunflower"), a segmentation and a generation. Writes every result to the output
+folder, prints per-stage timings, and stops the stack. Tiny random weights draw noise:
+the plumbing is real, the pictures are not.
 """
 
 from __future__ import annotations
@@ -66,7 +67,17 @@ def run_demo(out: Path, address: str) -> None:
                           f"({event.image.width}x{event.image.height}); "
                           f"{_timings(event.timings)}; client saw "
                           f"{(time.monotonic() - t0) * 1000:.0f} ms")
-        # 2. segmentation alone, by text.
+        # 2. "replace the ball with a sunflower": segmentation + FLUX inpainting, one call.
+        t0 = time.monotonic()
+        for event in client.replace_objects(image_path, "a sunflower", text="ball",
+                                            min_score=0.0, max_instances=1, seed=0):
+            if not isinstance(event, Progress | Segmented):
+                (out / "replace_text.png").write_bytes(event.data)
+                print(f"replace_text: {event.stages[-1].steps} inpainting steps -> "
+                      f"{out / 'replace_text.png'} ({event.image.width}x{event.image.height}, "
+                      f"{int(event.mask.sum())} px repainted); {_timings(event.timings)}; "
+                      f"client saw {(time.monotonic() - t0) * 1000:.0f} ms")
+        # 3. segmentation alone, by text.
         seg = client.segment_by_text(image_path, "ball", score_threshold=0.0, max_instances=3)
         seg_dir = out / "segment_text"
         seg_dir.mkdir(exist_ok=True)
@@ -74,7 +85,7 @@ def run_demo(out: Path, address: str) -> None:
             (seg_dir / f"mask_{i:03d}.png").write_bytes(codecs.encode_mask_png(inst.mask))
         print(f"segment_text: {len(seg.instances)} mask(s) in {seg_dir}; "
               f"{_timings(seg.provenance.timings)}")
-        # 3. generation.
+        # 4. generation.
         for event in client.generate("a red bicycle", width=512, height=512, seed=0):
             if not isinstance(event, Progress):
                 (out / "generate.png").write_bytes(event.data)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from mic2e import codecs
 from mic2e.v1 import (
     common_pb2,
+    flux_pb2,
     object_clear_pb2,
     orchestrator_pb2,
     segmentation_pb2,
 )
 
-from mic2e_services.errors import FieldViolation
+from mic2e_services.errors import FieldViolation, InvalidArgument
+from mic2e_services.flux import types as fx
 from mic2e_services.object_clear import types as oc
 from mic2e_services.runtime import convert
-from mic2e_services.schema import raise_if
+from mic2e_services.schema import MASKS, raise_if
 from mic2e_services.segmentation import types as seg
 
 #: RemoveObjects' fields that stand for a model server's, by that server's field path
@@ -23,7 +27,9 @@ from mic2e_services.segmentation import types as seg
 _TEXT_TARGET = {seg.TEXT.path: "text.text", seg.SCORE_THRESHOLD.path: "text.min_score",
                 seg.MAX_INSTANCES.path: "text.max_instances"}
 _PROMPT_TARGET = {seg.POINTS.path: "prompt.points", "box": "prompt.box"}
-_MASK_TARGET = {oc.MASKS.path: "masks.masks"}
+_MASK_TARGET = {MASKS.path: "masks.masks"}
+_INPAINTING = {**{f.path: f"inpaint_options.{name}" for name, f in fx.INPAINT_OPTIONS.items()},
+               fx.PROMPT.path: "replacement"}
 _REMOVAL = {**{f.path: f"clear_options.{name}" for name, f in oc.OPTIONS.items()},
             oc.MASK_DILATION.path: "mask_dilation", oc.LABEL.path: "label"}
 
@@ -32,10 +38,38 @@ def check(req: orchestrator_pb2.RemoveObjectsRequest) -> None:
     """Every bad field of a RemoveObjects request the orchestrator can see without the
     image (the model servers check the rest), named as the caller sent it; nothing has
     run yet."""
+    bad = _target_violations(req)
+    options = {**convert.given(req.clear_options, oc.OPTIONS), "label": req.label,
+               "mask_dilation": mask_dilation(req)}
+    bad += _named(oc.CLEAR.check(SimpleNamespace(**options)), _REMOVAL)
+    raise_if(bad)
+
+
+def check_replace(req: orchestrator_pb2.ReplaceObjectsRequest) -> None:
+    """As `check`, for ReplaceObjects (the box target is checked against the image's size
+    in `box_mask`)."""
+    bad = _target_violations(req)
+    if req.WhichOneof("target") == "box":
+        x0, y0, x1, y1 = (req.box.x0, req.box.y0, req.box.x1, req.box.y1)
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            bad.append(FieldViolation("box", "coordinates must be finite numbers"))
+        elif x1 <= x0 or y1 <= y0:
+            bad.append(FieldViolation("box", f"({x0}, {y0}, {x1}, {y1}) has no area (need "
+                                             "x0 < x1, y0 < y1)"))
+    values = {"prompt": req.replacement,
+              **convert.given(req.inpaint_options, fx.INPAINT_OPTIONS)}
+    bad += _named(fx.INPAINT.check(SimpleNamespace(**{
+        name: values.get(name) for name in fx.INPAINT.fields})), _INPAINTING)
+    raise_if(bad)
+
+
+def _target_violations(req: orchestrator_pb2.RemoveObjectsRequest
+                       | orchestrator_pb2.ReplaceObjectsRequest) -> list[FieldViolation]:
     target = req.WhichOneof("target")
     bad: list[FieldViolation] = []
     if target is None:
-        bad.append(FieldViolation("target", "give a text, prompt or masks target"))
+        kinds = "text, prompt, masks or box" if hasattr(req, "box") else "text, prompt or masks"
+        bad.append(FieldViolation("target", f"give a {kinds} target"))
     elif target == "text":
         values = {"text": req.text.text, "max_instances": req.text.max_instances}
         if req.text.HasField("min_score"):
@@ -46,11 +80,8 @@ def check(req: orchestrator_pb2.RemoveObjectsRequest) -> None:
             bad.append(FieldViolation("prompt", "give at least one point or a box"))
         bad += _named(seg.POINTS.violations(req.prompt.points), _PROMPT_TARGET)
     elif target == "masks":
-        bad += _named(oc.MASKS.violations(req.masks.masks), _MASK_TARGET)
-    options = {**convert.given(req.clear_options, oc.OPTIONS), "label": req.label,
-               "mask_dilation": mask_dilation(req)}
-    bad += _named(oc.CLEAR.check(SimpleNamespace(**options)), _REMOVAL)
-    raise_if(bad)
+        bad += _named(MASKS.violations(req.masks.masks), _MASK_TARGET)
+    return bad
 
 
 def mask_dilation(req: orchestrator_pb2.RemoveObjectsRequest) -> int:
@@ -73,7 +104,8 @@ def caller_path(field: str, paths: dict[str, str]) -> str:
     return field
 
 
-def text_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image
+def text_request(req: orchestrator_pb2.RemoveObjectsRequest
+                 | orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image
                  ) -> segmentation_pb2.SegmentByTextRequest:
     out = segmentation_pb2.SegmentByTextRequest(
         image=image, text=req.text.text, max_instances=req.text.max_instances,
@@ -83,7 +115,8 @@ def text_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.I
     return out
 
 
-def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image
+def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest
+                   | orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image
                    ) -> segmentation_pb2.SegmentByPromptRequest:
     out = segmentation_pb2.SegmentByPromptRequest(
         image=image, points=req.prompt.points, mask_format=common_pb2.MASK_FORMAT_RLE)
@@ -103,8 +136,38 @@ def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.
                                          options=options)
 
 
-def caller_field(target: str) -> Callable[[str], str]:
-    """Map a model server's field path to the RemoveObjects field the caller set."""
-    paths = {**_REMOVAL, **(_MASK_TARGET if target == "masks" else {}),
+def inpaint_request(req: orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image,
+                    masks: list[common_pb2.Mask]) -> flux_pb2.InpaintRequest:
+    return flux_pb2.InpaintRequest(image=image, masks=masks, prompt=req.replacement,
+                                   options=req.inpaint_options)
+
+
+def box_mask(box: common_pb2.Box, data: bytes) -> common_pb2.Mask:
+    """The box as an RLE mask at the image's size (read from its header; the orchestrator
+    never decodes pixels): every pixel the box touches, x1 / y1 exclusive."""
+    try:
+        width, height = codecs.image_size(data)
+    except codecs.CodecError as exc:
+        raise InvalidArgument("image.data", str(exc)) from None
+    if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
+        raise InvalidArgument("box", f"({box.x0}, {box.y0}, {box.x1}, {box.y1}) is outside "
+                                     f"the {width}x{height} image")
+    x0, y0 = int(math.floor(box.x0)), int(math.floor(box.y0))
+    x1, y1 = int(math.ceil(box.x1)), int(math.ceil(box.y1))
+    # Column-major runs, zeros first: the columns before the box, then per box column
+    # y0 zeros (merged with the previous column's tail), the box's rows, the rest.
+    counts = [x0 * height + y0]
+    for column in range(x0, x1):
+        counts.append(y1 - y0)
+        tail = height - y1
+        counts.append(tail + (y0 if column + 1 < x1 else (width - x1) * height))
+    return common_pb2.Mask(width=width, height=height, rle=common_pb2.Rle(counts=counts))
+
+
+def caller_field(target: str, replace: bool = False) -> Callable[[str], str]:
+    """Map a model server's field path to the RemoveObjects (or, `replace`,
+    ReplaceObjects) field the caller set."""
+    paths = {**(_INPAINTING if replace else _REMOVAL),
+             **(_MASK_TARGET if target == "masks" else {}),
              **{"text": _TEXT_TARGET, "prompt": _PROMPT_TARGET}.get(target, {})}
     return lambda field: caller_path(field, paths)

@@ -24,6 +24,9 @@ class Settings(ServerSettings):
     segmentation_address: str = Field("localhost:50052", description="segmentation server(s)")
     object_clear_address: str = Field("localhost:50053", description="object-clear server(s)")
     flux_address: str = Field("localhost:50054", description="flux server(s)")
+    inpaint_address: str | None = Field(None, description="flux server(s) for Inpaint and "
+                                        "ReplaceObjects, e.g. ones holding FLUX.1-Fill-dev; "
+                                        "default: the flux server(s)")
     image_cache_mb: int = Field(256, ge=1, description="images received (encoded), kept for "
                                 "SHA-256 references: at most this many MiB")
     downstream_tls_ca_file: str | None = Field(None, description="call the model servers "
@@ -53,9 +56,11 @@ def create_server(settings: Settings) -> tuple[Server, int]:
                                  if settings.downstream_token else None),
                           interceptors=interceptors)
 
+    flux = downstream(settings.flux_address)
     servicer = EditServicer(downstream(settings.segmentation_address),
-                            downstream(settings.object_clear_address),
-                            downstream(settings.flux_address),
+                            downstream(settings.object_clear_address), flux,
+                            inpaint=(downstream(settings.inpaint_address)
+                                     if settings.inpaint_address else None),
                             image_cache_bytes=settings.image_cache_mb * 2**20)
     server, port = build_server(
         settings, register=lambda s: orchestrator_pb2_grpc.add_EditServiceServicer_to_server(

@@ -2,8 +2,10 @@
 
 RemoveObjects streams, in order: Progress("segmentation"), the SegmentationResult as soon
 as it is known, the object-clear server's per-step Progress passed through, then one
-RemoveObjectsResult. The caller's deadline and cancellation reach every downstream call;
-a failing stage ends the stream with that stage's status code and an ErrorInfo naming it.
+RemoveObjectsResult. ReplaceObjects likewise, with the FLUX server's Inpaint in place of
+the removal (and a box target that needs no segmentation). The caller's deadline and
+cancellation reach every downstream call; a failing stage ends the stream with that
+stage's status code and an ErrorInfo naming it.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
     """See the module docstring and orchestrator.proto."""
 
     def __init__(self, segmentation: Downstream, object_clear: Downstream, flux: Downstream,
-                 *, image_cache_bytes: int = 256 * 2**20) -> None:
+                 *, inpaint: Downstream | None = None,
+                 image_cache_bytes: int = 256 * 2**20) -> None:
         self.segmentation = segmentation
         self.object_clear = object_clear
         self.flux = flux
+        #: Where Inpaint / ReplaceObjects go: the flux servers, or ones of their own (e.g.
+        #: holding a fill checkpoint, which cannot Generate).
+        self.inpaint = inpaint or flux
         self._seg = segmentation_pb2_grpc.SegmentationServiceStub(segmentation.channel)
         self._clear = object_clear_pb2_grpc.ObjectClearServiceStub(object_clear.channel)
         self._flux = flux_pb2_grpc.FluxServiceStub(flux.channel)
+        self._inpaint = flux_pb2_grpc.FluxServiceStub(self.inpaint.channel)
         # Encoded bytes by SHA-256, so callers may refer to an image they sent before;
         # bounded in bytes, and only images a model server accepted work on (`_keep`).
         self._images: LRU[str, bytes] = LRU(image_cache_bytes)
@@ -114,7 +121,80 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                                               metadata=self.flux.metadata)):
             yield msg
 
+    @stream_rpc
+    async def Inpaint(self, request: flux_pb2.InpaintRequest,
+                      context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[flux_pb2.InpaintResponse]:
+        sha, data = self._image(request.image)
+
+        def call(image: common_pb2.Image) -> Any:
+            forwarded = flux_pb2.InpaintRequest()
+            forwarded.CopyFrom(request)
+            forwarded.image.CopyFrom(image)
+            return self._inpaint.Inpaint(forwarded, timeout=context.time_remaining(),
+                                         metadata=self.inpaint.metadata)
+
+        async for msg in self.inpaint.stream("inpainting", data, call):
+            self._keep(sha, data)  # the server accepted it
+            yield msg
+
     # -- composition -----------------------------------------------------------------------
+    async def _segmentation_stage(
+            self, request: orchestrator_pb2.RemoveObjectsRequest
+            | orchestrator_pb2.ReplaceObjectsRequest, data: bytes, sha: str,
+            context: grpc.aio.ServicerContext, rename: Callable[[str], str], t0: float,
+            done: _Stage) -> AsyncIterator[common_pb2.Progress
+                                           | orchestrator_pb2.SegmentationResult]:
+        """Segment a text or prompt target: Progress, the SegmentationResult (as soon as
+        it is known), Progress; what it found goes into `done`. NOT_FOUND when a text
+        target finds nothing."""
+        yield common_pb2.Progress(stage="segmentation", step=0, total_steps=1,
+                                  elapsed=convert.duration(time.monotonic() - t0))
+        t_seg = time.monotonic()
+        if request.WhichOneof("target") == "text":
+            seg = await self.segmentation.unary(
+                "segmentation", data, lambda img: self._seg.SegmentByText(
+                    oc.text_request(request, img), timeout=context.time_remaining(),
+                    metadata=self.segmentation.metadata), rename)
+            done.instances = list(seg.instances)
+        else:
+            seg = await self.segmentation.unary(
+                "segmentation", data, lambda img: self._seg.SegmentByPrompt(
+                    oc.prompt_request(request, img), timeout=context.time_remaining(),
+                    metadata=self.segmentation.metadata), rename)
+            done.instances = [seg.best]
+        self._keep(sha, data)
+        done.timings.append(("segmentation", time.monotonic() - t_seg))
+        done.stages.append(seg.provenance)
+        yield common_pb2.Progress(stage="segmentation", step=1, total_steps=1,
+                                  elapsed=convert.duration(time.monotonic() - t0))
+        yield orchestrator_pb2.SegmentationResult(instances=done.instances,
+                                                  provenance=seg.provenance)
+        if not done.instances:
+            raise NotFound(f"no instance of {request.text.text!r} found",
+                           reason="NO_INSTANCES", metadata={"text": request.text.text})
+
+    async def _model_stage(self, server: Downstream, stage: str, data: bytes, sha: str,
+                           call: Callable[[common_pb2.Image], Any],
+                           rename: Callable[[str], str], done: _Stage, t0: float
+                           ) -> AsyncIterator[common_pb2.Progress]:
+        """The last stage of a composed call, streamed: its per-step Progress passed on,
+        its result (and the stage's and the total's timing) into `done`."""
+        started = time.monotonic()
+        result = None
+        async for msg in server.stream(stage, data, call, rename):
+            if result is None:  # the server accepted the work: its image may be referred to
+                self._keep(sha, data)
+            if msg.WhichOneof("event") == "progress":
+                yield msg.progress
+            else:
+                result = msg.result
+        if result is None:  # a server that breaks the stream contract, not the caller's fault
+            raise DownstreamError(stage, "UNAVAILABLE", "the stream ended without a result",
+                                  {"server": server.address})
+        done.result = result
+        done.timings += [(stage, time.monotonic() - started), ("total", time.monotonic() - t0)]
+
     @stream_rpc
     async def RemoveObjects(self, request: orchestrator_pb2.RemoveObjectsRequest,
                             context: grpc.aio.ServicerContext
@@ -125,69 +205,91 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
 
         # 1. Check the request and take the image (bytes or a reference we hold).
         oc.check(request)
-        target = request.WhichOneof("target")
         sha, data = self._image(request.image)
-        timings: list[tuple[str, float]] = []
-        stages: list[common_pb2.Provenance] = []
+        done = _Stage()
 
         # 2. Segment, unless the caller brought masks; stream the instances at once.
-        instances: list[common_pb2.Instance] = []
-        if target == "masks":
+        if request.WhichOneof("target") == "masks":
             masks = list(request.masks.masks)
         else:
-            yield Event(progress=common_pb2.Progress(
-                stage="segmentation", step=0, total_steps=1,
-                elapsed=convert.duration(time.monotonic() - t0)))
-            t_seg = time.monotonic()
-            if target == "text":
-                seg = await self.segmentation.unary(
-                    "segmentation", data, lambda img: self._seg.SegmentByText(
-                        oc.text_request(request, img), timeout=context.time_remaining(),
-                        metadata=self.segmentation.metadata), rename)
-                instances = list(seg.instances)
-            else:
-                seg = await self.segmentation.unary(
-                    "segmentation", data, lambda img: self._seg.SegmentByPrompt(
-                        oc.prompt_request(request, img), timeout=context.time_remaining(),
-                        metadata=self.segmentation.metadata), rename)
-                instances = [seg.best]
-            self._keep(sha, data)
-            timings.append(("segmentation", time.monotonic() - t_seg))
-            stages.append(seg.provenance)
-            yield Event(progress=common_pb2.Progress(
-                stage="segmentation", step=1, total_steps=1,
-                elapsed=convert.duration(time.monotonic() - t0)))
-            yield Event(segmentation=orchestrator_pb2.SegmentationResult(
-                instances=instances, provenance=seg.provenance))
-            if not instances:
-                raise NotFound(f"no instance of {request.text.text!r} found",
-                               reason="NO_INSTANCES", metadata={"text": request.text.text})
-            masks = [inst.mask for inst in instances]
+            async for event in self._segmentation_stage(request, data, sha, context, rename,
+                                                        t0, done):
+                yield _event(Event, event)
+            masks = [inst.mask for inst in done.instances]
 
         # 3. Remove: pass the per-step progress through, keep the result.
-        t_clear = time.monotonic()
-        result = None
-        async for msg in self.object_clear.stream(
-                "object_clear", data, lambda img: self._clear.Clear(
+        async for progress in self._model_stage(
+                self.object_clear, "object_clear", data, sha, lambda img: self._clear.Clear(
                     oc.clear_request(request, img, masks),
                     timeout=context.time_remaining(), metadata=self.object_clear.metadata),
-                rename):
-            if result is None:  # the server accepted the work: its image may be referred to
-                self._keep(sha, data)
-            if msg.WhichOneof("event") == "progress":
-                yield Event(progress=msg.progress)
-            else:
-                result = msg.result
-        if result is None:  # a server that breaks the stream contract, not the caller's fault
-            raise DownstreamError("object_clear", "UNAVAILABLE",
-                                  "the stream ended without a result",
-                                  {"server": self.object_clear.address})
-        timings.append(("object_clear", time.monotonic() - t_clear))
-        stages.append(result.provenance)
-        timings.append(("total", time.monotonic() - t0))
+                rename, done, t0):
+            yield Event(progress=progress)
+        result = done.result
 
         # 4. One result with every stage's provenance and timing.
         yield Event(result=orchestrator_pb2.RemoveObjectsResult(
-            image=result.image, mask=result.mask, instances=instances, stages=stages,
-            timings=[common_pb2.StageTiming(stage=s, duration=convert.duration(t))
-                     for s, t in timings]))
+            image=result.image, mask=result.mask, instances=done.instances,
+            stages=[*done.stages, result.provenance], timings=done.stage_timings()))
+
+    @stream_rpc
+    async def ReplaceObjects(self, request: orchestrator_pb2.ReplaceObjectsRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[orchestrator_pb2.ReplaceObjectsResponse]:
+        t0 = time.monotonic()
+        Event = orchestrator_pb2.ReplaceObjectsResponse
+        target = request.WhichOneof("target") or ""
+        rename = oc.caller_field(target, replace=True)
+
+        # 1. Check the request and take the image (bytes or a reference we hold).
+        oc.check_replace(request)
+        sha, data = self._image(request.image)
+        done = _Stage()
+
+        # 2. The region: ready masks, a box, or what segmentation finds (streamed at once).
+        if target == "masks":
+            masks = list(request.masks.masks)
+        elif target == "box":
+            masks = [oc.box_mask(request.box, data)]
+        else:
+            async for event in self._segmentation_stage(request, data, sha, context, rename,
+                                                        t0, done):
+                yield _event(Event, event)
+            masks = [inst.mask for inst in done.instances]
+
+        # 3. Repaint it on the FLUX server: pass the per-step progress through.
+        async for progress in self._model_stage(
+                self.inpaint, "inpainting", data, sha, lambda img: self._inpaint.Inpaint(
+                    oc.inpaint_request(request, img, masks),
+                    timeout=context.time_remaining(), metadata=self.inpaint.metadata),
+                rename, done, t0):
+            yield Event(progress=progress)
+        result = done.result
+
+        # 4. One result with every stage's provenance and timing.
+        yield Event(result=orchestrator_pb2.ReplaceObjectsResult(
+            image=result.image, mask=result.mask, instances=done.instances,
+            stages=[*done.stages, result.provenance], timings=done.stage_timings(),
+            prompt_truncated=result.prompt_truncated,
+            truncated_prompt=result.truncated_prompt))
+
+
+class _Stage:
+    """What the stages of one composed call found so far."""
+
+    def __init__(self) -> None:
+        self.result: Any = None  # the last stage's
+        self.instances: list[common_pb2.Instance] = []
+        self.stages: list[common_pb2.Provenance] = []
+        self.timings: list[tuple[str, float]] = []
+
+    def stage_timings(self) -> list[common_pb2.StageTiming]:
+        return [common_pb2.StageTiming(stage=s, duration=convert.duration(t))
+                for s, t in self.timings]
+
+
+def _event(Event: type, item: common_pb2.Progress | orchestrator_pb2.SegmentationResult
+           ) -> Any:
+    """A segmentation-stage item as the composed call's event."""
+    if isinstance(item, common_pb2.Progress):
+        return Event(progress=item)
+    return Event(segmentation=item)
