@@ -1,6 +1,7 @@
 """Model paths timed inside the model classes: old setting vs plain eager vs optimised.
 
-Issue 8 items 1 and 3. For each model (SAM3, ObjectClear, FLUX.1-schnell), in one run:
+Issue 8 items 1 and 3. For each model (SAM3, ObjectClear, FLUX.1-schnell - Generate and
+Inpaint, which runs on the same resident components), in one run:
 
 * (a) the old service's setting - ObjectClear only: attention slicing (diffusers
   ``set_attention_slice("auto")``), 384 px, 8 steps, half precision;
@@ -23,7 +24,9 @@ Profiles:
 * ``full``: CUDA only. Full-size architectures with random weights built directly on the
   GPU in the servers' dtypes (fp16 SAM3 / ObjectClear, bf16 FLUX) - see _full_models.py;
   SAM3 text at 1008 px, ObjectClear 512 px / 20 steps / guidance 2.5 / fusion on, FLUX
-  4 steps at 512 and 1024 px.
+  4 steps at 512 and 1024 px, generating and inpainting (the middle of the picture from
+  noise); the FLUX entry also reports the resident parameter bytes before and after the
+  first inpainting (equal: no weight is copied).
 
     uv run python -m benchmarks.models                           # tiny, CPU
     uv run python -m benchmarks.models --profile full --record   # a GPU machine
@@ -592,7 +595,8 @@ def bench_objectclear(ctx: Ctx) -> dict[str, Any]:
 def bench_flux(ctx: Ctx) -> dict[str, Any]:
     import torch
     from diffusers import FluxPipeline
-    from mic2e_services.flux.model import FluxGenerator, GenerateQuery
+    from mic2e import codecs
+    from mic2e_services.flux.model import FluxGenerator, GenerateQuery, InpaintQuery
     from mic2e_services.runtime.model_api import QuietContext
     from mic2e_services.torch_device import dtype_name, resolve_dtype
 
@@ -624,7 +628,17 @@ def bench_flux(ctx: Ctx) -> dict[str, Any]:
         request = query(size)
         return lambda: _ok(model([request], one))[0]
 
+    def inpaint(size: int) -> Callable[[], Any]:
+        # The region a replacement repaints: the middle of the picture, from noise
+        # (strength 1), as many steps as Generate - on the same resident components.
+        image = codecs.decode_image(picture(size, size, size))
+        request = InpaintQuery(image=image, mask=box_mask(size, size), prompt=PROMPT,
+                               steps=steps, seed=0)
+        return lambda: _ok(model([request], one))[0]
+
+    resident_before = model.resident_parameters()
     paths = {f"generate_{size}": (generate(size), None) for size in sizes}
+    paths.update({f"inpaint_{size}": (inpaint(size), None) for size in sizes})
 
     def throughput() -> dict[str, Any]:
         return worker_throughput(ctx, "flux", model,
@@ -632,6 +646,7 @@ def bench_flux(ctx: Ctx) -> dict[str, Any]:
 
     timings, eager, opt, description = compare_paths(ctx, "flux", model, pipe, paths,
                                                      throughput)
+    resident_after = model.resident_parameters()  # (before fidelity casts to fp32)
     fidelity: dict[str, Any] = {}
     if ctx.fidelity:
         first = f"generate_{sizes[0]}"
@@ -652,7 +667,13 @@ def bench_flux(ctx: Ctx) -> dict[str, Any]:
             }
         except torch.OutOfMemoryError as exc:
             fidelity = _fidelity_error(exc)
-    return {"dtype": dtype_name(dtype), "parameters": _full_models.parameters(
+    return {"dtype": dtype_name(dtype),
+            # Inpaint runs FluxInpaintPipeline.from_pipe on the resident components: the
+            # bytes of distinct parameters and buffers held must not change.
+            "resident_bytes": {"before_inpaint": resident_before,
+                               "after_inpaint": resident_after,
+                               "shared": resident_before == resident_after},
+            "parameters": _full_models.parameters(
                 {k: getattr(pipe, k) for k in ("transformer", "text_encoder", "text_encoder_2",
                                                "vae")}),
             "build_s": build_s, "model_warmup_s": warmup_s, "optimisation": description,
@@ -770,6 +791,12 @@ def report(result: dict[str, Any]) -> str:
                 rows.append([name, key, value if isinstance(value, str) else fmt_x(value, 3)])
     if rows:
         text += table(["model", "fidelity", "value (PSNR dB / IoU)"], rows)
+    rows = [[name, f"{r['resident_bytes']['before_inpaint'] / 2**20:.1f} MiB",
+             f"{r['resident_bytes']['after_inpaint'] / 2**20:.1f} MiB",
+             "yes" if r["resident_bytes"]["shared"] else "NO"]
+            for name, r in result["models"].items() if "resident_bytes" in r]
+    if rows:
+        text += table(["model", "resident before inpaint", "after", "weights shared"], rows)
     return text
 
 

@@ -64,7 +64,10 @@ def test_models_tiny_profile(tiny_dir, tmp_path):
         assert psnr == "inf" or psnr > 60, (key, psnr)
 
     flux = r["models"]["flux"]
-    assert set(flux["paths"]) == {"generate_256"}
+    assert set(flux["paths"]) == {"generate_256", "inpaint_256"}
+    # Inpaint ran on the resident components: not one byte of weights more.
+    resident = flux["resident_bytes"]
+    assert resident["shared"] and resident["before_inpaint"] == resident["after_inpaint"] > 0
     psnr = flux["fidelity"]["optimised_vs_eager_fp32"]
     assert psnr == "inf" or psnr > 60
 
