@@ -668,7 +668,7 @@ def bench_flux(ctx: Ctx) -> dict[str, Any]:
         except torch.OutOfMemoryError as exc:
             fidelity = _fidelity_error(exc)
     return {"dtype": dtype_name(dtype),
-            # Inpaint runs FluxInpaintPipeline.from_pipe on the resident components: the
+            # Inpaint runs FluxInpaintPipeline on the resident components: the
             # bytes of distinct parameters and buffers held must not change.
             "resident_bytes": {"before_inpaint": resident_before,
                                "after_inpaint": resident_after,

@@ -227,9 +227,9 @@ async def test_large_pictures_stay_within_the_segmentation_servers_budget(proces
 
 
 async def test_what_a_caller_sends_never_reaches_a_log(processes):
-    """A prompt far past CLIP's 77 tokens, a label and a text target, each carrying a
-    marker: no server's log holds a marker, whatever the libraries would say. Undecodable
-    bytes leave one WARNING line, no traceback."""
+    """A prompt far past CLIP's 77 tokens (to Generate and to ReplaceObjects), a label and
+    a text target, each carrying a marker: no server's log holds a marker, whatever the
+    libraries would say. Undecodable bytes leave one WARNING line, no traceback."""
     marker = secrets.token_hex(8)
     prompt = "a red bicycle leaning on a wall " * 60 + f"secret {marker}"  # < 2000 chars
     async with processes.channel() as channel:
@@ -242,6 +242,11 @@ async def test_what_a_caller_sends_never_reaches_a_log(processes):
             text=orchestrator_pb2.TextTarget(text=f"the dog {marker}", min_score=0.0),
             clear_options=object_clear_pb2.ClearOptions(steps=1, short_side=256, seed=0))))
         assert events[-1].WhichOneof("event") == "result"
+        events = await drain(stub.ReplaceObjects(orchestrator_pb2.ReplaceObjectsRequest(
+            image=common_pb2.Image(data=picture(8)), replacement=prompt,
+            box=common_pb2.Box(x0=20, y0=10, x1=60, y1=50),
+            inpaint_options=flux_pb2.InpaintOptions(steps=1, seed=0))))
+        assert events[-1].result.prompt_truncated  # inpainting reads the prompt too
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await channel.unary_unary("/mic2e.v1.EditService/SegmentByText")(
                 b"\xff\xff" + marker.encode())

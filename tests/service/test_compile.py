@@ -78,11 +78,11 @@ def _ok(results: list) -> None:
 
 
 def test_warm_up_compiles_every_shape_so_no_request_recompiles(tiny_sam3, tiny_objectclear,
-                                                                tiny_flux):
+                                                                tiny_flux, tiny_flux_fill):
     # The "eager" backend traces exactly as Inductor would (same graphs, same recompiles)
     # without generating code. After warm-up, no size or batch may compile again: with a
     # cold cache on a GPU that recompile would take minutes inside a request.
-    from mic2e_services.flux.model import FluxGenerator, GenerateQuery
+    from mic2e_services.flux.model import FluxGenerator, GenerateQuery, InpaintQuery
     from mic2e_services.object_clear.model import ClearQuery, ObjectClearModel
     from mic2e_services.runtime.model_api import CompileSpec, QuietContext
     from mic2e_services.segmentation.model import Sam3Segmenter, TextQuery
@@ -97,6 +97,23 @@ def test_warm_up_compiles_every_shape_so_no_request_recompiles(tiny_sam3, tiny_o
     for (w, h), n in (((256, 256), 1), ((256, 256), 3), ((384, 256), 2), ((1024, 512), 1)):
         _ok(flux([GenerateQuery("a dog", w, h, 2, i) for i in range(n)], [ctx] * n))
     assert _graphs() == before, "a FLUX request compiled a new graph after warm-up"
+    mask = np.zeros((300, 400), bool)
+    mask[100:200, 100:250] = True
+    inpaint = InpaintQuery(Image.new("RGB", (400, 300)), mask, "a cat", steps=2)
+    _ok(flux([inpaint] * 2, [ctx] * 2))  # the resident transformer, other inputs
+    assert _graphs() == before, "a FLUX inpainting compiled a new graph after warm-up"
+
+    # A fill checkpoint warms up by inpainting (it cannot Generate): the same guarantee.
+    fill = FluxGenerator(str(tiny_flux_fill), compile=spec, max_batch_size=4)
+    fill.load()
+    fill.warmup()
+    before = _graphs()
+    for (w, h), n in (((256, 256), 1), ((256, 256), 3), ((700, 300), 2)):
+        m = np.zeros((h, w), bool)
+        m[h // 4:h // 2, w // 4:w // 2] = True
+        _ok(fill([InpaintQuery(Image.new("RGB", (w, h)), m, "a cat", steps=2, seed=i)
+                  for i in range(n)], [ctx] * n))
+    assert _graphs() == before, "a FLUX fill request compiled a new graph after warm-up"
 
     clear = ObjectClearModel(str(tiny_objectclear), compile=spec, max_batch_size=2)
     clear.load()

@@ -132,6 +132,7 @@ async def test_strength_runs_its_share_of_the_steps(schnell):
 @pytest.mark.parametrize(("options", "masks", "field"), [
     ({"strength": 0.0}, None, "options.strength"),
     ({"strength": 1.5}, None, "options.strength"),
+    ({"strength": 1e-20}, None, "options.strength"),  # in (0, 1] but runs no step
     ({"guidance_scale": 3.5}, None, "options.guidance_scale"),  # schnell takes none
     ({"feather": 500}, None, "options.feather"),
     ({}, [], "masks"),
@@ -166,3 +167,4 @@ async def test_a_fill_checkpoint_inpaints_with_its_own_defaults_and_refuses_gene
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     reason = detail(await rich_status(call), error_details_pb2.ErrorInfo)
     assert reason.reason == "FILL_MODEL_ONLY"
+

@@ -164,7 +164,8 @@ class InpaintOptions(_message.Message):
     strength: _builtins.float
     """How much of the masked region is repainted: above 0 and at most 1. Default 1 (the
     region starts from noise: a replacement); lower keeps more of what was there and
-    runs fewer steps (steps x strength, rounded down, at least 1).
+    runs fewer steps: steps x strength, rounded up (the provenance says how many ran). A
+    strength that runs no step (below 1 / steps) is INVALID_ARGUMENT.
     """
     steps: _builtins.int
     """Denoising steps, 1 to 50. Default: the checkpoint's own (4 for FLUX.1-schnell, 50
@@ -182,7 +183,8 @@ class InpaintOptions(_message.Message):
     """
     feather: _builtins.int
     """Blend the repainted region into the image over this many pixels outside the grown
-    mask, 0 to 128. Default 8. Beyond it every pixel is the input's own.
+    mask along rows and columns (up to 1.4x that on diagonals), 0 to 128. Default 8.
+    Beyond it every pixel is the input's own.
     """
     output_format: _common_pb2.ImageFormat.ValueType
     """Encoding of the output image. Default PNG."""

@@ -37,7 +37,9 @@ class TextTarget(_message.Message):
     default.
     """
     max_instances: _builtins.int
-    """At most this many instances, best first. 0: all."""
+    """At most this many instances, best first. 0: all (past 32, the next stage gets
+    their union as one mask).
+    """
     def __init__(
         self,
         *,

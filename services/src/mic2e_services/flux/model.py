@@ -6,9 +6,9 @@ converts protobuf messages to `GenerateQuery` / `InpaintQuery` and back in its o
 module, so this file can be loaded, tested and benchmarked without a server, and the
 servicer (and the orchestrator) can be installed without torch.
 
-Inpainting: with FLUX.1-schnell (the default checkpoint) `FluxInpaintPipeline` made with
-`from_pipe` from the resident pipeline, sharing its transformer, text encoders and VAE -
-no second copy of any weight. With a fill checkpoint (`FluxFillPipeline` layout, e.g.
+Inpainting: with FLUX.1-schnell (the default checkpoint) a `FluxInpaintPipeline` built on
+the resident pipeline's own modules (transformer, text encoders, VAE) - no second copy of
+any weight, none cast. With a fill checkpoint (`FluxFillPipeline` layout, e.g.
 FLUX.1-Fill-dev) that pipeline itself; such a server cannot Generate (its transformer
 reads image and mask channels). The result is composited at the input's size: pixels
 outside the dilated, feathered mask are the input's own, byte for byte.
@@ -20,6 +20,7 @@ batch-mates.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import secrets
 import time
@@ -152,11 +153,9 @@ class FluxGenerator(TorchModel):
             return {}
 
         if self.fill:  # no text-to-image path: time an inpainting instead
-            pixels = np.full((_WARMUP_SIZE, _WARMUP_SIZE, 3), 128, np.uint8)
-            mask = np.zeros((_WARMUP_SIZE, _WARMUP_SIZE), bool)
-            mask[_WARMUP_SIZE // 4:-_WARMUP_SIZE // 4, _WARMUP_SIZE // 4:-_WARMUP_SIZE // 4] = True
-            query: Any = InpaintQuery(Image.fromarray(pixels), mask, "a photo of a dog",
-                                      steps=_WARMUP_STEPS, seed=0)
+            query: Any = InpaintQuery(Image.new("RGB", (_WARMUP_SIZE, _WARMUP_SIZE), "gray"),
+                                      _warmup_mask(_WARMUP_SIZE, _WARMUP_SIZE),
+                                      "a photo of a dog", steps=_WARMUP_STEPS, seed=0)
             run = lambda on: self._inpaint([query], [0], on)  # noqa: E731
         else:
             query = GenerateQuery("a photo of a dog", _WARMUP_SIZE, _WARMUP_SIZE,
@@ -176,14 +175,22 @@ class FluxGenerator(TorchModel):
         self._fixed_s = max(0.0, total - self._step_s * _WARMUP_STEPS)
         log.info("flux warm-up: %.4f s per step, %.4f s fixed at %dx%d", self._step_s,
                  self._fixed_s, _WARMUP_SIZE, _WARMUP_SIZE)
-        if self.compile is not None and not self.fill:
+        if self.compile is not None:
             # Compiled: calls at another size, alone and (when batching is on) batched,
             # make torch's automatic dynamic shapes recompile NOW, before SERVING, not on
             # the first real request of another size or batch (cold: minutes). Both are
             # needed: a batch of 1 is always specialised apart from larger ones.
-            other = GenerateQuery("a photo of a dog", _WARMUP_SIZE + 256, _WARMUP_SIZE, 1, 0)
+            width = _WARMUP_SIZE + 256
+            if self.fill:
+                other: Any = InpaintQuery(Image.new("RGB", (width, _WARMUP_SIZE), "gray"),
+                                          _warmup_mask(width, _WARMUP_SIZE), "a photo of a dog",
+                                          steps=1, seed=0)
+                again: Callable[..., Any] = self._inpaint
+            else:
+                other = GenerateQuery("a photo of a dog", width, _WARMUP_SIZE, 1, 0)
+                again = self._generate
             for n in sorted({1, min(2, self.max_batch_size)}):
-                self._generate([other] * n, list(range(n)), lambda pipe, i, t, kwargs: {})
+                again([other] * n, list(range(n)), lambda pipe, i, t, kwargs: {})
 
     # -- requests ------------------------------------------------------------------------
 
@@ -197,7 +204,8 @@ class FluxGenerator(TorchModel):
 
     def violations(self, request: GenerateQuery | InpaintQuery) -> list[errors.FieldViolation]:
         if isinstance(request, InpaintQuery):
-            return inpaint_violations(request, guided=self._guided())
+            steps, _ = self._inpaint_settings(request)
+            return inpaint_violations(request, guided=self._guided(), steps=steps)
         return violations(request)
 
     def inpaint_defaults(self) -> tuple[int, float | None]:
@@ -226,12 +234,14 @@ class FluxGenerator(TorchModel):
 
         Linear in pixels overestimates large pictures a little (the transformer's cost
         grows more slowly at these sizes); for admission control that errs on the safe side.
-        Inpainting also encodes the image: counted as one more fixed part.
+        Inpainting also encodes the image: one more fixed part, unless the warm-up was an
+        inpainting already (a fill checkpoint's).
         """
         if isinstance(request, InpaintQuery):
             width, height = inpaint_working_size(*request.image.size)
             steps, _ = self._inpaint_settings(request)
-            work = 2 * self._fixed_s + self._step_s * steps_run(steps, request.strength)
+            fixed = self._fixed_s * (1 if self.fill else 2)
+            work = fixed + self._step_s * steps_run(steps, request.strength)
         else:
             width, height = request.width, request.height
             work = self._fixed_s + self._step_s * request.steps
@@ -281,9 +291,10 @@ class FluxGenerator(TorchModel):
                      "truncated_prompt": seen if truncated else ""}
             if inpaint:
                 query = batch[j]
-                alpha = _feathered(masks[j], query.feather, self.device)
-                results[i] = InpaintOutput(image=composite(query.image, pictures[j], alpha),
-                                           mask=masks[j], **facts)
+                alpha, box = _feathered(masks[j], query.feather, self.device)
+                results[i] = InpaintOutput(
+                    image=composite(query.image, pictures[j], alpha, box), mask=masks[j],
+                    **facts)
             else:
                 results[i] = GenerateOutput(image=pictures[j], **facts)
         return results
@@ -295,15 +306,20 @@ class FluxGenerator(TorchModel):
 
     def inpaint_pipeline(self) -> Any:
         """The pipeline Inpaint runs: the fill checkpoint's own, or FluxInpaintPipeline on
-        the resident components (`from_pipe` shares every module; the dtype is passed on,
-        or diffusers would cast the shared modules to float32 in place)."""
+        the resident components, the same module objects. Built by its constructor rather
+        than `from_pipe`, which ends with `.to(dtype)`: that would cast the shared modules
+        in place (to float32 without a dtype; in fp16, T5's `wo` layers, which transformers
+        keeps in float32 so that T5 does not overflow), changing Generate's numbers too."""
         if self.fill:
             return self._pipe
         if self._inpaint_pipe is None:
             from diffusers import FluxInpaintPipeline
 
-            pipe = FluxInpaintPipeline.from_pipe(self._pipe, dtype=self.dtype)
+            wanted = inspect.signature(FluxInpaintPipeline.__init__).parameters
+            pipe = FluxInpaintPipeline(**{name: part for name, part
+                                          in self._pipe.components.items() if name in wanted})
             pipe.set_progress_bar_config(disable=True)
+            _keep_prompts_out_of_logs(pipe)
             self._inpaint_pipe = pipe
         return self._inpaint_pipe
 
@@ -346,8 +362,7 @@ class FluxGenerator(TorchModel):
             masks = [_dilated(q.mask, q.mask_dilation, self.device) for q in batch]
         images = [q.image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
                   for q in batch]
-        mask_images = [Image.fromarray(m.astype(np.uint8) * 255).resize(
-            (width, height), Image.Resampling.NEAREST) for m in masks]
+        mask_images = [_working_mask(m, width, height, self.device) for m in masks]
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = {}
         if guidance is not None:
@@ -405,25 +420,69 @@ def _dilated(mask: np.ndarray, pixels: int, device: torch.device) -> np.ndarray:
     return grown.cpu().numpy().astype(bool)
 
 
-def _feathered(mask: np.ndarray, feather: int, device: torch.device) -> np.ndarray:
-    """Blend weights in [0, 1] at the image's size: 1 on `mask`, falling to 0 over about
-    `feather` pixels outside it, exactly 0 beyond (a box blur of the mask grown by half the
-    feather, which has no tail)."""
-    alpha = torch.from_numpy(mask).to(device)
-    half = feather // 2
-    if half > 0:
-        grown = dilate_mask(alpha, half).float()[None, None]
-        blurred = torch.nn.functional.avg_pool2d(grown, 2 * half + 1, stride=1,
-                                                 padding=half, count_include_pad=False)[0, 0]
-        alpha = torch.maximum(blurred, alpha.float())
-    return alpha.float().cpu().numpy()
+def _working_mask(mask: np.ndarray, width: int, height: int, device: torch.device
+                  ) -> Image.Image:
+    """`mask` at the working size, every 8x8 latent cell it touches whole. The pipeline
+    samples the mask once per latent cell (nearest); a thin mask, or one scaled down from
+    a large image, could fall between the samples and go silently unrepainted."""
+    cells = torch.nn.functional.adaptive_max_pool2d(
+        torch.from_numpy(mask).to(device)[None, None].float(), (height // 8, width // 8))
+    whole = cells[0, 0].repeat_interleave(8, 0).repeat_interleave(8, 1)
+    return Image.fromarray((whole > 0).cpu().numpy().astype(np.uint8) * 255)
 
 
-def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray) -> Image.Image:
-    """`painted` (any size) over `image` at the image's size with weights `alpha`; where
-    alpha is 0 the result is the image's own pixels, unchanged."""
-    base = np.asarray(image.convert("RGB"))
-    top = np.asarray(painted.convert("RGB").resize(image.size, Image.Resampling.LANCZOS))
+def _warmup_mask(width: int, height: int) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    mask[height // 4:-height // 4, width // 4:-width // 4] = True
+    return mask
+
+
+#: (x0, y0, x1, y1): the part of an image where a composite's weights are not all 0.
+Box = tuple[int, int, int, int]
+
+
+def _feathered(mask: np.ndarray, feather: int, device: torch.device
+               ) -> tuple[np.ndarray, Box]:
+    """Blend weights in [0, 1], and the box they cover: 1 on `mask`, falling to 0 over
+    `feather` pixels outside it along rows and columns (up to 1.4x that on diagonals),
+    exactly 0 beyond: the mask grown by half the feather, then a box blur over the rest,
+    which has no tail. Only the box around the mask is computed, in two 1-D passes, so
+    the cost follows the mask's area and not the image's or the feather's square."""
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros((0, 0), np.float32), (0, 0, 0, 0)
+    grow, blur = feather // 2, feather - feather // 2
+    # Wide enough that the blur never reaches a crop edge inside the image, where it
+    # would divide by fewer pixels than the whole image's blur does.
+    margin = feather + blur + 1
+    box = (max(0, cols[0] - margin), max(0, rows[0] - margin),
+           min(w, cols[-1] + 1 + margin), min(h, rows[-1] + 1 + margin))
+    alpha = torch.from_numpy(mask[box[1]:box[3], box[0]:box[2]]).to(device)
+    if feather > 0:
+        grown = dilate_mask(alpha, grow).float()[None, None]
+        pool = torch.nn.functional.avg_pool2d
+        k = 2 * blur + 1
+        grown = pool(grown, (1, k), stride=1, padding=(0, blur), count_include_pad=False)
+        grown = pool(grown, (k, 1), stride=1, padding=(blur, 0), count_include_pad=False)
+        alpha = torch.maximum(grown[0, 0], alpha.float())
+    return alpha.float().cpu().numpy(), tuple(int(v) for v in box)
+
+
+def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray, box: Box
+              ) -> Image.Image:
+    """`painted` (any size, the whole picture) over `image` at the image's size, with
+    weights `alpha` over `box`; where alpha is 0, and outside the box, the result is the
+    image's own pixels, unchanged."""
+    x0, y0, x1, y1 = box
+    out = np.array(image.convert("RGB"))
+    if x1 <= x0 or y1 <= y0:
+        return Image.fromarray(out)
+    sx, sy = painted.width / image.width, painted.height / image.height
+    top = np.asarray(painted.convert("RGB").resize(
+        (x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+    base = out[y0:y1, x0:x1]
     a = alpha[..., None]
     mixed = np.rint(base * (1.0 - a) + top * a).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(np.where(a > 0, mixed, base))
+    out[y0:y1, x0:x1] = np.where(a > 0, mixed, base)
+    return Image.fromarray(out)

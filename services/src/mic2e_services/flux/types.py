@@ -88,19 +88,22 @@ INPAINT = Request("InpaintRequest", {"prompt": PROMPT, **INPAINT_OPTIONS})
 
 def inpaint_working_size(width: int, height: int) -> tuple[int, int]:
     """(width, height) an image is inpainted at: its own size, or scaled down to the area
-    of MAX_WORKING_PIXELS, each side rounded to the nearest multiple of 16 (the VAE's 8x
-    and the transformer's 2x2 packing; at least 16): 4000x3000 -> 1184x880."""
+    of MAX_WORKING_PIXELS, each side rounded down to a multiple of 16 (the VAE's 8x and
+    the transformer's 2x2 packing; at least 16), so never above that area:
+    4000x3000 -> 1168x880, 100x70 -> 96x64."""
     scale = min(1.0, math.sqrt(MAX_WORKING_PIXELS / (width * height)))
 
     def side(x: int) -> int:
-        return max(_SIDE_MULTIPLE, round(x * scale / _SIDE_MULTIPLE) * _SIDE_MULTIPLE)
+        return max(_SIDE_MULTIPLE, int(x * scale) // _SIDE_MULTIPLE * _SIDE_MULTIPLE)
 
     return side(width), side(height)
 
 
 def steps_run(steps: int, strength: float) -> int:
-    """Denoising steps a request really runs: diffusers starts `strength` of the way into
-    the schedule (FluxInpaintPipeline.get_timesteps); at least 1 for any strength > 0."""
+    """Denoising steps a request really runs: diffusers skips the first
+    `int(steps - steps x strength)` of the schedule (FluxInpaintPipeline.get_timesteps),
+    which is steps x strength rounded up; 0 when that product is too small to tell from
+    0 in floating point (`inpaint_violations` refuses such a strength)."""
     return steps - int(max(steps - steps * strength, 0))
 
 
@@ -121,11 +124,15 @@ class InpaintQuery:
     feather: int = FEATHER.default
 
 
-def inpaint_violations(query: InpaintQuery, *, guided: bool) -> list[FieldViolation]:
+def inpaint_violations(query: InpaintQuery, *, guided: bool, steps: int
+                       ) -> list[FieldViolation]:
     """Every bad field of `query`, named as in the API. `guided`: whether the loaded
-    checkpoint takes a guidance input. (Any strength above 0 runs at least one step:
-    `steps_run`.)"""
+    checkpoint takes a guidance input; `steps`: the steps it would run at strength 1 (its
+    own or the query's)."""
     bad = INPAINT.check(query)
+    if not bad and steps_run(steps, query.strength) < 1:
+        bad.append(FieldViolation(STRENGTH.path, f"{query.strength:g} x {steps} steps runs no "
+                                  f"step: use at least {1 / steps:g}"))
     pair = masked_image_violations(query.image, query.mask)
     if pair and pair[0].field == "image":
         return [*pair, *bad]

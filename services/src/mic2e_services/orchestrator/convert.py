@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
 from mic2e import codecs
@@ -29,9 +29,11 @@ _TEXT_TARGET = {seg.TEXT.path: "text.text", seg.SCORE_THRESHOLD.path: "text.min_
 _PROMPT_TARGET = {seg.POINTS.path: "prompt.points", "box": "prompt.box"}
 _MASK_TARGET = {MASKS.path: "masks.masks"}
 _INPAINTING = {**{f.path: f"inpaint_options.{name}" for name, f in fx.INPAINT_OPTIONS.items()},
-               fx.PROMPT.path: "replacement"}
+               fx.PROMPT.path: "replacement",
+               "options.output_format": "inpaint_options.output_format"}
 _REMOVAL = {**{f.path: f"clear_options.{name}" for name, f in oc.OPTIONS.items()},
-            oc.MASK_DILATION.path: "mask_dilation", oc.LABEL.path: "label"}
+            oc.MASK_DILATION.path: "mask_dilation", oc.LABEL.path: "label",
+            "options.output_format": "clear_options.output_format"}
 
 
 def check(req: orchestrator_pb2.RemoveObjectsRequest) -> None:
@@ -161,6 +163,38 @@ def box_mask(box: common_pb2.Box, data: bytes) -> common_pb2.Mask:
         counts.append(y1 - y0)
         tail = height - y1
         counts.append(tail + (y0 if column + 1 < x1 else (width - x1) * height))
+    return common_pb2.Mask(width=width, height=height, rle=common_pb2.Rle(counts=counts))
+
+
+def found_masks(instances: Sequence[common_pb2.Instance]) -> list[common_pb2.Mask]:
+    """What segmentation found, as masks for the next stage: one per instance, or past the
+    model servers' limit (MASKS) their union, which both servers would take anyway (they
+    merge the masks they get) - so "remove the birds" works for any number of birds."""
+    masks = [inst.mask for inst in instances]
+    if len(masks) <= MASKS.max_items or any(m.WhichOneof("encoding") != "rle" for m in masks):
+        return masks
+    return [union(masks)]
+
+
+def union(masks: Sequence[common_pb2.Mask]) -> common_pb2.Mask:
+    """The union of RLE masks of one size, by merging their runs (no pixels decoded)."""
+    width, height = masks[0].width, masks[0].height
+    spans: list[tuple[int, int]] = []
+    for mask in masks:
+        at = 0
+        for k, run in enumerate(mask.rle.counts):
+            if k % 2 and run:  # odd runs are "on" (zeros first)
+                spans.append((at, at + run))
+            at += run
+    counts: list[int] = []
+    end = 0  # where the last "on" run ends
+    for start, stop in sorted(spans):
+        if counts and start <= end:
+            counts[-1] += max(0, stop - end)
+        else:
+            counts += [start - end, stop - start]
+        end = max(end, stop)
+    counts.append(width * height - end)
     return common_pb2.Mask(width=width, height=height, rle=common_pb2.Rle(counts=counts))
 
 

@@ -215,7 +215,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             async for event in self._segmentation_stage(request, data, sha, context, rename,
                                                         t0, done):
                 yield _event(Event, event)
-            masks = [inst.mask for inst in done.instances]
+            masks = oc.found_masks(done.instances)
 
         # 3. Remove: pass the per-step progress through, keep the result.
         async for progress in self._model_stage(
@@ -254,7 +254,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             async for event in self._segmentation_stage(request, data, sha, context, rename,
                                                         t0, done):
                 yield _event(Event, event)
-            masks = [inst.mask for inst in done.instances]
+            masks = oc.found_masks(done.instances)
 
         # 3. Repaint it on the FLUX server: pass the per-step progress through.
         async for progress in self._model_stage(

@@ -161,7 +161,8 @@ export type InpaintOptions = Message<"mic2e.v1.InpaintOptions"> & {
   /**
    * How much of the masked region is repainted: above 0 and at most 1. Default 1 (the
    * region starts from noise: a replacement); lower keeps more of what was there and
-   * runs fewer steps (steps x strength, rounded down, at least 1).
+   * runs fewer steps: steps x strength, rounded up (the provenance says how many ran). A
+   * strength that runs no step (below 1 / steps) is INVALID_ARGUMENT.
    *
    * @generated from field: optional float strength = 1;
    */
@@ -200,7 +201,8 @@ export type InpaintOptions = Message<"mic2e.v1.InpaintOptions"> & {
 
   /**
    * Blend the repainted region into the image over this many pixels outside the grown
-   * mask, 0 to 128. Default 8. Beyond it every pixel is the input's own.
+   * mask along rows and columns (up to 1.4x that on diagonals), 0 to 128. Default 8.
+   * Beyond it every pixel is the input's own.
    *
    * @generated from field: optional uint32 feather = 6;
    */

@@ -44,7 +44,8 @@ export type TextTarget = Message<"mic2e.v1.TextTarget"> & {
   minScore?: number | undefined;
 
   /**
-   * At most this many instances, best first. 0: all.
+   * At most this many instances, best first. 0: all (past 32, the next stage gets
+   * their union as one mask).
    *
    * @generated from field: uint32 max_instances = 3;
    */

@@ -1,0 +1,70 @@
+"""FLUX inpainting's model side, without a server: the shared weights stay as loaded,
+and the masks it hands the pipeline and the compositor are the ones the API promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mic2e_services.flux.model import FluxGenerator, _feathered, _working_mask
+from mic2e_services.flux.types import inpaint_working_size
+from mic2e_services.object_clear.fusion import dilate_mask
+
+from tests.service.test_flux_inpaint import within
+
+
+def test_half_precision_weights_stay_as_loaded_when_inpaint_is_first_used(tiny_flux):
+    # In float16 transformers keeps T5's `wo` layers in float32 (T5 overflows in fp16);
+    # a pipeline made with `from_pipe(dtype=...)` would cast them in place, changing
+    # Generate's numbers and the resident bytes.
+    model = FluxGenerator(str(tiny_flux), dtype="float16")
+    model.load()
+    dtypes = {(name, key): p.dtype for name, part in model._pipe.components.items()
+              if isinstance(part, torch.nn.Module) for key, p in part.named_parameters()}
+    assert torch.float32 in dtypes.values(), "nothing kept in float32: nothing to check"
+    before = model.resident_parameters()
+    pipe = model.inpaint_pipeline()
+    assert {(name, key): p.dtype for name, part in model._pipe.components.items()
+            if isinstance(part, torch.nn.Module) for key, p in part.named_parameters()} == dtypes
+    assert model.resident_parameters() == before
+    assert pipe.transformer is model._pipe.transformer
+
+
+@pytest.mark.parametrize(("size", "line"), [((96, 64), 33), ((3000, 2000), 1500)])
+def test_a_thin_mask_reaches_the_latents(size, line):
+    # The pipeline samples the mask once per 8x8 latent cell (nearest): a one-pixel line
+    # between two samples, or any thin line once a large image is scaled down, would be
+    # left out and silently not repainted.
+    from diffusers.image_processor import VaeImageProcessor
+
+    width, height = size
+    mask = np.zeros((height, width), bool)
+    mask[:, line] = True
+    w, h = inpaint_working_size(width, height)
+    image = _working_mask(mask, w, h, torch.device("cpu"))
+    assert image.size == (w, h)
+    processed = VaeImageProcessor(vae_scale_factor=16, do_normalize=False, do_binarize=True,
+                                  do_convert_grayscale=True).preprocess(image, h, w)
+    latent = torch.nn.functional.interpolate(processed, size=(h // 8, w // 8))
+    columns = latent[0, 0].amax(dim=0)
+    assert 1 <= columns.sum() <= 2 and columns[line * w // width // 8] == 1
+
+
+@pytest.mark.parametrize("feather", [1, 6, 9])
+def test_feathering_only_the_masks_box_equals_feathering_the_whole_image(feather):
+    h, w = 80, 120
+    mask = np.zeros((h, w), bool)
+    mask[30:40, 50:58] = True  # well inside
+    mask[0:5, 110:120] = True  # at a corner: the blur meets the image's edge
+    alpha, (x0, y0, x1, y1) = _feathered(mask, feather, torch.device("cpu"))
+    placed = np.zeros((h, w), np.float32)
+    placed[y0:y1, x0:x1] = alpha
+    # The same weights, computed on the whole image with a 2-D box.
+    grow, blur = feather // 2, feather - feather // 2
+    grown = dilate_mask(torch.from_numpy(mask), grow).float()[None, None]
+    whole = torch.nn.functional.avg_pool2d(grown, 2 * blur + 1, stride=1, padding=blur,
+                                           count_include_pad=False)[0, 0]
+    whole = torch.maximum(whole, torch.from_numpy(mask).float()).numpy()
+    np.testing.assert_allclose(placed, whole, atol=1e-6)
+    assert ((placed > 0) & (placed < 1)).any(), "an odd or small feather still blends"
+    assert (placed[~within(mask, feather)] == 0).all()
