@@ -326,6 +326,10 @@ CASES = [
     Case("replace without a target", replace(), field="target"),
     Case("replace steps 51", replace(options={"steps": 51}, **BOX),
          field="inpaint_options.steps"),
+    Case("replace strength that runs no step", replace(options={"strength": 1e-20}, **BOX),
+         field="inpaint_options.strength"),
+    Case("replace unknown output format", replace(options={"output_format": 9}, **BOX),
+         field="inpaint_options.output_format"),
     # bytes that are no message at all
     Case("undecodable SegmentByText", raw("segmentation",
                                           "/mic2e.v1.SegmentationService/SegmentByText"),
