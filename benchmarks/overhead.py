@@ -137,12 +137,12 @@ class Paths:
 
     async def _unary_with_refs(self, server: str, sha: str, data: bytes, call):
         """`call(image)` with the image by reference, again with its bytes if it was lost."""
-        return await self.refs[server].unary(data, call)
+        return await self.refs[server].unary(data, call, digest=sha)
 
     async def _stream_with_refs(self, server: str, sha: str, data: bytes, call, what: str):
         """The final result of the stream `call(image)`, with the same image handling."""
         result = None
-        async for msg in self.refs[server].stream(data, call):
+        async for msg in self.refs[server].stream(data, call, digest=sha):
             if msg.WhichOneof("event") == "result":
                 result = msg.result
         if result is None or not result.image.data:

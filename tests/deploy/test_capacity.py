@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "capacity.py"
-spec = importlib.util.spec_from_file_location("mic2e_capacity", SCRIPT)
-capacity = importlib.util.module_from_spec(spec)
-sys.modules["mic2e_capacity"] = capacity  # dataclasses look their module up
-spec.loader.exec_module(capacity)
+from tests.deploy import DEPLOY, deploy_script
+
+SCRIPT = DEPLOY / "capacity.py"
+capacity = deploy_script("capacity")
 
 
 def test_erlang_textbook_values():

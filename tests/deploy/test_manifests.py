@@ -11,11 +11,9 @@ fixture runs first: a no-op once installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,8 @@ from mic2e_services.flux.model import FluxGenerator
 from mic2e_services.object_clear.model import ObjectClearModel
 from mic2e_services.runtime.settings import ModelServerSettings, ServerSettings
 from mic2e_services.segmentation.model import Sam3Segmenter
+
+from tests.deploy import deploy_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -48,14 +48,6 @@ MODEL_CLASSES = {"segmentation": Sam3Segmenter, "object-clear": ObjectClearModel
                  "flux": FluxGenerator}
 #: The card each model needs in its default (quality) profile, in GB (deploy/README.md).
 CARD_GB = {"segmentation": 4, "object-clear": 8, "flux": 40}
-
-
-def _scaling():
-    spec = importlib.util.spec_from_file_location("scaling", DEPLOY / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scaling"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +258,7 @@ def behavior_of(simulated) -> dict:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_model_servers_scale_on_their_demand_as_simulated(out, overlay):
     objs = objects(out, overlay)
-    scaling = _scaling()
+    scaling = deploy_script("scaling")
     simulated = behavior_of(scaling.Behavior())
     window = f"[{scaling.RATE_WINDOW_S // 60}m]"
     for model in MODEL_SERVERS:
@@ -308,7 +300,7 @@ def test_adapter_rules_serve_the_replicas_needed(out, overlay):
     assert rule["seriesQuery"].startswith(DEMAND_METRIC + "{")
     assert rule["name"]["as"] == REPLICAS_METRIC
     assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
-    window = f"[{_scaling().RATE_WINDOW_S // 60}m]"
+    window = f"[{deploy_script('scaling').RATE_WINDOW_S // 60}m]"
     assert rule["metricsQuery"] == ("floor(sum by (<<.GroupBy>>) (rate(<<.Series>>"
                                     f"{{<<.LabelMatchers>>}}{window}))) + 1")
 

@@ -9,26 +9,14 @@ asserted are replica counts and the seconds of simulated time.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+from tests.deploy import DEPLOY, deploy_script
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-scaling = _load("scaling")
-capacity = _load("capacity")
+scaling = deploy_script("scaling")
+capacity = deploy_script("capacity")
 
 TIMES = json.loads((DEPLOY / "service-times.h200.json").read_text())
 #: p95 latency targets per model (the README's: a click's mask within a second, a

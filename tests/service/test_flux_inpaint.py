@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.conftest import serving
 from tests.grpc_helpers import detail, drain, rich_status
+from tests.masks import within
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,19 +58,6 @@ def inpaint(data: bytes, masks=None, prompt: str = "a cat", **options) -> flux_p
         image=common_pb2.Image(data=data), prompt=prompt,
         masks=[rect_mask(30, 20, 60, 40)] if masks is None else masks,
         options=flux_pb2.InpaintOptions(**options))
-
-
-def within(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Every pixel within `pixels` (a square, so a superset of any disk) of `mask`."""
-    out = mask.copy()
-    h, w = mask.shape
-    for dy in range(-pixels, pixels + 1):
-        for dx in range(-pixels, pixels + 1):
-            shifted = np.zeros_like(mask)
-            shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-                mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-            out |= shifted
-    return out
 
 
 async def test_outside_the_feathered_mask_every_pixel_is_the_inputs(schnell):

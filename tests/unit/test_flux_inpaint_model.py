@@ -10,7 +10,7 @@ from mic2e_services.flux.model import FluxGenerator, _feathered, _working_mask
 from mic2e_services.flux.types import inpaint_working_size
 from mic2e_services.object_clear.fusion import dilate_mask
 
-from tests.service.test_flux_inpaint import within
+from tests.masks import within
 
 
 def test_half_precision_weights_stay_as_loaded_when_inpaint_is_first_used(tiny_flux):

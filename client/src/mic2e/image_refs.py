@@ -68,9 +68,11 @@ class ImageReferences:
         self.sent_refs = 0
         self.retries = 0
 
-    def image(self, data: bytes, *, force_bytes: bool = False) -> common_pb2.Image:
-        """The `Image` to send: its reference when the server holds it, else the bytes."""
-        digest = sha256_hex(data)
+    def image(self, data: bytes, *, digest: str | None = None, force_bytes: bool = False
+              ) -> common_pb2.Image:
+        """The `Image` to send: its reference when the server holds it, else the bytes.
+        `digest`: the bytes' SHA-256 when the caller already has it (hashed once a call)."""
+        digest = digest or sha256_hex(data)
         if not force_bytes and digest in self._known:
             self._known.move_to_end(digest)
             self.sent_refs += 1
@@ -82,19 +84,22 @@ class ImageReferences:
         self.sent_bytes += 1
         return common_pb2.Image(data=data)
 
-    def _first(self, data: bytes | None) -> common_pb2.Image | None:
-        return None if data is None else self.image(data)
+    def _first(self, data: bytes | None, digest: str | None) -> common_pb2.Image | None:
+        return None if data is None else self.image(data, digest=digest)
 
-    def _again(self, data: bytes | None, image: common_pb2.Image | None, cause: str
-               ) -> common_pb2.Image | None:
+    def _again(self, data: bytes | None, image: common_pb2.Image | None, cause: str,
+               digest: str | None) -> common_pb2.Image | None:
         """The image of the next attempt: the bytes after a lost reference, else the same."""
         self.retries += 1
-        return self.image(data, force_bytes=True) if cause == "bytes" and data else image
+        if cause == "bytes" and data:
+            return self.image(data, digest=digest, force_bytes=True)
+        return image
 
-    async def unary(self, data: bytes | None, call: Call[Awaitable[T]]) -> T:
-        """`call(image)`, made again once per cause above."""
+    async def unary(self, data: bytes | None, call: Call[Awaitable[T]], *,
+                    digest: str | None = None) -> T:
+        """`call(image)`, made again once per cause above (`digest`: as in `image`)."""
         tried: set[str] = set()
-        image = self._first(data)
+        image = self._first(data, digest)
         while True:
             try:
                 return await call(image)
@@ -102,14 +107,14 @@ class ImageReferences:
                 cause = _retry_cause(exc, tried, image)
                 if cause is None:
                     raise
-            image = self._again(data, image, cause)
+            image = self._again(data, image, cause, digest)
 
-    async def stream(self, data: bytes | None, call: Call[AsyncIterable[T]]
-                     ) -> AsyncIterator[T]:
+    async def stream(self, data: bytes | None, call: Call[AsyncIterable[T]], *,
+                     digest: str | None = None) -> AsyncIterator[T]:
         """The events of `call(image)`, made again once per cause above while no event has
         come. Leaving the iteration cancels the call."""
         tried: set[str] = set()
-        image = self._first(data)
+        image = self._first(data, digest)
         while True:
             responses = call(image)
             started = False
@@ -126,4 +131,4 @@ class ImageReferences:
                 cancel = getattr(responses, "cancel", None)
                 if cancel is not None:
                     cancel()
-            image = self._again(data, image, cause)
+            image = self._again(data, image, cause, digest)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mic2e_services.errors import FieldViolation
 
-__all__ = ["masked_image_violations"]
+__all__ = ["masked_image_violations", "with_masked_image"]
 
 
 def masked_image_violations(image: Any, mask: Any) -> list[FieldViolation]:
@@ -28,3 +28,14 @@ def masked_image_violations(image: Any, mask: Any) -> list[FieldViolation]:
     if not mask.any():
         return [FieldViolation("masks", "the mask selects no pixel")]
     return []
+
+
+def with_masked_image(bad: list[FieldViolation], image: Any, mask: Any
+                      ) -> tuple[list[FieldViolation], bool]:
+    """`bad` (a request's other violations) with the pair's, and whether the image is
+    usable: an unusable image is reported first, and checks that read the image's size
+    must not run."""
+    pair = masked_image_violations(image, mask)
+    if pair and pair[0].field == "image":
+        return [*pair, *bad], False
+    return [*bad, *pair], True

@@ -15,7 +15,6 @@ from mic2e_services.flux.types import (
 )
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
-from mic2e_services.schema import MASKS, raise_if
 
 
 def generate_query(req: flux_pb2.GenerateRequest, defaults: dict[str, Any] | None = None
@@ -34,15 +33,10 @@ def result(out: GenerateOutput, fmt: str, provenance: common_pb2.Provenance
         prompt_truncated=out.prompt_truncated, truncated_prompt=out.truncated_prompt))
 
 
-def check_before_decoding(req: flux_pb2.InpaintRequest) -> None:
-    """What can be refused before the image or any mask is decoded: the number of masks."""
-    raise_if(MASKS.violations(req.masks))
-
-
 def inpaint_query(req: flux_pb2.InpaintRequest, image: StoredImage, *, max_pixels: int
                   ) -> InpaintQuery:
-    """The masks merged (union); options the caller left unset take the model's own."""
-    check_before_decoding(req)
+    """The masks merged (union; their number was checked before the image was decoded:
+    `convert.check_mask_count`); options the caller left unset take the model's own."""
     mask = convert.merged_masks_from_proto(req.masks, "masks",
                                            size=(image.width, image.height),
                                            max_pixels=max_pixels)

@@ -46,7 +46,7 @@ from mic2e_services.flux.types import (
     violations,
 )
 from mic2e_services.model_base import TorchModel
-from mic2e_services.object_clear.fusion import dilate_mask
+from mic2e_services.object_clear.fusion import dilate_mask, dilated_array
 from mic2e_services.runtime.model_api import StepContext
 
 __all__ = ["INPAINT_STAGE", "STAGE", "FluxGenerator", "GenerateOutput", "GenerateQuery",
@@ -272,7 +272,7 @@ class FluxGenerator(TorchModel):
         # 3. One pipeline call, one seeded generator per request (inpainting: at the
         #    working size, on the grown masks).
         if inpaint:
-            masks = [_dilated(q.mask, q.mask_dilation, self.device) for q in batch]
+            masks = [dilated_array(q.mask, q.mask_dilation, self.device) for q in batch]
             pictures = self._inpaint(batch, seeds, on_step, masks)
         else:
             pictures = self._generate(batch, seeds, on_step)
@@ -359,7 +359,7 @@ class FluxGenerator(TorchModel):
         width, height = inpaint_working_size(*first.image.size)
         steps, guidance = self._inpaint_settings(first)
         if masks is None:
-            masks = [_dilated(q.mask, q.mask_dilation, self.device) for q in batch]
+            masks = [dilated_array(q.mask, q.mask_dilation, self.device) for q in batch]
         images = [q.image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
                   for q in batch]
         mask_images = [_working_mask(m, width, height, self.device) for m in masks]
@@ -410,14 +410,6 @@ def _stepper(stage: str, total: int, contexts: Sequence[StepContext]
 
 def _seed_of(request: GenerateQuery | InpaintQuery) -> int:
     return request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
-
-
-def _dilated(mask: np.ndarray, pixels: int, device: torch.device) -> np.ndarray:
-    """`mask` grown by `pixels` (a disk), at the image's size."""
-    if pixels <= 0:
-        return mask.copy()
-    grown = dilate_mask(torch.from_numpy(mask).to(device), pixels)
-    return grown.cpu().numpy().astype(bool)
 
 
 def _working_mask(mask: np.ndarray, width: int, height: int, device: torch.device

@@ -46,7 +46,7 @@ class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
                       context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[flux_pb2.InpaintResponse]:
         fmt = convert.image_format(request.options.output_format, "options.output_format")
-        fx.check_before_decoding(request)
+        convert.check_mask_count(request.masks)  # before the image is decoded
         image = await convert.image_from_proto(self.images, request.image)
         query = fx.inpaint_query(request, image, max_pixels=self.images.max_pixels)
         async for message in stream_job(

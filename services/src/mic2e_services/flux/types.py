@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from mic2e_services.errors import FieldViolation
-from mic2e_services.masked_image import masked_image_violations
+from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
 
 #: T5 tokens FLUX.1-schnell reads (the pipeline's max_sequence_length, </s> included);
@@ -133,10 +133,9 @@ def inpaint_violations(query: InpaintQuery, *, guided: bool, steps: int
     if not bad and steps_run(steps, query.strength) < 1:
         bad.append(FieldViolation(STRENGTH.path, f"{query.strength:g} x {steps} steps runs no "
                                   f"step: use at least {1 / steps:g}"))
-    pair = masked_image_violations(query.image, query.mask)
-    if pair and pair[0].field == "image":
-        return [*pair, *bad]
-    bad += pair
+    bad, usable = with_masked_image(bad, query.image, query.mask)
+    if not usable:
+        return bad
     if query.guidance_scale is not None and not guided:
         bad.append(FieldViolation(GUIDANCE_SCALE.path, "this checkpoint takes no guidance "
                                   "(FLUX.1-schnell is guidance-distilled): leave it unset"))

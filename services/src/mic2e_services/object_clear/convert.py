@@ -9,19 +9,13 @@ from mic2e.v1 import common_pb2, object_clear_pb2
 from mic2e_services.object_clear.types import OPTIONS, ClearOutput, ClearQuery
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
-from mic2e_services.schema import MASKS, raise_if
-
-
-def check_before_decoding(req: object_clear_pb2.ClearRequest) -> None:
-    """What can be refused before the image or any mask is decoded: the number of masks."""
-    raise_if(MASKS.violations(req.masks))
 
 
 def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_pixels: int,
                 defaults: dict[str, Any] | None = None) -> ClearQuery:
-    """Merge the masks (union); options the caller left unset take the server's `defaults`
-    (its profile's), then the model's own."""
-    check_before_decoding(req)
+    """Merge the masks (union; their number was checked before the image was decoded:
+    `convert.check_mask_count`); options the caller left unset take the server's
+    `defaults` (its profile's), then the model's own."""
     merged = convert.merged_masks_from_proto(req.masks, "masks",
                                              size=(image.width, image.height),
                                              max_pixels=max_pixels)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,6 +97,15 @@ def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
         else:
             m = _fft_dilate(m, kernel)
     return m[0, 0] if squeeze else m
+
+
+def dilated_array(mask: np.ndarray, radius: int, device: torch.device | str) -> np.ndarray:
+    """A numpy mask grown by `radius` pixels (a disk), computed on `device`: a new bool
+    array, the input untouched."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if radius <= 0:
+        return mask.copy()
+    return dilate_mask(torch.from_numpy(mask).to(device), radius).cpu().numpy()
 
 
 def _fft_dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from mic2e_services import errors
 from mic2e_services.model_base import TorchModel
-from mic2e_services.object_clear.fusion import dilate_mask
+from mic2e_services.object_clear.fusion import dilated_array
 from mic2e_services.object_clear.pipeline import ObjectClearPipeline, prompt_for
 from mic2e_services.object_clear.types import (
     REFERENCE_SHORT_SIDE,
@@ -174,13 +174,7 @@ class ObjectClearModel(TorchModel):
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
         # 2. Grow the masks as asked, on the device (an FFT for large radii)
-        masks = []
-        for q in queries:
-            mask = np.ascontiguousarray(q.mask, dtype=bool)
-            if q.mask_dilation:
-                grown = dilate_mask(torch.from_numpy(mask).to(self.device), q.mask_dilation)
-                mask = grown.cpu().numpy()
-            masks.append(mask)
+        masks = [dilated_array(q.mask, q.mask_dilation, self.device) for q in queries]
 
         # 3. Denoise with progress and cancellation at every step
         def on_step_end(pipe: ObjectClearPipeline, index: int, t: object, tensors: dict

@@ -33,7 +33,7 @@ class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
                     context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[object_clear_pb2.ClearResponse]:
         fmt = convert.image_format(request.options.output_format, "options.output_format")
-        oc.check_before_decoding(request)
+        convert.check_mask_count(request.masks)  # before the image is decoded
         image = await convert.image_from_proto(self.images, request.image)
         query = oc.clear_query(request, image, max_pixels=self.images.max_pixels,
                                defaults=self.defaults)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from mic2e_services.errors import FieldViolation
-from mic2e_services.masked_image import masked_image_violations
+from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
 
 #: The reference script's working short side: larger images are scaled down to it.
@@ -84,10 +84,9 @@ def violations(query: ClearQuery) -> list[FieldViolation]:
     """Every bad field of `query`, named as in the API."""
     bad = CLEAR.check(query)
     image = query.image
-    pair = masked_image_violations(image, query.mask)
-    if pair and pair[0].field == "image":
-        return [*pair, *bad]
-    bad += pair
+    bad, usable = with_masked_image(bad, image, query.mask)
+    if not usable:
+        return bad
     if SHORT_SIDE.problem(query.short_side) is None and max(
             working_size(image.width, image.height, query.short_side)) > MAX_WORKING_SIDE:
         bad.append(FieldViolation("image", f"aspect ratio too extreme: the long side would "

@@ -77,23 +77,26 @@ class Downstream:
 
     async def unary(self, stage: str, data: bytes,
                     call: Callable[[common_pb2.Image], Awaitable[T]],
-                    rename: Callable[[str], str] | None = None) -> T:
+                    rename: Callable[[str], str] | None = None, *, sha: str | None = None
+                    ) -> T:
         """Run a unary call with the image by reference, under the call policy above.
 
-        `rename` maps the model server's field paths to the caller's, in errors.
+        `rename` maps the model server's field paths to the caller's, in errors; `sha`:
+        the image's SHA-256, already computed for this call (the bytes are hashed once).
         """
         try:
-            return await self.images.unary(data, call)
+            return await self.images.unary(data, call, digest=sha)
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, stage, self.address, rename) from None
 
     async def stream(self, stage: str, data: bytes | None,
                      call: Callable[[common_pb2.Image | None], Any],
-                     rename: Callable[[str], str] | None = None) -> AsyncIterator[Any]:
+                     rename: Callable[[str], str] | None = None, *, sha: str | None = None
+                     ) -> AsyncIterator[Any]:
         """Run a streaming call likewise (`data` None: a call without an image); the call
         is cancelled if the caller leaves."""
         try:
-            async for message in self.images.stream(data, call):
+            async for message in self.images.stream(data, call, digest=sha):
                 yield message
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, stage, self.address, rename) from None

@@ -95,7 +95,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             return method(forwarded, timeout=context.time_remaining(),
                           metadata=self.segmentation.metadata)
 
-        response = await self.segmentation.unary("segmentation", data, call)
+        response = await self.segmentation.unary("segmentation", data, call, sha=sha)
         self._keep(sha, data)
         return response
 
@@ -134,8 +134,11 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             return self._inpaint.Inpaint(forwarded, timeout=context.time_remaining(),
                                          metadata=self.inpaint.metadata)
 
-        async for msg in self.inpaint.stream("inpainting", data, call):
-            self._keep(sha, data)  # the server accepted it
+        kept = False
+        async for msg in self.inpaint.stream("inpainting", data, call, sha=sha):
+            if not kept:  # the server accepted the work: its image may be referred to
+                self._keep(sha, data)
+                kept = True
             yield msg
 
     # -- composition -----------------------------------------------------------------------
@@ -155,13 +158,13 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             seg = await self.segmentation.unary(
                 "segmentation", data, lambda img: self._seg.SegmentByText(
                     oc.text_request(request, img), timeout=context.time_remaining(),
-                    metadata=self.segmentation.metadata), rename)
+                    metadata=self.segmentation.metadata), rename, sha=sha)
             done.instances = list(seg.instances)
         else:
             seg = await self.segmentation.unary(
                 "segmentation", data, lambda img: self._seg.SegmentByPrompt(
                     oc.prompt_request(request, img), timeout=context.time_remaining(),
-                    metadata=self.segmentation.metadata), rename)
+                    metadata=self.segmentation.metadata), rename, sha=sha)
             done.instances = [seg.best]
         self._keep(sha, data)
         done.timings.append(("segmentation", time.monotonic() - t_seg))
@@ -181,10 +184,11 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         """The last stage of a composed call, streamed: its per-step Progress passed on,
         its result (and the stage's and the total's timing) into `done`."""
         started = time.monotonic()
-        result = None
-        async for msg in server.stream(stage, data, call, rename):
-            if result is None:  # the server accepted the work: its image may be referred to
+        result, kept = None, False
+        async for msg in server.stream(stage, data, call, rename, sha=sha):
+            if not kept:  # the server accepted the work: its image may be referred to
                 self._keep(sha, data)
+                kept = True
             if msg.WhichOneof("event") == "progress":
                 yield msg.progress
             else:

@@ -16,6 +16,7 @@ from PIL import Image
 from mic2e_services.errors import InvalidArgument
 from mic2e_services.runtime.images import ImageStore, StoredImage
 from mic2e_services.runtime.worker import ProgressEvent
+from mic2e_services.schema import MASKS, raise_if
 
 _IMAGE_FORMATS = {
     common_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
@@ -91,6 +92,11 @@ def mask_from_proto(mask: common_pb2.Mask, field: str, *, size: tuple[int, int],
     except codecs.CodecError as exc:
         raise InvalidArgument(field, str(exc)) from None
     raise InvalidArgument(field, "a mask needs png or rle data")
+
+
+def check_mask_count(masks: Sequence[common_pb2.Mask]) -> None:
+    """Refuse a wrong number of masks before the image or any mask is decoded."""
+    raise_if(MASKS.violations(masks))
 
 
 def merged_masks_from_proto(masks: Sequence[common_pb2.Mask], field: str, *,

@@ -32,7 +32,7 @@ def check_before_decoding(req: segmentation_pb2.SegmentByPromptRequest) -> None:
 
 def prompt_query(req: segmentation_pb2.SegmentByPromptRequest, image: StoredImage
                  ) -> PromptQuery:
-    check_before_decoding(req)
+    """The points (their number already checked: `check_before_decoding`) and box."""
     points = []
     for i, p in enumerate(req.points):
         if p.label not in (common_pb2.POINT_LABEL_UNSPECIFIED, common_pb2.POINT_LABEL_POSITIVE,
