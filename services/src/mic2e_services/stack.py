@@ -35,11 +35,12 @@ ORCHESTRATOR = "orchestrator"
 def tiny_models(tiny_dir: Path, names: Iterable[str] = MODEL_SERVERS) -> dict[str, str]:
     """The tiny checkpoint of each of `names` under `tiny_dir`, written if missing."""
     folders = {name: Path(tiny_dir) / TINY_FOLDERS[name] for name in names}
-    if not all((f / "model_index.json").exists() or (f / "config.json").exists()
-               for f in folders.values()):
+    missing = [name for name, f in folders.items()
+               if not ((f / "model_index.json").exists() or (f / "config.json").exists())]
+    if missing:
         from mic2e_services.tiny import make_tiny
 
-        make_tiny(tiny_dir)
+        make_tiny(tiny_dir, names=missing)
     return {name: str(folder) for name, folder in folders.items()}
 
 

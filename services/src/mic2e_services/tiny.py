@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 #: Sub-folder of DIR for each model server.
@@ -18,9 +19,10 @@ TINY_FOLDERS = {"segmentation": "sam3", "object-clear": "objectclear", "flux": "
 EXTRA_TINY_FOLDERS = {"flux-fill": "flux-fill"}
 
 
-def make_tiny(directory: Path, seed: int = 0) -> dict[str, Path]:
-    """Write sam3/, objectclear/, flux/ and flux-fill/ under `directory`; returns server
-    (or extra checkpoint) -> folder."""
+def make_tiny(directory: Path, seed: int = 0, names: Iterable[str] | None = None
+              ) -> dict[str, Path]:
+    """Write sam3/, objectclear/, flux/ and flux-fill/ under `directory` (`names`: only
+    those servers' or extra checkpoints'); returns server (or extra checkpoint) -> folder."""
     from mic2e_services.quiet import quiet_model_libraries
 
     quiet_model_libraries()
@@ -31,6 +33,8 @@ def make_tiny(directory: Path, seed: int = 0) -> dict[str, Path]:
 
     writers = {"segmentation": write_sam3, "object-clear": write_objectclear,
                "flux": write_flux, "flux-fill": write_tiny_fill}
+    if names is not None:
+        writers = {name: writers[name] for name in names}
     out = {}
     for server, write in writers.items():
         path = Path(directory) / {**TINY_FOLDERS, **EXTRA_TINY_FOLDERS}[server]

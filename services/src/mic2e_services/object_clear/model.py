@@ -19,6 +19,7 @@ from PIL import Image
 
 from mic2e_services import errors
 from mic2e_services.model_base import TorchModel
+from mic2e_services.object_clear import pipeline as pipeline_module
 from mic2e_services.object_clear.fusion import dilated_array
 from mic2e_services.object_clear.pipeline import ObjectClearPipeline, prompt_for
 from mic2e_services.object_clear.types import (
@@ -46,10 +47,9 @@ class ObjectClearModel(TorchModel):
     """ObjectClear on one device: load once, then run batches of compatible removals."""
 
     STAGE: ClassVar[str] = STAGE
-    # Configs, tokenizers and safetensors weights; the fp16 variants would double the
-    # download and are not what from_pretrained reads without `variant`.
-    HUB_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors")
-    HUB_IGNORE = ("*.fp16.*",)
+    # What the pipeline's own from_pretrained reads (declared there once).
+    HUB_FILES = pipeline_module.HUB_PATTERNS
+    HUB_IGNORE = pipeline_module.HUB_IGNORE
     # Removals vary in height, width and batch: dynamic shapes from the start. Working
     # sizes stay exact: snapping them to a coarser grid would cut the number of compiled
     # shapes but change the picture (16.8 dB PSNR against eager on the tiny model).

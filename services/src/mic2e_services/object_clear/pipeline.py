@@ -95,7 +95,8 @@ COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tok
 #: What a hub download fetches: configs, tokenizers and weights of every published folder
 #: (diffusers' own download would skip the two folders model_index.json does not list);
 #: no fp16 variants, which from_pretrained does not read without `variant`.
-_HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
+HUB_PATTERNS = ("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors")
+HUB_IGNORE = ("*.fp16.*",)
 # Tensors of the image prompt encoder's checkpoint (a whole CLIPModel) that only its text
 # tower uses; loading the vision tower alone leaves them unread, by design.
 _TEXT_TOWER_KEYS = re.compile(r"^(text_model\.|text_projection\.|logit_scale$)")
@@ -341,8 +342,8 @@ class ObjectClearPipeline(DiffusionPipeline):
         tensor (which would silently stay random) is an error.
         """
         root, resolved_revision = resolve_checkpoint(
-            pretrained_model_name_or_path, revision, allow_patterns=_HUB_PATTERNS,
-            ignore_patterns=["*.fp16.*"])
+            pretrained_model_name_or_path, revision, allow_patterns=HUB_PATTERNS,
+            ignore_patterns=HUB_IGNORE)
         loaders = {
             "text_encoder": CLIPTextModel,
             "text_encoder_2": CLIPTextModelWithProjection,

@@ -52,12 +52,7 @@ def check_replace(req: orchestrator_pb2.ReplaceObjectsRequest) -> None:
     in `box_mask`)."""
     bad = _target_violations(req)
     if req.WhichOneof("target") == "box":
-        x0, y0, x1, y1 = (req.box.x0, req.box.y0, req.box.x1, req.box.y1)
-        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-            bad.append(FieldViolation("box", "coordinates must be finite numbers"))
-        elif x1 <= x0 or y1 <= y0:
-            bad.append(FieldViolation("box", f"({x0}, {y0}, {x1}, {y1}) has no area (need "
-                                             "x0 < x1, y0 < y1)"))
+        bad += seg.box_violations((req.box.x0, req.box.y0, req.box.x1, req.box.y1))
     values = {"prompt": req.replacement,
               **convert.given(req.inpaint_options, fx.INPAINT_OPTIONS)}
     bad += _named(fx.INPAINT.check(SimpleNamespace(**{
@@ -151,9 +146,7 @@ def box_mask(box: common_pb2.Box, data: bytes) -> common_pb2.Mask:
         width, height = codecs.image_size(data)
     except codecs.CodecError as exc:
         raise InvalidArgument("image.data", str(exc)) from None
-    if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
-        raise InvalidArgument("box", f"({box.x0}, {box.y0}, {box.x1}, {box.y1}) is outside "
-                                     f"the {width}x{height} image")
+    raise_if(seg.box_violations((box.x0, box.y0, box.x1, box.y1), (width, height)))
     x0, y0 = int(math.floor(box.x0)), int(math.floor(box.y0))
     x1, y1 = int(math.ceil(box.x1)), int(math.ceil(box.y1))
     # Column-major runs, zeros first: the columns before the box, then per box column

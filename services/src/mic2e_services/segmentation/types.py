@@ -136,11 +136,21 @@ def violations(query: Any) -> list[FieldViolation]:
             bad.append(FieldViolation(f"points[{i}]", f"({items[0]}, {items[1]}) is outside "
                                                       f"the {width}x{height} image"))
     if query.box is not None:
-        box = _unpack(query.box, 4)
-        if box is None or not _finite(*box):
-            bad.append(FieldViolation("box", f"{query.box!r} is not (x0, y0, x1, y1)"))
-        elif box[2] <= box[0] or box[3] <= box[1]:
-            bad.append(FieldViolation("box", f"{box!r} has no area (need x0 < x1, y0 < y1)"))
-        elif box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
-            bad.append(FieldViolation("box", f"{box!r} is outside the {width}x{height} image"))
+        bad += box_violations(query.box, (width, height))
     return bad
+
+
+def box_violations(box: Any, size: tuple[int, int] | None = None, field: str = "box"
+                   ) -> list[FieldViolation]:
+    """What is wrong with `box` (x0, y0, x1, y1 in pixels): not four finite numbers, no
+    area, or - given the image's (width, height) - outside the image. Also the
+    orchestrator's check of a box target, before and after it reads the image's size."""
+    items = _unpack(box, 4)
+    if items is None or not _finite(*items):
+        return [FieldViolation(field, f"{box!r} is not (x0, y0, x1, y1)")]
+    x0, y0, x1, y1 = items
+    if x1 <= x0 or y1 <= y0:
+        return [FieldViolation(field, f"{items!r} has no area (need x0 < x1, y0 < y1)")]
+    if size is not None and (x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]):
+        return [FieldViolation(field, f"{items!r} is outside the {size[0]}x{size[1]} image")]
+    return []
