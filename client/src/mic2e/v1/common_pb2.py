@@ -25,37 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mic2e/v1/common.proto\x12\x08mic2e.v1\x1a\x1egoogle/protobuf/duration.proto\"3\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"r\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12%\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x15.mic2e.v1.ImageFormat\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x15\n\x03Rle\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r\"^\n\x04Mask\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x03png\x18\x03 \x01(\x0cH\x00\x12\x1c\n\x03rle\x18\x04 \x01(\x0b\x32\r.mic2e.v1.RleH\x00\x42\n\n\x08\x65ncoding\"B\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12#\n\x05label\x18\x03 \x01(\x0e\x32\x14.mic2e.v1.PointLabel\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"S\n\x08Instance\x12\x1c\n\x04mask\x18\x01 \x01(\x0b\x32\x0e.mic2e.v1.Mask\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1a\n\x03\x62ox\x18\x03 \x01(\x0b\x32\r.mic2e.v1.Box\"h\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x13\n\x0btotal_steps\x18\x03 \x01(\r\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa4\x01\n\nProvenance\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12&\n\x07timings\x18\x06 \x03(\x0b\x32\x15.mic2e.v1.StageTiming\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0e\n\x06server\x18\x08 \x01(\t*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03*S\n\nMaskFormat\x12\x1b\n\x17MASK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x02*]\n\nPointLabel\x12\x1b\n\x17POINT_LABEL_UNSPECIFIED\x10\x00\x12\x18\n\x14POINT_LABEL_POSITIVE\x10\x01\x12\x18\n\x14POINT_LABEL_NEGATIVE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mic2e/v1/common.proto\x12\x08mic2e.v1\x1a\x1egoogle/protobuf/duration.proto\"3\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"r\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12%\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x15.mic2e.v1.ImageFormat\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x87\x01\n\nImagePatch\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.mic2e.v1.EncodedImage\x12\t\n\x01x\x18\x02 \x01(\r\x12\t\n\x01y\x18\x03 \x01(\r\x12\x12\n\nfull_width\x18\x04 \x01(\r\x12\x13\n\x0b\x66ull_height\x18\x05 \x01(\r\x12\x13\n\x0b\x62\x61se_sha256\x18\x06 \x01(\t\"\x15\n\x03Rle\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r\"^\n\x04Mask\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x03png\x18\x03 \x01(\x0cH\x00\x12\x1c\n\x03rle\x18\x04 \x01(\x0b\x32\r.mic2e.v1.RleH\x00\x42\n\n\x08\x65ncoding\"B\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12#\n\x05label\x18\x03 \x01(\x0e\x32\x14.mic2e.v1.PointLabel\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"S\n\x08Instance\x12\x1c\n\x04mask\x18\x01 \x01(\x0b\x32\x0e.mic2e.v1.Mask\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1a\n\x03\x62ox\x18\x03 \x01(\x0b\x32\r.mic2e.v1.Box\"h\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x13\n\x0btotal_steps\x18\x03 \x01(\r\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa4\x01\n\nProvenance\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12&\n\x07timings\x18\x06 \x03(\x0b\x32\x15.mic2e.v1.StageTiming\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0e\n\x06server\x18\x08 \x01(\t*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03*S\n\nMaskFormat\x12\x1b\n\x17MASK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x02*]\n\nPointLabel\x12\x1b\n\x17POINT_LABEL_UNSPECIFIED\x10\x00\x12\x18\n\x14POINT_LABEL_POSITIVE\x10\x01\x12\x18\n\x14POINT_LABEL_NEGATIVE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mic2e.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEFORMAT']._serialized_start=911
-  _globals['_IMAGEFORMAT']._serialized_end=1022
-  _globals['_MASKFORMAT']._serialized_start=1024
-  _globals['_MASKFORMAT']._serialized_end=1107
-  _globals['_POINTLABEL']._serialized_start=1109
-  _globals['_POINTLABEL']._serialized_end=1202
+  _globals['_IMAGEFORMAT']._serialized_start=1049
+  _globals['_IMAGEFORMAT']._serialized_end=1160
+  _globals['_MASKFORMAT']._serialized_start=1162
+  _globals['_MASKFORMAT']._serialized_end=1245
+  _globals['_POINTLABEL']._serialized_start=1247
+  _globals['_POINTLABEL']._serialized_end=1340
   _globals['_IMAGE']._serialized_start=67
   _globals['_IMAGE']._serialized_end=118
   _globals['_ENCODEDIMAGE']._serialized_start=120
   _globals['_ENCODEDIMAGE']._serialized_end=234
-  _globals['_RLE']._serialized_start=236
-  _globals['_RLE']._serialized_end=257
-  _globals['_MASK']._serialized_start=259
-  _globals['_MASK']._serialized_end=353
-  _globals['_POINT']._serialized_start=355
-  _globals['_POINT']._serialized_end=421
-  _globals['_BOX']._serialized_start=423
-  _globals['_BOX']._serialized_end=476
-  _globals['_INSTANCE']._serialized_start=478
-  _globals['_INSTANCE']._serialized_end=561
-  _globals['_PROGRESS']._serialized_start=563
-  _globals['_PROGRESS']._serialized_end=667
-  _globals['_STAGETIMING']._serialized_start=669
-  _globals['_STAGETIMING']._serialized_end=742
-  _globals['_PROVENANCE']._serialized_start=745
-  _globals['_PROVENANCE']._serialized_end=909
+  _globals['_IMAGEPATCH']._serialized_start=237
+  _globals['_IMAGEPATCH']._serialized_end=372
+  _globals['_RLE']._serialized_start=374
+  _globals['_RLE']._serialized_end=395
+  _globals['_MASK']._serialized_start=397
+  _globals['_MASK']._serialized_end=491
+  _globals['_POINT']._serialized_start=493
+  _globals['_POINT']._serialized_end=559
+  _globals['_BOX']._serialized_start=561
+  _globals['_BOX']._serialized_end=614
+  _globals['_INSTANCE']._serialized_start=616
+  _globals['_INSTANCE']._serialized_end=699
+  _globals['_PROGRESS']._serialized_start=701
+  _globals['_PROGRESS']._serialized_end=805
+  _globals['_STAGETIMING']._serialized_start=807
+  _globals['_STAGETIMING']._serialized_end=880
+  _globals['_PROVENANCE']._serialized_start=883
+  _globals['_PROVENANCE']._serialized_end=1047
 # @@protoc_insertion_point(module_scope)

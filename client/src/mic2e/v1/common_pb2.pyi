@@ -31,9 +31,11 @@ class _ImageFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageForm
     IMAGE_FORMAT_UNSPECIFIED: _ImageFormat.ValueType  # 0
     """The server's default: PNG."""
     IMAGE_FORMAT_PNG: _ImageFormat.ValueType  # 1
-    """Lossless PNG."""
+    """Lossless PNG (zlib level 1: the fastest level, and at photo sizes no larger than the
+    default level; README "Output formats").
+    """
     IMAGE_FORMAT_JPEG: _ImageFormat.ValueType  # 2
-    """JPEG, quality 95."""
+    """JPEG, quality 95. A patch (`ImagePatch`) is never JPEG: it is PNG then."""
     IMAGE_FORMAT_WEBP: _ImageFormat.ValueType  # 3
     """Lossless WebP."""
 
@@ -43,9 +45,11 @@ class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
 """The server's default: PNG."""
 IMAGE_FORMAT_PNG: ImageFormat.ValueType  # 1
-"""Lossless PNG."""
+"""Lossless PNG (zlib level 1: the fastest level, and at photo sizes no larger than the
+default level; README "Output formats").
+"""
 IMAGE_FORMAT_JPEG: ImageFormat.ValueType  # 2
-"""JPEG, quality 95."""
+"""JPEG, quality 95. A patch (`ImagePatch`) is never JPEG: it is PNG then."""
 IMAGE_FORMAT_WEBP: ImageFormat.ValueType  # 3
 """Lossless WebP."""
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
@@ -115,7 +119,9 @@ class Image(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The encoded file: PNG, JPEG or WebP. EXIF orientation is applied; palette, CMYK,
-    16-bit and alpha images are converted to 8-bit RGB (alpha composited on white).
+    16-bit and alpha images are converted to 8-bit RGB (alpha composited on white). An
+    ICC colour profile is carried to every output image of this input. Neither side may
+    exceed 8 times the other (`MAX_ASPECT_RATIO`): other shapes are INVALID_ARGUMENT.
     """
     sha256: _builtins.str
     """Lowercase hex SHA-256 (64 characters) of the encoded bytes of an image sent before."""
@@ -174,6 +180,59 @@ class EncodedImage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EncodedImage: _TypeAlias = EncodedImage  # noqa: Y015
+
+@_typing.final
+class ImagePatch(_message.Message):
+    """The part of a result image an edit changed, and where it goes: what a caller that asked
+    for a patch gets instead of the whole picture. Apply it to the input it names: decode the
+    input (upright per EXIF, 8-bit RGB, as every server decodes it), then copy each patch
+    pixel whose alpha is 255 to (x + column, y + row). Pixels with alpha 0, and every pixel
+    outside the patch, are the input's own. The Python and TypeScript clients do this for
+    their callers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    FULL_WIDTH_FIELD_NUMBER: _builtins.int
+    FULL_HEIGHT_FIELD_NUMBER: _builtins.int
+    BASE_SHA256_FIELD_NUMBER: _builtins.int
+    x: _builtins.int
+    """Column of the patch's left edge in the full image."""
+    y: _builtins.int
+    """Row of the patch's top edge in the full image."""
+    full_width: _builtins.int
+    """Width of the full result (the input's own)."""
+    full_height: _builtins.int
+    """Height of the full result (the input's own)."""
+    base_sha256: _builtins.str
+    """Lowercase hex SHA-256 of the encoded input image the patch applies to."""
+    @_builtins.property
+    def image(self) -> Global___EncodedImage:
+        """The patch as an RGBA image, lossless: PNG, or WebP when the request asked for WebP.
+        Alpha is 255 where the pixel is the result's and 0 where it is the input's (the colour
+        of such a pixel is meaningless). Carries the input's ICC profile, if it had one.
+        """
+
+    def __init__(
+        self,
+        *,
+        image: Global___EncodedImage | None = ...,
+        x: _builtins.int = ...,
+        y: _builtins.int = ...,
+        full_width: _builtins.int = ...,
+        full_height: _builtins.int = ...,
+        base_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_sha256", b"base_sha256", "full_height", b"full_height", "full_width", b"full_width", "image", b"image", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImagePatch: _TypeAlias = ImagePatch  # noqa: Y015
 
 @_typing.final
 class Rle(_message.Message):

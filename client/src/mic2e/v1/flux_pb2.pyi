@@ -161,6 +161,8 @@ class InpaintOptions(_message.Message):
     MASK_DILATION_FIELD_NUMBER: _builtins.int
     FEATHER_FIELD_NUMBER: _builtins.int
     OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATCH_FIELD_NUMBER: _builtins.int
+    OUTPUT_REPAINTED_MASK_FIELD_NUMBER: _builtins.int
     strength: _builtins.float
     """How much of the masked region is repainted: above 0 and at most 1. Default 1 (the
     region starts from noise: a replacement); lower keeps more of what was there and
@@ -188,6 +190,14 @@ class InpaintOptions(_message.Message):
     """
     output_format: _common_pb2.ImageFormat.ValueType
     """Encoding of the output image. Default PNG."""
+    output_patch: _builtins.bool
+    """Return only the changed part of the picture (`InpaintResult.patch`) instead of the
+    whole picture (`InpaintResult.image`, then unset). Default false.
+    """
+    output_repainted_mask: _builtins.bool
+    """Also return the repainted region as a mask (`InpaintResult.repainted_mask`). Default
+    false.
+    """
     def __init__(
         self,
         *,
@@ -198,10 +208,12 @@ class InpaintOptions(_message.Message):
         mask_dilation: _builtins.int | None = ...,
         feather: _builtins.int | None = ...,
         output_format: _common_pb2.ImageFormat.ValueType = ...,
+        output_patch: _builtins.bool = ...,
+        output_repainted_mask: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_feather", b"_feather", "_guidance_scale", b"_guidance_scale", "_mask_dilation", b"_mask_dilation", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "feather", b"feather", "guidance_scale", b"guidance_scale", "mask_dilation", b"mask_dilation", "seed", b"seed", "steps", b"steps", "strength", b"strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_feather", b"_feather", "_guidance_scale", b"_guidance_scale", "_mask_dilation", b"_mask_dilation", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "feather", b"feather", "guidance_scale", b"guidance_scale", "mask_dilation", b"mask_dilation", "output_format", b"output_format", "seed", b"seed", "steps", b"steps", "strength", b"strength"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_feather", b"_feather", "_guidance_scale", b"_guidance_scale", "_mask_dilation", b"_mask_dilation", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "feather", b"feather", "guidance_scale", b"guidance_scale", "mask_dilation", b"mask_dilation", "output_format", b"output_format", "output_patch", b"output_patch", "output_repainted_mask", b"output_repainted_mask", "seed", b"seed", "steps", b"steps", "strength", b"strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__feather: _TypeAlias = _typing.Literal["feather"]  # noqa: Y015
     _WhichOneofArgType__feather: _TypeAlias = _typing.Literal["_feather", b"_feather"]  # noqa: Y015
@@ -283,13 +295,18 @@ class InpaintResult(_message.Message):
     PROVENANCE_FIELD_NUMBER: _builtins.int
     PROMPT_TRUNCATED_FIELD_NUMBER: _builtins.int
     TRUNCATED_PROMPT_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REPAINTED_BOX_FIELD_NUMBER: _builtins.int
+    REPAINTED_MASK_FIELD_NUMBER: _builtins.int
     prompt_truncated: _builtins.bool
     """True when the prompt was longer than the text encoder's limit and was cut."""
     truncated_prompt: _builtins.str
     """The part of the prompt the model actually saw, when `prompt_truncated`."""
     @_builtins.property
     def image(self) -> _common_pb2.EncodedImage:
-        """The image at the input's size: repainted inside the mask, the input outside it."""
+        """The image at the input's size: repainted inside the mask, the input outside it; unset
+        when `options.output_patch` asked for `patch` instead.
+        """
 
     @_builtins.property
     def mask(self) -> _common_pb2.Mask:
@@ -299,6 +316,20 @@ class InpaintResult(_message.Message):
     def provenance(self) -> _common_pb2.Provenance:
         """Model, dtype, steps (as run), seed and timings."""
 
+    @_builtins.property
+    def patch(self) -> _common_pb2.ImagePatch:
+        """The changed part of the picture, when `options.output_patch` asked for it."""
+
+    @_builtins.property
+    def repainted_box(self) -> _common_pb2.Box:
+        """The bounding box of the repainted region (the dilated mask and its feather): every
+        pixel outside it is the input's own.
+        """
+
+    @_builtins.property
+    def repainted_mask(self) -> _common_pb2.Mask:
+        """The repainted region at the image's size, when `options.output_repainted_mask` asked."""
+
     def __init__(
         self,
         *,
@@ -307,10 +338,13 @@ class InpaintResult(_message.Message):
         provenance: _common_pb2.Provenance | None = ...,
         prompt_truncated: _builtins.bool = ...,
         truncated_prompt: _builtins.str = ...,
+        patch: _common_pb2.ImagePatch | None = ...,
+        repainted_box: _common_pb2.Box | None = ...,
+        repainted_mask: _common_pb2.Mask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "patch", b"patch", "provenance", b"provenance", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "prompt_truncated", b"prompt_truncated", "provenance", b"provenance", "truncated_prompt", b"truncated_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "patch", b"patch", "prompt_truncated", b"prompt_truncated", "provenance", b"provenance", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask", "truncated_prompt", b"truncated_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

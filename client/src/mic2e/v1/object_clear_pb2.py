@@ -25,21 +25,23 @@ _sym_db = _symbol_database.Default()
 from mic2e.v1 import common_pb2 as mic2e_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmic2e/v1/object_clear.proto\x12\x08mic2e.v1\x1a\x15mic2e/v1/common.proto\"\x85\x02\n\x0c\x43learOptions\x12\x12\n\x05steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nshort_side\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x13\n\x06\x66usion\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x15\n\rmask_dilation\x18\x06 \x01(\r\x12,\n\routput_format\x18\x07 \x01(\x0e\x32\x15.mic2e.v1.ImageFormatB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\r\n\x0b_short_sideB\x07\n\x05_seedB\t\n\x07_fusion\"\x85\x01\n\x0c\x43learRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.mic2e.v1.Image\x12\x1d\n\x05masks\x18\x02 \x03(\x0b\x32\x0e.mic2e.v1.Mask\x12\r\n\x05label\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.mic2e.v1.ClearOptions\"|\n\x0b\x43learResult\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.mic2e.v1.EncodedImage\x12\x1c\n\x04mask\x18\x02 \x01(\x0b\x32\x0e.mic2e.v1.Mask\x12(\n\nprovenance\x18\x03 \x01(\x0b\x32\x14.mic2e.v1.Provenance\"i\n\rClearResponse\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.mic2e.v1.ProgressH\x00\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.mic2e.v1.ClearResultH\x00\x42\x07\n\x05\x65vent2P\n\x12ObjectClearService\x12:\n\x05\x43lear\x12\x16.mic2e.v1.ClearRequest\x1a\x17.mic2e.v1.ClearResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmic2e/v1/object_clear.proto\x12\x08mic2e.v1\x1a\x15mic2e/v1/common.proto\"\xe5\x02\n\x0c\x43learOptions\x12\x12\n\x05steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nshort_side\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x13\n\x06\x66usion\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x15\n\rmask_dilation\x18\x06 \x01(\r\x12,\n\routput_format\x18\x07 \x01(\x0e\x32\x15.mic2e.v1.ImageFormat\x12)\n\x08strategy\x18\x08 \x01(\x0e\x32\x17.mic2e.v1.ClearStrategy\x12\x14\n\x0coutput_patch\x18\t \x01(\x08\x12\x1d\n\x15output_repainted_mask\x18\n \x01(\x08\x42\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\r\n\x0b_short_sideB\x07\n\x05_seedB\t\n\x07_fusion\"\x85\x01\n\x0c\x43learRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.mic2e.v1.Image\x12\x1d\n\x05masks\x18\x02 \x03(\x0b\x32\x0e.mic2e.v1.Mask\x12\r\n\x05label\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.mic2e.v1.ClearOptions\"\xef\x01\n\x0b\x43learResult\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.mic2e.v1.EncodedImage\x12\x1c\n\x04mask\x18\x02 \x01(\x0b\x32\x0e.mic2e.v1.Mask\x12(\n\nprovenance\x18\x03 \x01(\x0b\x32\x14.mic2e.v1.Provenance\x12#\n\x05patch\x18\x04 \x01(\x0b\x32\x14.mic2e.v1.ImagePatch\x12$\n\rrepainted_box\x18\x05 \x01(\x0b\x32\r.mic2e.v1.Box\x12&\n\x0erepainted_mask\x18\x06 \x01(\x0b\x32\x0e.mic2e.v1.Mask\"i\n\rClearResponse\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.mic2e.v1.ProgressH\x00\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.mic2e.v1.ClearResultH\x00\x42\x07\n\x05\x65vent*\x81\x01\n\rClearStrategy\x12\x1e\n\x1a\x43LEAR_STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LEAR_STRATEGY_RESIZE\x10\x01\x12\x17\n\x13\x43LEAR_STRATEGY_CROP\x10\x02\x12\x1c\n\x18\x43LEAR_STRATEGY_REFERENCE\x10\x03\x32P\n\x12ObjectClearService\x12:\n\x05\x43lear\x12\x16.mic2e.v1.ClearRequest\x1a\x17.mic2e.v1.ClearResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mic2e.v1.object_clear_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CLEARSTRATEGY']._serialized_start=910
+  _globals['_CLEARSTRATEGY']._serialized_end=1039
   _globals['_CLEAROPTIONS']._serialized_start=65
-  _globals['_CLEAROPTIONS']._serialized_end=326
-  _globals['_CLEARREQUEST']._serialized_start=329
-  _globals['_CLEARREQUEST']._serialized_end=462
-  _globals['_CLEARRESULT']._serialized_start=464
-  _globals['_CLEARRESULT']._serialized_end=588
-  _globals['_CLEARRESPONSE']._serialized_start=590
-  _globals['_CLEARRESPONSE']._serialized_end=695
-  _globals['_OBJECTCLEARSERVICE']._serialized_start=697
-  _globals['_OBJECTCLEARSERVICE']._serialized_end=777
+  _globals['_CLEAROPTIONS']._serialized_end=422
+  _globals['_CLEARREQUEST']._serialized_start=425
+  _globals['_CLEARREQUEST']._serialized_end=558
+  _globals['_CLEARRESULT']._serialized_start=561
+  _globals['_CLEARRESULT']._serialized_end=800
+  _globals['_CLEARRESPONSE']._serialized_start=802
+  _globals['_CLEARRESPONSE']._serialized_end=907
+  _globals['_OBJECTCLEARSERVICE']._serialized_start=1041
+  _globals['_OBJECTCLEARSERVICE']._serialized_end=1121
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mic2e.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,54 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ClearStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClearStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClearStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLEAR_STRATEGY_UNSPECIFIED: _ClearStrategy.ValueType  # 0
+    """The default: RESIZE."""
+    CLEAR_STRATEGY_RESIZE: _ClearStrategy.ValueType  # 1
+    """The model sees the whole image at the working size (as the reference does); only the
+    region it repainted (the fusion's soft mask together with the dilated mask, or the
+    dilated mask without fusion) is scaled up to the input's size, feathered and put over
+    the input. Every pixel outside that region is the input's own, byte for byte.
+    """
+    CLEAR_STRATEGY_CROP: _ClearStrategy.ValueType  # 2
+    """The model runs on a crop around the mask(s) with a context margin (at least the
+    working short side square where the image allows), at the working-size rule applied
+    to the crop: a small object in a large photo gets the model's full resolution, and the
+    cost follows the object, not the photo. The repainted region goes back as RESIZE's.
+    """
+    CLEAR_STRATEGY_REFERENCE: _ClearStrategy.ValueType  # 3
+    """The reference ObjectClear's picture exactly: the whole working image resized back to
+    the input's size (every pixel of a photo larger than the working size is resampled).
+    """
+
+class ClearStrategy(_ClearStrategy, metaclass=_ClearStrategyEnumTypeWrapper):
+    """How a removal's result is made at the input's own size."""
+
+CLEAR_STRATEGY_UNSPECIFIED: ClearStrategy.ValueType  # 0
+"""The default: RESIZE."""
+CLEAR_STRATEGY_RESIZE: ClearStrategy.ValueType  # 1
+"""The model sees the whole image at the working size (as the reference does); only the
+region it repainted (the fusion's soft mask together with the dilated mask, or the
+dilated mask without fusion) is scaled up to the input's size, feathered and put over
+the input. Every pixel outside that region is the input's own, byte for byte.
+"""
+CLEAR_STRATEGY_CROP: ClearStrategy.ValueType  # 2
+"""The model runs on a crop around the mask(s) with a context margin (at least the
+working short side square where the image allows), at the working-size rule applied
+to the crop: a small object in a large photo gets the model's full resolution, and the
+cost follows the object, not the photo. The repainted region goes back as RESIZE's.
+"""
+CLEAR_STRATEGY_REFERENCE: ClearStrategy.ValueType  # 3
+"""The reference ObjectClear's picture exactly: the whole working image resized back to
+the input's size (every pixel of a photo larger than the working size is resampled).
+"""
+Global___ClearStrategy: _TypeAlias = ClearStrategy  # noqa: Y015
 
 @_typing.final
 class ClearOptions(_message.Message):
@@ -32,6 +81,9 @@ class ClearOptions(_message.Message):
     FUSION_FIELD_NUMBER: _builtins.int
     MASK_DILATION_FIELD_NUMBER: _builtins.int
     OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATCH_FIELD_NUMBER: _builtins.int
+    OUTPUT_REPAINTED_MASK_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     """Denoising steps, 1 to 100. Default 20."""
     guidance_scale: _builtins.float
@@ -55,6 +107,14 @@ class ClearOptions(_message.Message):
     """Grow the merged mask by this many pixels before removal, 0 to 256. Default 0."""
     output_format: _common_pb2.ImageFormat.ValueType
     """Encoding of the output image. Default PNG."""
+    strategy: Global___ClearStrategy.ValueType
+    """How the result is made at the input's size. Default RESIZE."""
+    output_patch: _builtins.bool
+    """Return only the changed part of the picture (`ClearResult.patch`) instead of the whole
+    picture (`ClearResult.image`, then unset). Default false.
+    """
+    output_repainted_mask: _builtins.bool
+    """Also return the repainted region as a mask (`ClearResult.repainted_mask`). Default false."""
     def __init__(
         self,
         *,
@@ -65,10 +125,13 @@ class ClearOptions(_message.Message):
         fusion: _builtins.bool | None = ...,
         mask_dilation: _builtins.int = ...,
         output_format: _common_pb2.ImageFormat.ValueType = ...,
+        strategy: Global___ClearStrategy.ValueType = ...,
+        output_patch: _builtins.bool = ...,
+        output_repainted_mask: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_fusion", b"_fusion", "_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_short_side", b"_short_side", "_steps", b"_steps", "fusion", b"fusion", "guidance_scale", b"guidance_scale", "seed", b"seed", "short_side", b"short_side", "steps", b"steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fusion", b"_fusion", "_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_short_side", b"_short_side", "_steps", b"_steps", "fusion", b"fusion", "guidance_scale", b"guidance_scale", "mask_dilation", b"mask_dilation", "output_format", b"output_format", "seed", b"seed", "short_side", b"short_side", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fusion", b"_fusion", "_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_short_side", b"_short_side", "_steps", b"_steps", "fusion", b"fusion", "guidance_scale", b"guidance_scale", "mask_dilation", b"mask_dilation", "output_format", b"output_format", "output_patch", b"output_patch", "output_repainted_mask", b"output_repainted_mask", "seed", b"seed", "short_side", b"short_side", "steps", b"steps", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__fusion: _TypeAlias = _typing.Literal["fusion"]  # noqa: Y015
     _WhichOneofArgType__fusion: _TypeAlias = _typing.Literal["_fusion", b"_fusion"]  # noqa: Y015
@@ -147,9 +210,14 @@ class ClearResult(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     MASK_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REPAINTED_BOX_FIELD_NUMBER: _builtins.int
+    REPAINTED_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def image(self) -> _common_pb2.EncodedImage:
-        """The edited image at the input's original size."""
+        """The edited image at the input's original size; unset when `options.output_patch` asked
+        for `patch` instead.
+        """
 
     @_builtins.property
     def mask(self) -> _common_pb2.Mask:
@@ -159,16 +227,33 @@ class ClearResult(_message.Message):
     def provenance(self) -> _common_pb2.Provenance:
         """Model, dtype, steps, seed and timings."""
 
+    @_builtins.property
+    def patch(self) -> _common_pb2.ImagePatch:
+        """The changed part of the picture, when `options.output_patch` asked for it."""
+
+    @_builtins.property
+    def repainted_box(self) -> _common_pb2.Box:
+        """The bounding box of the repainted region: every pixel outside it is the input's own
+        (with CLEAR_STRATEGY_REFERENCE, the whole image).
+        """
+
+    @_builtins.property
+    def repainted_mask(self) -> _common_pb2.Mask:
+        """The repainted region at the image's size, when `options.output_repainted_mask` asked."""
+
     def __init__(
         self,
         *,
         image: _common_pb2.EncodedImage | None = ...,
         mask: _common_pb2.Mask | None = ...,
         provenance: _common_pb2.Provenance | None = ...,
+        patch: _common_pb2.ImagePatch | None = ...,
+        repainted_box: _common_pb2.Box | None = ...,
+        repainted_mask: _common_pb2.Mask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "patch", b"patch", "provenance", b"provenance", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "provenance", b"provenance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "patch", b"patch", "provenance", b"provenance", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -222,9 +222,14 @@ class RemoveObjectsResult(_message.Message):
     INSTANCES_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REPAINTED_BOX_FIELD_NUMBER: _builtins.int
+    REPAINTED_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def image(self) -> _common_pb2.EncodedImage:
-        """The edited image at the input's size."""
+        """The edited image at the input's size; unset when `clear_options.output_patch` asked
+        for `patch` instead.
+        """
 
     @_builtins.property
     def mask(self) -> _common_pb2.Mask:
@@ -242,6 +247,20 @@ class RemoveObjectsResult(_message.Message):
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]:
         """Wall time of every stage as the orchestrator saw it, including "total"."""
 
+    @_builtins.property
+    def patch(self) -> _common_pb2.ImagePatch:
+        """The changed part of the picture, when `clear_options.output_patch` asked for it."""
+
+    @_builtins.property
+    def repainted_box(self) -> _common_pb2.Box:
+        """The bounding box of the repainted region: every pixel outside it is the input's own."""
+
+    @_builtins.property
+    def repainted_mask(self) -> _common_pb2.Mask:
+        """The repainted region at the image's size, when `clear_options.output_repainted_mask`
+        asked.
+        """
+
     def __init__(
         self,
         *,
@@ -250,10 +269,13 @@ class RemoveObjectsResult(_message.Message):
         instances: _abc.Iterable[_common_pb2.Instance] | None = ...,
         stages: _abc.Iterable[_common_pb2.Provenance] | None = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        patch: _common_pb2.ImagePatch | None = ...,
+        repainted_box: _common_pb2.Box | None = ...,
+        repainted_mask: _common_pb2.Mask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "patch", b"patch", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "instances", b"instances", "mask", b"mask", "stages", b"stages", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "instances", b"instances", "mask", b"mask", "patch", b"patch", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask", "stages", b"stages", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,6 +396,9 @@ class ReplaceObjectsResult(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     PROMPT_TRUNCATED_FIELD_NUMBER: _builtins.int
     TRUNCATED_PROMPT_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REPAINTED_BOX_FIELD_NUMBER: _builtins.int
+    REPAINTED_MASK_FIELD_NUMBER: _builtins.int
     prompt_truncated: _builtins.bool
     """True when the prompt was longer than the text encoder's limit and was cut."""
     truncated_prompt: _builtins.str
@@ -381,7 +406,7 @@ class ReplaceObjectsResult(_message.Message):
     @_builtins.property
     def image(self) -> _common_pb2.EncodedImage:
         """The edited image at the input's size; outside the dilated, feathered mask, the
-        input's own pixels.
+        input's own pixels. Unset when `inpaint_options.output_patch` asked for `patch`.
         """
 
     @_builtins.property
@@ -400,6 +425,20 @@ class ReplaceObjectsResult(_message.Message):
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]:
         """Wall time of every stage as the orchestrator saw it, including "total"."""
 
+    @_builtins.property
+    def patch(self) -> _common_pb2.ImagePatch:
+        """The changed part of the picture, when `inpaint_options.output_patch` asked for it."""
+
+    @_builtins.property
+    def repainted_box(self) -> _common_pb2.Box:
+        """The bounding box of the repainted region: every pixel outside it is the input's own."""
+
+    @_builtins.property
+    def repainted_mask(self) -> _common_pb2.Mask:
+        """The repainted region at the image's size, when
+        `inpaint_options.output_repainted_mask` asked.
+        """
+
     def __init__(
         self,
         *,
@@ -410,10 +449,13 @@ class ReplaceObjectsResult(_message.Message):
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
         prompt_truncated: _builtins.bool = ...,
         truncated_prompt: _builtins.str = ...,
+        patch: _common_pb2.ImagePatch | None = ...,
+        repainted_box: _common_pb2.Box | None = ...,
+        repainted_mask: _common_pb2.Mask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "mask", b"mask", "patch", b"patch", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "instances", b"instances", "mask", b"mask", "prompt_truncated", b"prompt_truncated", "stages", b"stages", "timings", b"timings", "truncated_prompt", b"truncated_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "instances", b"instances", "mask", b"mask", "patch", b"patch", "prompt_truncated", b"prompt_truncated", "repainted_box", b"repainted_box", "repainted_mask", b"repainted_mask", "stages", b"stages", "timings", b"timings", "truncated_prompt", b"truncated_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mic2e/v1/common.proto.
  */
 export const file_mic2e_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChVtaWMyZS92MS9jb21tb24ucHJvdG8SCG1pYzJlLnYxIjMKBUltYWdlEg4KBGRhdGEYASABKAxIABIQCgZzaGEyNTYYAiABKAlIAEIICgZzb3VyY2UicgoMRW5jb2RlZEltYWdlEgwKBGRhdGEYASABKAwSJQoGZm9ybWF0GAIgASgOMhUubWljMmUudjEuSW1hZ2VGb3JtYXQSDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEg4KBnNoYTI1NhgFIAEoCSIVCgNSbGUSDgoGY291bnRzGAEgAygNIl4KBE1hc2sSDQoFd2lkdGgYASABKA0SDgoGaGVpZ2h0GAIgASgNEg0KA3BuZxgDIAEoDEgAEhwKA3JsZRgEIAEoCzINLm1pYzJlLnYxLlJsZUgAQgoKCGVuY29kaW5nIkIKBVBvaW50EgkKAXgYASABKAISCQoBeRgCIAEoAhIjCgVsYWJlbBgDIAEoDjIULm1pYzJlLnYxLlBvaW50TGFiZWwiNQoDQm94EgoKAngwGAEgASgCEgoKAnkwGAIgASgCEgoKAngxGAMgASgCEgoKAnkxGAQgASgCIlMKCEluc3RhbmNlEhwKBG1hc2sYASABKAsyDi5taWMyZS52MS5NYXNrEg0KBXNjb3JlGAIgASgCEhoKA2JveBgDIAEoCzINLm1pYzJlLnYxLkJveCJoCghQcm9ncmVzcxINCgVzdGFnZRgBIAEoCRIMCgRzdGVwGAIgASgNEhMKC3RvdGFsX3N0ZXBzGAMgASgNEioKB2VsYXBzZWQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoLU3RhZ2VUaW1pbmcSDQoFc3RhZ2UYASABKAkSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ipAEKClByb3ZlbmFuY2USEAoIbW9kZWxfaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkSDQoFZHR5cGUYAyABKAkSDQoFc3RlcHMYBCABKA0SDAoEc2VlZBgFIAEoBBImCgd0aW1pbmdzGAYgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcSDgoGZGV2aWNlGAcgASgJEg4KBnNlcnZlchgIIAEoCSpvCgtJbWFnZUZvcm1hdBIcChhJTUFHRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIUChBJTUFHRV9GT1JNQVRfUE5HEAESFQoRSU1BR0VfRk9STUFUX0pQRUcQAhIVChFJTUFHRV9GT1JNQVRfV0VCUBADKlMKCk1hc2tGb3JtYXQSGwoXTUFTS19GT1JNQVRfVU5TUEVDSUZJRUQQABITCg9NQVNLX0ZPUk1BVF9QTkcQARITCg9NQVNLX0ZPUk1BVF9STEUQAipdCgpQb2ludExhYmVsEhsKF1BPSU5UX0xBQkVMX1VOU1BFQ0lGSUVEEAASGAoUUE9JTlRfTEFCRUxfUE9TSVRJVkUQARIYChRQT0lOVF9MQUJFTF9ORUdBVElWRRACYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("ChVtaWMyZS92MS9jb21tb24ucHJvdG8SCG1pYzJlLnYxIjMKBUltYWdlEg4KBGRhdGEYASABKAxIABIQCgZzaGEyNTYYAiABKAlIAEIICgZzb3VyY2UicgoMRW5jb2RlZEltYWdlEgwKBGRhdGEYASABKAwSJQoGZm9ybWF0GAIgASgOMhUubWljMmUudjEuSW1hZ2VGb3JtYXQSDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEg4KBnNoYTI1NhgFIAEoCSKHAQoKSW1hZ2VQYXRjaBIlCgVpbWFnZRgBIAEoCzIWLm1pYzJlLnYxLkVuY29kZWRJbWFnZRIJCgF4GAIgASgNEgkKAXkYAyABKA0SEgoKZnVsbF93aWR0aBgEIAEoDRITCgtmdWxsX2hlaWdodBgFIAEoDRITCgtiYXNlX3NoYTI1NhgGIAEoCSIVCgNSbGUSDgoGY291bnRzGAEgAygNIl4KBE1hc2sSDQoFd2lkdGgYASABKA0SDgoGaGVpZ2h0GAIgASgNEg0KA3BuZxgDIAEoDEgAEhwKA3JsZRgEIAEoCzINLm1pYzJlLnYxLlJsZUgAQgoKCGVuY29kaW5nIkIKBVBvaW50EgkKAXgYASABKAISCQoBeRgCIAEoAhIjCgVsYWJlbBgDIAEoDjIULm1pYzJlLnYxLlBvaW50TGFiZWwiNQoDQm94EgoKAngwGAEgASgCEgoKAnkwGAIgASgCEgoKAngxGAMgASgCEgoKAnkxGAQgASgCIlMKCEluc3RhbmNlEhwKBG1hc2sYASABKAsyDi5taWMyZS52MS5NYXNrEg0KBXNjb3JlGAIgASgCEhoKA2JveBgDIAEoCzINLm1pYzJlLnYxLkJveCJoCghQcm9ncmVzcxINCgVzdGFnZRgBIAEoCRIMCgRzdGVwGAIgASgNEhMKC3RvdGFsX3N0ZXBzGAMgASgNEioKB2VsYXBzZWQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoLU3RhZ2VUaW1pbmcSDQoFc3RhZ2UYASABKAkSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ipAEKClByb3ZlbmFuY2USEAoIbW9kZWxfaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkSDQoFZHR5cGUYAyABKAkSDQoFc3RlcHMYBCABKA0SDAoEc2VlZBgFIAEoBBImCgd0aW1pbmdzGAYgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcSDgoGZGV2aWNlGAcgASgJEg4KBnNlcnZlchgIIAEoCSpvCgtJbWFnZUZvcm1hdBIcChhJTUFHRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIUChBJTUFHRV9GT1JNQVRfUE5HEAESFQoRSU1BR0VfRk9STUFUX0pQRUcQAhIVChFJTUFHRV9GT1JNQVRfV0VCUBADKlMKCk1hc2tGb3JtYXQSGwoXTUFTS19GT1JNQVRfVU5TUEVDSUZJRUQQABITCg9NQVNLX0ZPUk1BVF9QTkcQARITCg9NQVNLX0ZPUk1BVF9STEUQAipdCgpQb2ludExhYmVsEhsKF1BPSU5UX0xBQkVMX1VOU1BFQ0lGSUVEEAASGAoUUE9JTlRfTEFCRUxfUE9TSVRJVkUQARIYChRQT0lOVF9MQUJFTF9ORUdBVElWRRACYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * An input image: either its encoded bytes, or a reference to an image this server (or,
@@ -37,7 +37,9 @@ export type Image = Message<"mic2e.v1.Image"> & {
   source: {
     /**
      * The encoded file: PNG, JPEG or WebP. EXIF orientation is applied; palette, CMYK,
-     * 16-bit and alpha images are converted to 8-bit RGB (alpha composited on white).
+     * 16-bit and alpha images are converted to 8-bit RGB (alpha composited on white). An
+     * ICC colour profile is carried to every output image of this input. Neither side may
+     * exceed 8 times the other (`MAX_ASPECT_RATIO`): other shapes are INVALID_ARGUMENT.
      *
      * @generated from field: bytes data = 1;
      */
@@ -112,6 +114,69 @@ export const EncodedImageSchema: GenMessage<EncodedImage> = /*@__PURE__*/
   messageDesc(file_mic2e_v1_common, 1);
 
 /**
+ * The part of a result image an edit changed, and where it goes: what a caller that asked
+ * for a patch gets instead of the whole picture. Apply it to the input it names: decode the
+ * input (upright per EXIF, 8-bit RGB, as every server decodes it), then copy each patch
+ * pixel whose alpha is 255 to (x + column, y + row). Pixels with alpha 0, and every pixel
+ * outside the patch, are the input's own. The Python and TypeScript clients do this for
+ * their callers.
+ *
+ * @generated from message mic2e.v1.ImagePatch
+ */
+export type ImagePatch = Message<"mic2e.v1.ImagePatch"> & {
+  /**
+   * The patch as an RGBA image, lossless: PNG, or WebP when the request asked for WebP.
+   * Alpha is 255 where the pixel is the result's and 0 where it is the input's (the colour
+   * of such a pixel is meaningless). Carries the input's ICC profile, if it had one.
+   *
+   * @generated from field: mic2e.v1.EncodedImage image = 1;
+   */
+  image?: EncodedImage | undefined;
+
+  /**
+   * Column of the patch's left edge in the full image.
+   *
+   * @generated from field: uint32 x = 2;
+   */
+  x: number;
+
+  /**
+   * Row of the patch's top edge in the full image.
+   *
+   * @generated from field: uint32 y = 3;
+   */
+  y: number;
+
+  /**
+   * Width of the full result (the input's own).
+   *
+   * @generated from field: uint32 full_width = 4;
+   */
+  fullWidth: number;
+
+  /**
+   * Height of the full result (the input's own).
+   *
+   * @generated from field: uint32 full_height = 5;
+   */
+  fullHeight: number;
+
+  /**
+   * Lowercase hex SHA-256 of the encoded input image the patch applies to.
+   *
+   * @generated from field: string base_sha256 = 6;
+   */
+  baseSha256: string;
+};
+
+/**
+ * Describes the message mic2e.v1.ImagePatch.
+ * Use `create(ImagePatchSchema)` to create a new message.
+ */
+export const ImagePatchSchema: GenMessage<ImagePatch> = /*@__PURE__*/
+  messageDesc(file_mic2e_v1_common, 2);
+
+/**
  * COCO-style uncompressed run-length encoding of a binary mask.
  *
  * The mask is read in column-major order (down the first column, then the next), and
@@ -134,7 +199,7 @@ export type Rle = Message<"mic2e.v1.Rle"> & {
  * Use `create(RleSchema)` to create a new message.
  */
 export const RleSchema: GenMessage<Rle> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 2);
+  messageDesc(file_mic2e_v1_common, 3);
 
 /**
  * A binary mask, always at the size of the image it belongs to.
@@ -186,7 +251,7 @@ export type Mask = Message<"mic2e.v1.Mask"> & {
  * Use `create(MaskSchema)` to create a new message.
  */
 export const MaskSchema: GenMessage<Mask> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 3);
+  messageDesc(file_mic2e_v1_common, 4);
 
 /**
  * A clicked point in pixel coordinates of the input image (origin top-left).
@@ -221,7 +286,7 @@ export type Point = Message<"mic2e.v1.Point"> & {
  * Use `create(PointSchema)` to create a new message.
  */
 export const PointSchema: GenMessage<Point> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 4);
+  messageDesc(file_mic2e_v1_common, 5);
 
 /**
  * An axis-aligned box in pixel coordinates of the input image (origin top-left); x0 < x1,
@@ -264,7 +329,7 @@ export type Box = Message<"mic2e.v1.Box"> & {
  * Use `create(BoxSchema)` to create a new message.
  */
 export const BoxSchema: GenMessage<Box> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 5);
+  messageDesc(file_mic2e_v1_common, 6);
 
 /**
  * One segmented object.
@@ -299,7 +364,7 @@ export type Instance = Message<"mic2e.v1.Instance"> & {
  * Use `create(InstanceSchema)` to create a new message.
  */
 export const InstanceSchema: GenMessage<Instance> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 6);
+  messageDesc(file_mic2e_v1_common, 7);
 
 /**
  * Progress of a long-running stage, streamed any number of times before the result.
@@ -341,7 +406,7 @@ export type Progress = Message<"mic2e.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 7);
+  messageDesc(file_mic2e_v1_common, 8);
 
 /**
  * How long one stage of the work took.
@@ -369,7 +434,7 @@ export type StageTiming = Message<"mic2e.v1.StageTiming"> & {
  * Use `create(StageTimingSchema)` to create a new message.
  */
 export const StageTimingSchema: GenMessage<StageTiming> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 8);
+  messageDesc(file_mic2e_v1_common, 9);
 
 /**
  * Where a result comes from: enough to reproduce it.
@@ -439,7 +504,7 @@ export type Provenance = Message<"mic2e.v1.Provenance"> & {
  * Use `create(ProvenanceSchema)` to create a new message.
  */
 export const ProvenanceSchema: GenMessage<Provenance> = /*@__PURE__*/
-  messageDesc(file_mic2e_v1_common, 9);
+  messageDesc(file_mic2e_v1_common, 10);
 
 /**
  * Encoding of an output image.
@@ -455,14 +520,15 @@ export enum ImageFormat {
   UNSPECIFIED = 0,
 
   /**
-   * Lossless PNG.
+   * Lossless PNG (zlib level 1: the fastest level, and at photo sizes no larger than the
+   * default level; README "Output formats").
    *
    * @generated from enum value: IMAGE_FORMAT_PNG = 1;
    */
   PNG = 1,
 
   /**
-   * JPEG, quality 95.
+   * JPEG, quality 95. A patch (`ImagePatch`) is never JPEG: it is PNG then.
    *
    * @generated from enum value: IMAGE_FORMAT_JPEG = 2;
    */

@@ -6,7 +6,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { EncodedImage, Image, ImageFormat, Mask, Progress, Provenance } from "./common_pb.js";
+import type { Box, EncodedImage, Image, ImageFormat, ImagePatch, Mask, Progress, Provenance } from "./common_pb.js";
 import { file_mic2e_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mic2e/v1/flux.proto.
  */
 export const file_mic2e_v1_flux: GenFile = /*@__PURE__*/
-  fileDesc("ChNtaWMyZS92MS9mbHV4LnByb3RvEghtaWMyZS52MSLHAQoPR2VuZXJhdGVSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRISCgV3aWR0aBgCIAEoDUgAiAEBEhMKBmhlaWdodBgDIAEoDUgBiAEBEhIKBXN0ZXBzGAQgASgNSAKIAQESEQoEc2VlZBgFIAEoBEgDiAEBEiwKDW91dHB1dF9mb3JtYXQYBiABKA4yFS5taWMyZS52MS5JbWFnZUZvcm1hdEIICgZfd2lkdGhCCQoHX2hlaWdodEIICgZfc3RlcHNCBwoFX3NlZWQilQEKDkdlbmVyYXRlUmVzdWx0EiUKBWltYWdlGAEgASgLMhYubWljMmUudjEuRW5jb2RlZEltYWdlEigKCnByb3ZlbmFuY2UYAiABKAsyFC5taWMyZS52MS5Qcm92ZW5hbmNlEhgKEHByb21wdF90cnVuY2F0ZWQYAyABKAgSGAoQdHJ1bmNhdGVkX3Byb21wdBgEIAEoCSJvChBHZW5lcmF0ZVJlc3BvbnNlEiYKCHByb2dyZXNzGAEgASgLMhIubWljMmUudjEuUHJvZ3Jlc3NIABIqCgZyZXN1bHQYAiABKAsyGC5taWMyZS52MS5HZW5lcmF0ZVJlc3VsdEgAQgcKBWV2ZW50IpwCCg5JbnBhaW50T3B0aW9ucxIVCghzdHJlbmd0aBgBIAEoAkgAiAEBEhIKBXN0ZXBzGAIgASgNSAGIAQESEQoEc2VlZBgDIAEoBEgCiAEBEhsKDmd1aWRhbmNlX3NjYWxlGAQgASgCSAOIAQESGgoNbWFza19kaWxhdGlvbhgFIAEoDUgEiAEBEhQKB2ZlYXRoZXIYBiABKA1IBYgBARIsCg1vdXRwdXRfZm9ybWF0GAcgASgOMhUubWljMmUudjEuSW1hZ2VGb3JtYXRCCwoJX3N0cmVuZ3RoQggKBl9zdGVwc0IHCgVfc2VlZEIRCg9fZ3VpZGFuY2Vfc2NhbGVCEAoOX21hc2tfZGlsYXRpb25CCgoIX2ZlYXRoZXIiigEKDklucGFpbnRSZXF1ZXN0Eh4KBWltYWdlGAEgASgLMg8ubWljMmUudjEuSW1hZ2USHQoFbWFza3MYAiADKAsyDi5taWMyZS52MS5NYXNrEg4KBnByb21wdBgDIAEoCRIpCgdvcHRpb25zGAQgASgLMhgubWljMmUudjEuSW5wYWludE9wdGlvbnMisgEKDUlucGFpbnRSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSKAoKcHJvdmVuYW5jZRgDIAEoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2USGAoQcHJvbXB0X3RydW5jYXRlZBgEIAEoCBIYChB0cnVuY2F0ZWRfcHJvbXB0GAUgASgJIm0KD0lucGFpbnRSZXNwb25zZRImCghwcm9ncmVzcxgBIAEoCzISLm1pYzJlLnYxLlByb2dyZXNzSAASKQoGcmVzdWx0GAIgASgLMhcubWljMmUudjEuSW5wYWludFJlc3VsdEgAQgcKBWV2ZW50MpQBCgtGbHV4U2VydmljZRJDCghHZW5lcmF0ZRIZLm1pYzJlLnYxLkdlbmVyYXRlUmVxdWVzdBoaLm1pYzJlLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJACgdJbnBhaW50EhgubWljMmUudjEuSW5wYWludFJlcXVlc3QaGS5taWMyZS52MS5JbnBhaW50UmVzcG9uc2UwAWIGcHJvdG8z", [file_mic2e_v1_common]);
+  fileDesc("ChNtaWMyZS92MS9mbHV4LnByb3RvEghtaWMyZS52MSLHAQoPR2VuZXJhdGVSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRISCgV3aWR0aBgCIAEoDUgAiAEBEhMKBmhlaWdodBgDIAEoDUgBiAEBEhIKBXN0ZXBzGAQgASgNSAKIAQESEQoEc2VlZBgFIAEoBEgDiAEBEiwKDW91dHB1dF9mb3JtYXQYBiABKA4yFS5taWMyZS52MS5JbWFnZUZvcm1hdEIICgZfd2lkdGhCCQoHX2hlaWdodEIICgZfc3RlcHNCBwoFX3NlZWQilQEKDkdlbmVyYXRlUmVzdWx0EiUKBWltYWdlGAEgASgLMhYubWljMmUudjEuRW5jb2RlZEltYWdlEigKCnByb3ZlbmFuY2UYAiABKAsyFC5taWMyZS52MS5Qcm92ZW5hbmNlEhgKEHByb21wdF90cnVuY2F0ZWQYAyABKAgSGAoQdHJ1bmNhdGVkX3Byb21wdBgEIAEoCSJvChBHZW5lcmF0ZVJlc3BvbnNlEiYKCHByb2dyZXNzGAEgASgLMhIubWljMmUudjEuUHJvZ3Jlc3NIABIqCgZyZXN1bHQYAiABKAsyGC5taWMyZS52MS5HZW5lcmF0ZVJlc3VsdEgAQgcKBWV2ZW50ItECCg5JbnBhaW50T3B0aW9ucxIVCghzdHJlbmd0aBgBIAEoAkgAiAEBEhIKBXN0ZXBzGAIgASgNSAGIAQESEQoEc2VlZBgDIAEoBEgCiAEBEhsKDmd1aWRhbmNlX3NjYWxlGAQgASgCSAOIAQESGgoNbWFza19kaWxhdGlvbhgFIAEoDUgEiAEBEhQKB2ZlYXRoZXIYBiABKA1IBYgBARIsCg1vdXRwdXRfZm9ybWF0GAcgASgOMhUubWljMmUudjEuSW1hZ2VGb3JtYXQSFAoMb3V0cHV0X3BhdGNoGAggASgIEh0KFW91dHB1dF9yZXBhaW50ZWRfbWFzaxgJIAEoCEILCglfc3RyZW5ndGhCCAoGX3N0ZXBzQgcKBV9zZWVkQhEKD19ndWlkYW5jZV9zY2FsZUIQCg5fbWFza19kaWxhdGlvbkIKCghfZmVhdGhlciKKAQoOSW5wYWludFJlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIdCgVtYXNrcxgCIAMoCzIOLm1pYzJlLnYxLk1hc2sSDgoGcHJvbXB0GAMgASgJEikKB29wdGlvbnMYBCABKAsyGC5taWMyZS52MS5JbnBhaW50T3B0aW9ucyKlAgoNSW5wYWludFJlc3VsdBIlCgVpbWFnZRgBIAEoCzIWLm1pYzJlLnYxLkVuY29kZWRJbWFnZRIcCgRtYXNrGAIgASgLMg4ubWljMmUudjEuTWFzaxIoCgpwcm92ZW5hbmNlGAMgASgLMhQubWljMmUudjEuUHJvdmVuYW5jZRIYChBwcm9tcHRfdHJ1bmNhdGVkGAQgASgIEhgKEHRydW5jYXRlZF9wcm9tcHQYBSABKAkSIwoFcGF0Y2gYBiABKAsyFC5taWMyZS52MS5JbWFnZVBhdGNoEiQKDXJlcGFpbnRlZF9ib3gYByABKAsyDS5taWMyZS52MS5Cb3gSJgoOcmVwYWludGVkX21hc2sYCCABKAsyDi5taWMyZS52MS5NYXNrIm0KD0lucGFpbnRSZXNwb25zZRImCghwcm9ncmVzcxgBIAEoCzISLm1pYzJlLnYxLlByb2dyZXNzSAASKQoGcmVzdWx0GAIgASgLMhcubWljMmUudjEuSW5wYWludFJlc3VsdEgAQgcKBWV2ZW50MpQBCgtGbHV4U2VydmljZRJDCghHZW5lcmF0ZRIZLm1pYzJlLnYxLkdlbmVyYXRlUmVxdWVzdBoaLm1pYzJlLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJACgdJbnBhaW50EhgubWljMmUudjEuSW5wYWludFJlcXVlc3QaGS5taWMyZS52MS5JbnBhaW50UmVzcG9uc2UwAWIGcHJvdG8z", [file_mic2e_v1_common]);
 
 /**
  * Request of Generate.
@@ -214,6 +214,22 @@ export type InpaintOptions = Message<"mic2e.v1.InpaintOptions"> & {
    * @generated from field: mic2e.v1.ImageFormat output_format = 7;
    */
   outputFormat: ImageFormat;
+
+  /**
+   * Return only the changed part of the picture (`InpaintResult.patch`) instead of the
+   * whole picture (`InpaintResult.image`, then unset). Default false.
+   *
+   * @generated from field: bool output_patch = 8;
+   */
+  outputPatch: boolean;
+
+  /**
+   * Also return the repainted region as a mask (`InpaintResult.repainted_mask`). Default
+   * false.
+   *
+   * @generated from field: bool output_repainted_mask = 9;
+   */
+  outputRepaintedMask: boolean;
 };
 
 /**
@@ -273,7 +289,8 @@ export const InpaintRequestSchema: GenMessage<InpaintRequest> = /*@__PURE__*/
  */
 export type InpaintResult = Message<"mic2e.v1.InpaintResult"> & {
   /**
-   * The image at the input's size: repainted inside the mask, the input outside it.
+   * The image at the input's size: repainted inside the mask, the input outside it; unset
+   * when `options.output_patch` asked for `patch` instead.
    *
    * @generated from field: mic2e.v1.EncodedImage image = 1;
    */
@@ -306,6 +323,28 @@ export type InpaintResult = Message<"mic2e.v1.InpaintResult"> & {
    * @generated from field: string truncated_prompt = 5;
    */
   truncatedPrompt: string;
+
+  /**
+   * The changed part of the picture, when `options.output_patch` asked for it.
+   *
+   * @generated from field: mic2e.v1.ImagePatch patch = 6;
+   */
+  patch?: ImagePatch | undefined;
+
+  /**
+   * The bounding box of the repainted region (the dilated mask and its feather): every
+   * pixel outside it is the input's own.
+   *
+   * @generated from field: mic2e.v1.Box repainted_box = 7;
+   */
+  repaintedBox?: Box | undefined;
+
+  /**
+   * The repainted region at the image's size, when `options.output_repainted_mask` asked.
+   *
+   * @generated from field: mic2e.v1.Mask repainted_mask = 8;
+   */
+  repaintedMask?: Mask | undefined;
 };
 
 /**

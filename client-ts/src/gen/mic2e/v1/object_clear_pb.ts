@@ -4,9 +4,9 @@
 // @generated from file mic2e/v1/object_clear.proto (package mic2e.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { EncodedImage, Image, ImageFormat, Mask, Progress, Provenance } from "./common_pb.js";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Box, EncodedImage, Image, ImageFormat, ImagePatch, Mask, Progress, Provenance } from "./common_pb.js";
 import { file_mic2e_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mic2e/v1/object_clear.proto.
  */
 export const file_mic2e_v1_object_clear: GenFile = /*@__PURE__*/
-  fileDesc("ChttaWMyZS92MS9vYmplY3RfY2xlYXIucHJvdG8SCG1pYzJlLnYxIoUCCgxDbGVhck9wdGlvbnMSEgoFc3RlcHMYASABKA1IAIgBARIbCg5ndWlkYW5jZV9zY2FsZRgCIAEoAkgBiAEBEhcKCnNob3J0X3NpZGUYAyABKA1IAogBARIRCgRzZWVkGAQgASgESAOIAQESEwoGZnVzaW9uGAUgASgISASIAQESFQoNbWFza19kaWxhdGlvbhgGIAEoDRIsCg1vdXRwdXRfZm9ybWF0GAcgASgOMhUubWljMmUudjEuSW1hZ2VGb3JtYXRCCAoGX3N0ZXBzQhEKD19ndWlkYW5jZV9zY2FsZUINCgtfc2hvcnRfc2lkZUIHCgVfc2VlZEIJCgdfZnVzaW9uIoUBCgxDbGVhclJlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIdCgVtYXNrcxgCIAMoCzIOLm1pYzJlLnYxLk1hc2sSDQoFbGFiZWwYAyABKAkSJwoHb3B0aW9ucxgEIAEoCzIWLm1pYzJlLnYxLkNsZWFyT3B0aW9ucyJ8CgtDbGVhclJlc3VsdBIlCgVpbWFnZRgBIAEoCzIWLm1pYzJlLnYxLkVuY29kZWRJbWFnZRIcCgRtYXNrGAIgASgLMg4ubWljMmUudjEuTWFzaxIoCgpwcm92ZW5hbmNlGAMgASgLMhQubWljMmUudjEuUHJvdmVuYW5jZSJpCg1DbGVhclJlc3BvbnNlEiYKCHByb2dyZXNzGAEgASgLMhIubWljMmUudjEuUHJvZ3Jlc3NIABInCgZyZXN1bHQYAiABKAsyFS5taWMyZS52MS5DbGVhclJlc3VsdEgAQgcKBWV2ZW50MlAKEk9iamVjdENsZWFyU2VydmljZRI6CgVDbGVhchIWLm1pYzJlLnYxLkNsZWFyUmVxdWVzdBoXLm1pYzJlLnYxLkNsZWFyUmVzcG9uc2UwAWIGcHJvdG8z", [file_mic2e_v1_common]);
+  fileDesc("ChttaWMyZS92MS9vYmplY3RfY2xlYXIucHJvdG8SCG1pYzJlLnYxIuUCCgxDbGVhck9wdGlvbnMSEgoFc3RlcHMYASABKA1IAIgBARIbCg5ndWlkYW5jZV9zY2FsZRgCIAEoAkgBiAEBEhcKCnNob3J0X3NpZGUYAyABKA1IAogBARIRCgRzZWVkGAQgASgESAOIAQESEwoGZnVzaW9uGAUgASgISASIAQESFQoNbWFza19kaWxhdGlvbhgGIAEoDRIsCg1vdXRwdXRfZm9ybWF0GAcgASgOMhUubWljMmUudjEuSW1hZ2VGb3JtYXQSKQoIc3RyYXRlZ3kYCCABKA4yFy5taWMyZS52MS5DbGVhclN0cmF0ZWd5EhQKDG91dHB1dF9wYXRjaBgJIAEoCBIdChVvdXRwdXRfcmVwYWludGVkX21hc2sYCiABKAhCCAoGX3N0ZXBzQhEKD19ndWlkYW5jZV9zY2FsZUINCgtfc2hvcnRfc2lkZUIHCgVfc2VlZEIJCgdfZnVzaW9uIoUBCgxDbGVhclJlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIdCgVtYXNrcxgCIAMoCzIOLm1pYzJlLnYxLk1hc2sSDQoFbGFiZWwYAyABKAkSJwoHb3B0aW9ucxgEIAEoCzIWLm1pYzJlLnYxLkNsZWFyT3B0aW9ucyLvAQoLQ2xlYXJSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSKAoKcHJvdmVuYW5jZRgDIAEoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2USIwoFcGF0Y2gYBCABKAsyFC5taWMyZS52MS5JbWFnZVBhdGNoEiQKDXJlcGFpbnRlZF9ib3gYBSABKAsyDS5taWMyZS52MS5Cb3gSJgoOcmVwYWludGVkX21hc2sYBiABKAsyDi5taWMyZS52MS5NYXNrImkKDUNsZWFyUmVzcG9uc2USJgoIcHJvZ3Jlc3MYASABKAsyEi5taWMyZS52MS5Qcm9ncmVzc0gAEicKBnJlc3VsdBgCIAEoCzIVLm1pYzJlLnYxLkNsZWFyUmVzdWx0SABCBwoFZXZlbnQqgQEKDUNsZWFyU3RyYXRlZ3kSHgoaQ0xFQVJfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIZChVDTEVBUl9TVFJBVEVHWV9SRVNJWkUQARIXChNDTEVBUl9TVFJBVEVHWV9DUk9QEAISHAoYQ0xFQVJfU1RSQVRFR1lfUkVGRVJFTkNFEAMyUAoST2JqZWN0Q2xlYXJTZXJ2aWNlEjoKBUNsZWFyEhYubWljMmUudjEuQ2xlYXJSZXF1ZXN0GhcubWljMmUudjEuQ2xlYXJSZXNwb25zZTABYgZwcm90bzM", [file_mic2e_v1_common]);
 
 /**
  * Knobs of a removal. Unset fields take the server's defaults, which are the model's own.
@@ -76,6 +76,28 @@ export type ClearOptions = Message<"mic2e.v1.ClearOptions"> & {
    * @generated from field: mic2e.v1.ImageFormat output_format = 7;
    */
   outputFormat: ImageFormat;
+
+  /**
+   * How the result is made at the input's size. Default RESIZE.
+   *
+   * @generated from field: mic2e.v1.ClearStrategy strategy = 8;
+   */
+  strategy: ClearStrategy;
+
+  /**
+   * Return only the changed part of the picture (`ClearResult.patch`) instead of the whole
+   * picture (`ClearResult.image`, then unset). Default false.
+   *
+   * @generated from field: bool output_patch = 9;
+   */
+  outputPatch: boolean;
+
+  /**
+   * Also return the repainted region as a mask (`ClearResult.repainted_mask`). Default false.
+   *
+   * @generated from field: bool output_repainted_mask = 10;
+   */
+  outputRepaintedMask: boolean;
 };
 
 /**
@@ -138,7 +160,8 @@ export const ClearRequestSchema: GenMessage<ClearRequest> = /*@__PURE__*/
  */
 export type ClearResult = Message<"mic2e.v1.ClearResult"> & {
   /**
-   * The edited image at the input's original size.
+   * The edited image at the input's original size; unset when `options.output_patch` asked
+   * for `patch` instead.
    *
    * @generated from field: mic2e.v1.EncodedImage image = 1;
    */
@@ -157,6 +180,28 @@ export type ClearResult = Message<"mic2e.v1.ClearResult"> & {
    * @generated from field: mic2e.v1.Provenance provenance = 3;
    */
   provenance?: Provenance | undefined;
+
+  /**
+   * The changed part of the picture, when `options.output_patch` asked for it.
+   *
+   * @generated from field: mic2e.v1.ImagePatch patch = 4;
+   */
+  patch?: ImagePatch | undefined;
+
+  /**
+   * The bounding box of the repainted region: every pixel outside it is the input's own
+   * (with CLEAR_STRATEGY_REFERENCE, the whole image).
+   *
+   * @generated from field: mic2e.v1.Box repainted_box = 5;
+   */
+  repaintedBox?: Box | undefined;
+
+  /**
+   * The repainted region at the image's size, when `options.output_repainted_mask` asked.
+   *
+   * @generated from field: mic2e.v1.Mask repainted_mask = 6;
+   */
+  repaintedMask?: Mask | undefined;
 };
 
 /**
@@ -202,6 +247,54 @@ export type ClearResponse = Message<"mic2e.v1.ClearResponse"> & {
  */
 export const ClearResponseSchema: GenMessage<ClearResponse> = /*@__PURE__*/
   messageDesc(file_mic2e_v1_object_clear, 3);
+
+/**
+ * How a removal's result is made at the input's own size.
+ *
+ * @generated from enum mic2e.v1.ClearStrategy
+ */
+export enum ClearStrategy {
+  /**
+   * The default: RESIZE.
+   *
+   * @generated from enum value: CLEAR_STRATEGY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model sees the whole image at the working size (as the reference does); only the
+   * region it repainted (the fusion's soft mask together with the dilated mask, or the
+   * dilated mask without fusion) is scaled up to the input's size, feathered and put over
+   * the input. Every pixel outside that region is the input's own, byte for byte.
+   *
+   * @generated from enum value: CLEAR_STRATEGY_RESIZE = 1;
+   */
+  RESIZE = 1,
+
+  /**
+   * The model runs on a crop around the mask(s) with a context margin (at least the
+   * working short side square where the image allows), at the working-size rule applied
+   * to the crop: a small object in a large photo gets the model's full resolution, and the
+   * cost follows the object, not the photo. The repainted region goes back as RESIZE's.
+   *
+   * @generated from enum value: CLEAR_STRATEGY_CROP = 2;
+   */
+  CROP = 2,
+
+  /**
+   * The reference ObjectClear's picture exactly: the whole working image resized back to
+   * the input's size (every pixel of a photo larger than the working size is resampled).
+   *
+   * @generated from enum value: CLEAR_STRATEGY_REFERENCE = 3;
+   */
+  REFERENCE = 3,
+}
+
+/**
+ * Describes the enum mic2e.v1.ClearStrategy.
+ */
+export const ClearStrategySchema: GenEnum<ClearStrategy> = /*@__PURE__*/
+  enumDesc(file_mic2e_v1_object_clear, 0);
 
 /**
  * Removes objects with ObjectClear at the model's own quality unless the caller asks for

@@ -6,7 +6,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Box, EncodedImage, Image, Instance, Mask, Point, Progress, Provenance, StageTiming } from "./common_pb.js";
+import type { Box, EncodedImage, Image, ImagePatch, Instance, Mask, Point, Progress, Provenance, StageTiming } from "./common_pb.js";
 import { file_mic2e_v1_common } from "./common_pb.js";
 import type { GenerateRequestSchema, GenerateResponseSchema, InpaintOptions, InpaintRequestSchema, InpaintResponseSchema } from "./flux_pb.js";
 import { file_mic2e_v1_flux } from "./flux_pb.js";
@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mic2e/v1/orchestrator.proto.
  */
 export const file_mic2e_v1_orchestrator: GenFile = /*@__PURE__*/
-  fileDesc("ChttaWMyZS92MS9vcmNoZXN0cmF0b3IucHJvdG8SCG1pYzJlLnYxIlcKClRleHRUYXJnZXQSDAoEdGV4dBgBIAEoCRIWCgltaW5fc2NvcmUYAiABKAJIAIgBARIVCg1tYXhfaW5zdGFuY2VzGAMgASgNQgwKCl9taW5fc2NvcmUiSwoMUHJvbXB0VGFyZ2V0Eh8KBnBvaW50cxgBIAMoCzIPLm1pYzJlLnYxLlBvaW50EhoKA2JveBgCIAEoCzINLm1pYzJlLnYxLkJveCIrCgpNYXNrVGFyZ2V0Eh0KBW1hc2tzGAEgAygLMg4ubWljMmUudjEuTWFzayKjAgoUUmVtb3ZlT2JqZWN0c1JlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIkCgR0ZXh0GAIgASgLMhQubWljMmUudjEuVGV4dFRhcmdldEgAEigKBnByb21wdBgDIAEoCzIWLm1pYzJlLnYxLlByb21wdFRhcmdldEgAEiUKBW1hc2tzGAQgASgLMhQubWljMmUudjEuTWFza1RhcmdldEgAEhoKDW1hc2tfZGlsYXRpb24YBSABKA1IAYgBARItCg1jbGVhcl9vcHRpb25zGAYgASgLMhYubWljMmUudjEuQ2xlYXJPcHRpb25zEg0KBWxhYmVsGAcgASgJQggKBnRhcmdldEIQCg5fbWFza19kaWxhdGlvbiJlChJTZWdtZW50YXRpb25SZXN1bHQSJQoJaW5zdGFuY2VzGAEgAygLMhIubWljMmUudjEuSW5zdGFuY2USKAoKcHJvdmVuYW5jZRgCIAEoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2UizwEKE1JlbW92ZU9iamVjdHNSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSJQoJaW5zdGFuY2VzGAMgAygLMhIubWljMmUudjEuSW5zdGFuY2USJAoGc3RhZ2VzGAQgAygLMhQubWljMmUudjEuUHJvdmVuYW5jZRImCgd0aW1pbmdzGAUgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcirwEKFVJlbW92ZU9iamVjdHNSZXNwb25zZRImCghwcm9ncmVzcxgBIAEoCzISLm1pYzJlLnYxLlByb2dyZXNzSAASNAoMc2VnbWVudGF0aW9uGAIgASgLMhwubWljMmUudjEuU2VnbWVudGF0aW9uUmVzdWx0SAASLwoGcmVzdWx0GAMgASgLMh0ubWljMmUudjEuUmVtb3ZlT2JqZWN0c1Jlc3VsdEgAQgcKBWV2ZW50Ip4CChVSZXBsYWNlT2JqZWN0c1JlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIkCgR0ZXh0GAIgASgLMhQubWljMmUudjEuVGV4dFRhcmdldEgAEigKBnByb21wdBgDIAEoCzIWLm1pYzJlLnYxLlByb21wdFRhcmdldEgAEiUKBW1hc2tzGAQgASgLMhQubWljMmUudjEuTWFza1RhcmdldEgAEhwKA2JveBgFIAEoCzINLm1pYzJlLnYxLkJveEgAEhMKC3JlcGxhY2VtZW50GAYgASgJEjEKD2lucGFpbnRfb3B0aW9ucxgHIAEoCzIYLm1pYzJlLnYxLklucGFpbnRPcHRpb25zQggKBnRhcmdldCKEAgoUUmVwbGFjZU9iamVjdHNSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSJQoJaW5zdGFuY2VzGAMgAygLMhIubWljMmUudjEuSW5zdGFuY2USJAoGc3RhZ2VzGAQgAygLMhQubWljMmUudjEuUHJvdmVuYW5jZRImCgd0aW1pbmdzGAUgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcSGAoQcHJvbXB0X3RydW5jYXRlZBgGIAEoCBIYChB0cnVuY2F0ZWRfcHJvbXB0GAcgASgJIrEBChZSZXBsYWNlT2JqZWN0c1Jlc3BvbnNlEiYKCHByb2dyZXNzGAEgASgLMhIubWljMmUudjEuUHJvZ3Jlc3NIABI0CgxzZWdtZW50YXRpb24YAiABKAsyHC5taWMyZS52MS5TZWdtZW50YXRpb25SZXN1bHRIABIwCgZyZXN1bHQYAyABKAsyHi5taWMyZS52MS5SZXBsYWNlT2JqZWN0c1Jlc3VsdEgAQgcKBWV2ZW50MukDCgtFZGl0U2VydmljZRJSCg1SZW1vdmVPYmplY3RzEh4ubWljMmUudjEuUmVtb3ZlT2JqZWN0c1JlcXVlc3QaHy5taWMyZS52MS5SZW1vdmVPYmplY3RzUmVzcG9uc2UwARJQCg1TZWdtZW50QnlUZXh0Eh4ubWljMmUudjEuU2VnbWVudEJ5VGV4dFJlcXVlc3QaHy5taWMyZS52MS5TZWdtZW50QnlUZXh0UmVzcG9uc2USVgoPU2VnbWVudEJ5UHJvbXB0EiAubWljMmUudjEuU2VnbWVudEJ5UHJvbXB0UmVxdWVzdBohLm1pYzJlLnYxLlNlZ21lbnRCeVByb21wdFJlc3BvbnNlEkMKCEdlbmVyYXRlEhkubWljMmUudjEuR2VuZXJhdGVSZXF1ZXN0GhoubWljMmUudjEuR2VuZXJhdGVSZXNwb25zZTABElUKDlJlcGxhY2VPYmplY3RzEh8ubWljMmUudjEuUmVwbGFjZU9iamVjdHNSZXF1ZXN0GiAubWljMmUudjEuUmVwbGFjZU9iamVjdHNSZXNwb25zZTABEkAKB0lucGFpbnQSGC5taWMyZS52MS5JbnBhaW50UmVxdWVzdBoZLm1pYzJlLnYxLklucGFpbnRSZXNwb25zZTABYgZwcm90bzM", [file_mic2e_v1_common, file_mic2e_v1_flux, file_mic2e_v1_object_clear, file_mic2e_v1_segmentation]);
+  fileDesc("ChttaWMyZS92MS9vcmNoZXN0cmF0b3IucHJvdG8SCG1pYzJlLnYxIlcKClRleHRUYXJnZXQSDAoEdGV4dBgBIAEoCRIWCgltaW5fc2NvcmUYAiABKAJIAIgBARIVCg1tYXhfaW5zdGFuY2VzGAMgASgNQgwKCl9taW5fc2NvcmUiSwoMUHJvbXB0VGFyZ2V0Eh8KBnBvaW50cxgBIAMoCzIPLm1pYzJlLnYxLlBvaW50EhoKA2JveBgCIAEoCzINLm1pYzJlLnYxLkJveCIrCgpNYXNrVGFyZ2V0Eh0KBW1hc2tzGAEgAygLMg4ubWljMmUudjEuTWFzayKjAgoUUmVtb3ZlT2JqZWN0c1JlcXVlc3QSHgoFaW1hZ2UYASABKAsyDy5taWMyZS52MS5JbWFnZRIkCgR0ZXh0GAIgASgLMhQubWljMmUudjEuVGV4dFRhcmdldEgAEigKBnByb21wdBgDIAEoCzIWLm1pYzJlLnYxLlByb21wdFRhcmdldEgAEiUKBW1hc2tzGAQgASgLMhQubWljMmUudjEuTWFza1RhcmdldEgAEhoKDW1hc2tfZGlsYXRpb24YBSABKA1IAYgBARItCg1jbGVhcl9vcHRpb25zGAYgASgLMhYubWljMmUudjEuQ2xlYXJPcHRpb25zEg0KBWxhYmVsGAcgASgJQggKBnRhcmdldEIQCg5fbWFza19kaWxhdGlvbiJlChJTZWdtZW50YXRpb25SZXN1bHQSJQoJaW5zdGFuY2VzGAEgAygLMhIubWljMmUudjEuSW5zdGFuY2USKAoKcHJvdmVuYW5jZRgCIAEoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2UiwgIKE1JlbW92ZU9iamVjdHNSZXN1bHQSJQoFaW1hZ2UYASABKAsyFi5taWMyZS52MS5FbmNvZGVkSW1hZ2USHAoEbWFzaxgCIAEoCzIOLm1pYzJlLnYxLk1hc2sSJQoJaW5zdGFuY2VzGAMgAygLMhIubWljMmUudjEuSW5zdGFuY2USJAoGc3RhZ2VzGAQgAygLMhQubWljMmUudjEuUHJvdmVuYW5jZRImCgd0aW1pbmdzGAUgAygLMhUubWljMmUudjEuU3RhZ2VUaW1pbmcSIwoFcGF0Y2gYBiABKAsyFC5taWMyZS52MS5JbWFnZVBhdGNoEiQKDXJlcGFpbnRlZF9ib3gYByABKAsyDS5taWMyZS52MS5Cb3gSJgoOcmVwYWludGVkX21hc2sYCCABKAsyDi5taWMyZS52MS5NYXNrIq8BChVSZW1vdmVPYmplY3RzUmVzcG9uc2USJgoIcHJvZ3Jlc3MYASABKAsyEi5taWMyZS52MS5Qcm9ncmVzc0gAEjQKDHNlZ21lbnRhdGlvbhgCIAEoCzIcLm1pYzJlLnYxLlNlZ21lbnRhdGlvblJlc3VsdEgAEi8KBnJlc3VsdBgDIAEoCzIdLm1pYzJlLnYxLlJlbW92ZU9iamVjdHNSZXN1bHRIAEIHCgVldmVudCKeAgoVUmVwbGFjZU9iamVjdHNSZXF1ZXN0Eh4KBWltYWdlGAEgASgLMg8ubWljMmUudjEuSW1hZ2USJAoEdGV4dBgCIAEoCzIULm1pYzJlLnYxLlRleHRUYXJnZXRIABIoCgZwcm9tcHQYAyABKAsyFi5taWMyZS52MS5Qcm9tcHRUYXJnZXRIABIlCgVtYXNrcxgEIAEoCzIULm1pYzJlLnYxLk1hc2tUYXJnZXRIABIcCgNib3gYBSABKAsyDS5taWMyZS52MS5Cb3hIABITCgtyZXBsYWNlbWVudBgGIAEoCRIxCg9pbnBhaW50X29wdGlvbnMYByABKAsyGC5taWMyZS52MS5JbnBhaW50T3B0aW9uc0IICgZ0YXJnZXQi9wIKFFJlcGxhY2VPYmplY3RzUmVzdWx0EiUKBWltYWdlGAEgASgLMhYubWljMmUudjEuRW5jb2RlZEltYWdlEhwKBG1hc2sYAiABKAsyDi5taWMyZS52MS5NYXNrEiUKCWluc3RhbmNlcxgDIAMoCzISLm1pYzJlLnYxLkluc3RhbmNlEiQKBnN0YWdlcxgEIAMoCzIULm1pYzJlLnYxLlByb3ZlbmFuY2USJgoHdGltaW5ncxgFIAMoCzIVLm1pYzJlLnYxLlN0YWdlVGltaW5nEhgKEHByb21wdF90cnVuY2F0ZWQYBiABKAgSGAoQdHJ1bmNhdGVkX3Byb21wdBgHIAEoCRIjCgVwYXRjaBgIIAEoCzIULm1pYzJlLnYxLkltYWdlUGF0Y2gSJAoNcmVwYWludGVkX2JveBgJIAEoCzINLm1pYzJlLnYxLkJveBImCg5yZXBhaW50ZWRfbWFzaxgKIAEoCzIOLm1pYzJlLnYxLk1hc2sisQEKFlJlcGxhY2VPYmplY3RzUmVzcG9uc2USJgoIcHJvZ3Jlc3MYASABKAsyEi5taWMyZS52MS5Qcm9ncmVzc0gAEjQKDHNlZ21lbnRhdGlvbhgCIAEoCzIcLm1pYzJlLnYxLlNlZ21lbnRhdGlvblJlc3VsdEgAEjAKBnJlc3VsdBgDIAEoCzIeLm1pYzJlLnYxLlJlcGxhY2VPYmplY3RzUmVzdWx0SABCBwoFZXZlbnQy6QMKC0VkaXRTZXJ2aWNlElIKDVJlbW92ZU9iamVjdHMSHi5taWMyZS52MS5SZW1vdmVPYmplY3RzUmVxdWVzdBofLm1pYzJlLnYxLlJlbW92ZU9iamVjdHNSZXNwb25zZTABElAKDVNlZ21lbnRCeVRleHQSHi5taWMyZS52MS5TZWdtZW50QnlUZXh0UmVxdWVzdBofLm1pYzJlLnYxLlNlZ21lbnRCeVRleHRSZXNwb25zZRJWCg9TZWdtZW50QnlQcm9tcHQSIC5taWMyZS52MS5TZWdtZW50QnlQcm9tcHRSZXF1ZXN0GiEubWljMmUudjEuU2VnbWVudEJ5UHJvbXB0UmVzcG9uc2USQwoIR2VuZXJhdGUSGS5taWMyZS52MS5HZW5lcmF0ZVJlcXVlc3QaGi5taWMyZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESVQoOUmVwbGFjZU9iamVjdHMSHy5taWMyZS52MS5SZXBsYWNlT2JqZWN0c1JlcXVlc3QaIC5taWMyZS52MS5SZXBsYWNlT2JqZWN0c1Jlc3BvbnNlMAESQAoHSW5wYWludBIYLm1pYzJlLnYxLklucGFpbnRSZXF1ZXN0GhkubWljMmUudjEuSW5wYWludFJlc3BvbnNlMAFiBnByb3RvMw", [file_mic2e_v1_common, file_mic2e_v1_flux, file_mic2e_v1_object_clear, file_mic2e_v1_segmentation]);
 
 /**
  * Remove every instance matching a text prompt.
@@ -220,7 +220,8 @@ export const SegmentationResultSchema: GenMessage<SegmentationResult> = /*@__PUR
  */
 export type RemoveObjectsResult = Message<"mic2e.v1.RemoveObjectsResult"> & {
   /**
-   * The edited image at the input's size.
+   * The edited image at the input's size; unset when `clear_options.output_patch` asked
+   * for `patch` instead.
    *
    * @generated from field: mic2e.v1.EncodedImage image = 1;
    */
@@ -253,6 +254,28 @@ export type RemoveObjectsResult = Message<"mic2e.v1.RemoveObjectsResult"> & {
    * @generated from field: repeated mic2e.v1.StageTiming timings = 5;
    */
   timings: StageTiming[];
+
+  /**
+   * The changed part of the picture, when `clear_options.output_patch` asked for it.
+   *
+   * @generated from field: mic2e.v1.ImagePatch patch = 6;
+   */
+  patch?: ImagePatch | undefined;
+
+  /**
+   * The bounding box of the repainted region: every pixel outside it is the input's own.
+   *
+   * @generated from field: mic2e.v1.Box repainted_box = 7;
+   */
+  repaintedBox?: Box | undefined;
+
+  /**
+   * The repainted region at the image's size, when `clear_options.output_repainted_mask`
+   * asked.
+   *
+   * @generated from field: mic2e.v1.Mask repainted_mask = 8;
+   */
+  repaintedMask?: Mask | undefined;
 };
 
 /**
@@ -391,7 +414,7 @@ export const ReplaceObjectsRequestSchema: GenMessage<ReplaceObjectsRequest> = /*
 export type ReplaceObjectsResult = Message<"mic2e.v1.ReplaceObjectsResult"> & {
   /**
    * The edited image at the input's size; outside the dilated, feathered mask, the
-   * input's own pixels.
+   * input's own pixels. Unset when `inpaint_options.output_patch` asked for `patch`.
    *
    * @generated from field: mic2e.v1.EncodedImage image = 1;
    */
@@ -438,6 +461,28 @@ export type ReplaceObjectsResult = Message<"mic2e.v1.ReplaceObjectsResult"> & {
    * @generated from field: string truncated_prompt = 7;
    */
   truncatedPrompt: string;
+
+  /**
+   * The changed part of the picture, when `inpaint_options.output_patch` asked for it.
+   *
+   * @generated from field: mic2e.v1.ImagePatch patch = 8;
+   */
+  patch?: ImagePatch | undefined;
+
+  /**
+   * The bounding box of the repainted region: every pixel outside it is the input's own.
+   *
+   * @generated from field: mic2e.v1.Box repainted_box = 9;
+   */
+  repaintedBox?: Box | undefined;
+
+  /**
+   * The repainted region at the image's size, when
+   * `inpaint_options.output_repainted_mask` asked.
+   *
+   * @generated from field: mic2e.v1.Mask repainted_mask = 10;
+   */
+  repaintedMask?: Mask | undefined;
 };
 
 /**
