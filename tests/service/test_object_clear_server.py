@@ -206,7 +206,10 @@ async def test_the_published_layout_serves_the_references_picture_through_clear(
         image=common_pb2.Image(data=(case / "input.png").read_bytes()),
         masks=[common_pb2.Mask(width=mask.shape[1], height=mask.shape[0],
                                png=codecs.encode_mask_png(mask))],
-        options=object_clear_pb2.ClearOptions(seed=params["seed"]))  # all else: defaults
+        # The reference's picture is the reference strategy (resize keeps the photo's own
+        # pixels outside the repainted region); all else: the server's defaults.
+        options=object_clear_pb2.ClearOptions(
+            seed=params["seed"], strategy=object_clear_pb2.CLEAR_STRATEGY_REFERENCE))
     async with serving(create_server(settings)) as (_, channel):
         events = await drain(object_clear_pb2_grpc.ObjectClearServiceStub(channel).Clear(request))
     result = events[-1].result

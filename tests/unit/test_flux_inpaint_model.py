@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mic2e_services.flux.model import FluxGenerator, _feathered, _working_mask
+from mic2e_services.flux.model import FluxGenerator, _working_mask
 from mic2e_services.flux.types import inpaint_working_size
 from mic2e_services.object_clear.fusion import dilate_mask
+from mic2e_services.regions import feathered as _feathered
 
 from tests.masks import within
 

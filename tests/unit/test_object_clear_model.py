@@ -258,7 +258,8 @@ def test_warmup_calibrates_estimates(model):
     model.warmup()
     short, long = query(steps=5), query(steps=50)
     assert 0 < model.estimate_seconds(short) < model.estimate_seconds(long)
-    assert model.batch_key(short) == (working_size(WIDTH, HEIGHT, SHORT_SIDE), 5, 2.5, True)
+    assert model.batch_key(short) == (working_size(WIDTH, HEIGHT, SHORT_SIDE), 5, 2.5, True,
+                                      False)
 
 
 # -- the pipeline -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from mic2e.types import (
     GenerateResult,
     InpaintResult,
     Instance,
+    Patch,
     Point,
     Progress,
     PromptSegmentation,
@@ -55,6 +56,20 @@ def mask_proto(mask: MaskInput) -> common_pb2.Mask:
             arr = codecs.decode_mask_png(f.read())
     h, w = arr.shape
     return common_pb2.Mask(width=w, height=h, png=codecs.encode_mask_png(arr))
+
+
+#: ClearStrategy values by name.
+STRATEGIES = {"resize": object_clear_pb2.CLEAR_STRATEGY_RESIZE,
+              "crop": object_clear_pb2.CLEAR_STRATEGY_CROP,
+              "reference": object_clear_pb2.CLEAR_STRATEGY_REFERENCE}
+
+
+def strategy(name: str) -> int:
+    try:
+        return STRATEGIES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}"
+                         ) from None
 
 
 def output_format(name: str) -> int:
@@ -112,6 +127,27 @@ def decoded(msg: common_pb2.EncodedImage) -> Image.Image:
     return img
 
 
+def picture(result: object, sent: bytes | None) -> dict:
+    """An edit result's picture fields: the whole picture the server sent, or the patch
+    it sent applied to `sent` (the input's bytes, decoded here as the servers decode
+    them, once); the repainted box and mask."""
+    box = result.repainted_box  # type: ignore[attr-defined]
+    out: dict = {"repainted_box": (int(box.x0), int(box.y0), int(box.x1), int(box.y1)),
+                 "repainted_mask": (mask_array(result.repainted_mask)  # type: ignore[attr-defined]
+                                    if result.HasField("repainted_mask") else None)}  # type: ignore[attr-defined]
+    if not result.HasField("patch"):  # type: ignore[attr-defined]
+        image = result.image  # type: ignore[attr-defined]
+        return {**out, "image": decoded(image), "data": image.data}
+    patch = result.patch  # type: ignore[attr-defined]
+    if sent is None:
+        raise codecs.CodecError("got a patch, but this call sent no image bytes to apply it to")
+    with Image.open(io.BytesIO(patch.image.data)) as img:
+        overlay = img.convert("RGBA")
+    whole = codecs.apply_patch(codecs.decode_image(sent), overlay, patch.x, patch.y)
+    return {**out, "image": whole, "data": None,
+            "patch": Patch(patch.x, patch.y, patch.image.data)}
+
+
 def text_segmentation(msg: segmentation_pb2.SegmentByTextResponse) -> TextSegmentation:
     return TextSegmentation(instances(msg.instances), msg.image_width, msg.image_height,
                             msg.image_sha256, provenance(msg.provenance))
@@ -122,12 +158,13 @@ def prompt_segmentation(msg: segmentation_pb2.SegmentByPromptResponse) -> Prompt
                               msg.image_height, msg.image_sha256, provenance(msg.provenance))
 
 
-def clear_event(msg: object_clear_pb2.ClearResponse) -> Progress | ClearResult:
+def clear_event(msg: object_clear_pb2.ClearResponse, sent: bytes | None = None
+                ) -> Progress | ClearResult:
     if msg.WhichOneof("event") == "progress":
         return progress(msg.progress)
     r = msg.result
-    return ClearResult(decoded(r.image), mask_array(r.mask), provenance(r.provenance),
-                       r.image.data)
+    return ClearResult(mask=mask_array(r.mask), provenance=provenance(r.provenance),
+                       **picture(r, sent))
 
 
 def generate_event(msg: flux_pb2.GenerateResponse) -> Progress | GenerateResult:
@@ -156,29 +193,34 @@ def _stages(r: orchestrator_pb2.RemoveObjectsResult | orchestrator_pb2.ReplaceOb
             {t.stage: t.duration.ToNanoseconds() / 1e9 for t in r.timings})
 
 
-def remove_event(msg: orchestrator_pb2.RemoveObjectsResponse
+def remove_event(msg: orchestrator_pb2.RemoveObjectsResponse, sent: bytes | None = None
                  ) -> Progress | Segmented | RemoveResult:
     event = _composed_event(msg)
     if event is not None:
         return event
     r = msg.result
-    return RemoveResult(decoded(r.image), mask_array(r.mask), instances(r.instances),
-                        *_stages(r), r.image.data)
+    stages, timings = _stages(r)
+    return RemoveResult(mask=mask_array(r.mask), instances=instances(r.instances),
+                        stages=stages, timings=timings, **picture(r, sent))
 
 
-def inpaint_event(msg: flux_pb2.InpaintResponse) -> Progress | InpaintResult:
+def inpaint_event(msg: flux_pb2.InpaintResponse, sent: bytes | None = None
+                  ) -> Progress | InpaintResult:
     if msg.WhichOneof("event") == "progress":
         return progress(msg.progress)
     r = msg.result
-    return InpaintResult(decoded(r.image), mask_array(r.mask), provenance(r.provenance),
-                         r.prompt_truncated, r.truncated_prompt, r.image.data)
+    return InpaintResult(mask=mask_array(r.mask), provenance=provenance(r.provenance),
+                         prompt_truncated=r.prompt_truncated,
+                         truncated_prompt=r.truncated_prompt, **picture(r, sent))
 
 
-def replace_event(msg: orchestrator_pb2.ReplaceObjectsResponse
+def replace_event(msg: orchestrator_pb2.ReplaceObjectsResponse, sent: bytes | None = None
                   ) -> Progress | Segmented | ReplaceResult:
     event = _composed_event(msg)
     if event is not None:
         return event
     r = msg.result
-    return ReplaceResult(decoded(r.image), mask_array(r.mask), instances(r.instances),
-                         *_stages(r), r.prompt_truncated, r.truncated_prompt, r.image.data)
+    stages, timings = _stages(r)
+    return ReplaceResult(mask=mask_array(r.mask), instances=instances(r.instances),
+                         stages=stages, timings=timings, prompt_truncated=r.prompt_truncated,
+                         truncated_prompt=r.truncated_prompt, **picture(r, sent))

@@ -9,9 +9,11 @@
     mic2e generate PROMPT -o OUT
     mic2e health
 
-`--server HOST:PORT` picks the server (default: the orchestrator, localhost:50051); a model
-server may be called directly (segment -> segmentation, remove --mask -> object-clear,
-generate -> flux). A point's LABEL is 1 (object, default) or 0 (background).
+`-o OUT` is written in the format its extension names (.png, .jpg/.jpeg, .webp), with
+the input's colour profile. `--server HOST:PORT` picks the server (default: the
+orchestrator, localhost:50051); a model server may be called directly (segment ->
+segmentation, remove --mask -> object-clear, generate -> flux). A point's LABEL is 1
+(object, default) or 0 (background).
 Exit codes: 0 ok, 1 the call failed (the status and bad field are printed), 2 bad usage.
 """
 
@@ -106,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference ObjectClear's 'object'; another word changes the picture)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the server's)")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
+    p.add_argument("--strategy", choices=("resize", "crop", "reference"),
+                   help="how the result is made at the photo's size: resize (default: the "
+                        "photo's own pixels outside the repainted region), crop (the model "
+                        "on a crop around the object, at its full resolution), reference "
+                        "(the reference ObjectClear's picture: all of it resampled)")
 
     p = sub.add_parser("replace", help="repaint objects from a prompt ('the dog' -> 'a cat')",
                        parents=[connection])
@@ -180,8 +187,20 @@ def _check_text(command: str, args: argparse.Namespace) -> None:
         raise SystemExit(f"mic2e {command}: --text is empty; say what to find, e.g. --text dog")
 
 
+def _write(result: Any, path: Path) -> None:
+    """The whole picture in the format `path`'s extension names: the server's own bytes
+    when it sent that format whole, else encoded here (the client applied a patch)."""
+    fmt = codecs.format_of(str(path))
+    data = result.data
+    if data is None or codecs.EXTENSIONS.get(f".{result.image.format or ''}".lower()) != fmt:
+        data = codecs.encode_image(result.image, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def _remove(client: Client, args: argparse.Namespace) -> None:
-    options = {"steps": args.steps, "seed": args.seed}
+    options = {"steps": args.steps, "seed": args.seed, "strategy": args.strategy,
+               "output_format": codecs.format_of(str(args.output))}
     _check_text("remove", args)
     targets = sum(bool(x) for x in (args.text is not None, args.point or args.box, args.mask))
     if targets != 1:
@@ -194,9 +213,12 @@ def _remove(client: Client, args: argparse.Namespace) -> None:
             args.image, text=args.text, points=args.point, box=args.box, masks=args.mask,
             min_score=args.min_score, mask_dilation=args.dilation, label=args.label, **options)
     result = _follow(events)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(result.data)
-    print(f"wrote {args.output} ({result.image.width}x{result.image.height})")
+    _write(result, args.output)
+    x0, y0, x1, y1 = result.repainted_box
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height}; repainted "
+          f"{x1 - x0}x{y1 - y0} at ({x0}, {y0}), every other pixel the input's own)"
+          if args.strategy != "reference" else
+          f"wrote {args.output} ({result.image.width}x{result.image.height})")
     _print_timings(getattr(result, "timings", None) or result.provenance.timings)
 
 
@@ -219,7 +241,8 @@ def _follow(events: Iterator[Any]) -> Any:
 
 def _replace(client: Client, args: argparse.Namespace) -> None:
     options = {"strength": args.strength, "steps": args.steps, "seed": args.seed,
-               "mask_dilation": args.dilation, "feather": args.feather}
+               "mask_dilation": args.dilation, "feather": args.feather,
+               "output_format": codecs.format_of(str(args.output))}
     if args.command == "fill":
         events = client.fill(args.image, args.box, args.prompt, **options)
     else:
@@ -232,8 +255,7 @@ def _replace(client: Client, args: argparse.Namespace) -> None:
             args.image, args.prompt, text=args.text, points=args.point, box=args.box,
             masks=args.mask, min_score=args.min_score, **options)
     result = _follow(events)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(result.data)
+    _write(result, args.output)
     note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
           f"{int(result.mask.sum())} px repainted){note}")
@@ -262,16 +284,16 @@ def _segment(client: Client, args: argparse.Namespace) -> None:
 
 def _generate(client: Client, args: argparse.Namespace) -> None:
     result = None
+    fmt = codecs.format_of(str(args.output))
     with _Bar() as bar:
         for event in client.generate(args.prompt, width=args.width, height=args.height,
-                                     steps=args.steps, seed=args.seed):
+                                     steps=args.steps, seed=args.seed, output_format=fmt):
             if isinstance(event, Progress):
                 bar.update(event)
             else:
                 result = event
     assert result is not None
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(result.data)
+    _write(result, args.output)
     note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
           f"seed {result.provenance.seed}){note}")
@@ -293,7 +315,14 @@ def _health(client: Client, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    output = getattr(args, "output", None)
+    if output is not None and args.command != "segment":
+        try:  # before any call: a format we cannot write is a usage error
+            codecs.format_of(str(output))
+        except codecs.CodecError as exc:
+            parser.error(f"-o {output}: {exc}")
     try:
         credentials = None
         if args.tls_ca or args.tls_cert:

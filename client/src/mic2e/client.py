@@ -95,11 +95,22 @@ def _generate_request(prompt: str, width: int | None, height: int | None, steps:
     return req
 
 
-def _clear_options(options: dict[str, Any]) -> object_clear_pb2.ClearOptions:
+def _picture_options(options: dict[str, Any], patches: bool) -> dict[str, Any]:
+    """The options every edit takes about its picture: the output format, a patch (when
+    the client applies patches), the repainted mask (`repainted_mask=True`)."""
+    return {"output_format": cv.output_format(options.pop("output_format", None) or "png"),
+            "output_patch": patches,
+            "output_repainted_mask": bool(options.pop("repainted_mask", False))}
+
+
+def _clear_options(options: dict[str, Any], patches: bool = False
+                   ) -> object_clear_pb2.ClearOptions:
     """Keyword options -> ClearOptions (None means the server default)."""
     opts = object_clear_pb2.ClearOptions(
-        output_format=cv.output_format(options.pop("output_format", "png")),
-        mask_dilation=options.pop("mask_dilation", 0) or 0)
+        mask_dilation=options.pop("mask_dilation", 0) or 0,
+        **_picture_options(options, patches))
+    if options.get("strategy") is not None:
+        options["strategy"] = cv.strategy(options["strategy"])
     for name, value in options.items():
         if value is not None:
             setattr(opts, name, value)
@@ -108,20 +119,20 @@ def _clear_options(options: dict[str, Any]) -> object_clear_pb2.ClearOptions:
 
 def _remove_request(image: common_pb2.Image, text: str | None, points: Sequence, box: BoxT | None,
                     masks: Sequence[cv.MaskInput], min_score: float | None, max_instances: int,
-                    mask_dilation: int | None, label: str, options: dict[str, Any]
-                    ) -> orchestrator_pb2.RemoveObjectsRequest:
-    req = orchestrator_pb2.RemoveObjectsRequest(image=image, label=label,
-                                                clear_options=_clear_options(dict(options)))
+                    mask_dilation: int | None, label: str, options: dict[str, Any],
+                    patches: bool) -> orchestrator_pb2.RemoveObjectsRequest:
+    req = orchestrator_pb2.RemoveObjectsRequest(
+        image=image, label=label, clear_options=_clear_options(dict(options), patches))
     _set_target(req, text, points, box, masks, None, min_score, max_instances)
     if mask_dilation is not None:
         req.mask_dilation = mask_dilation
     return req
 
 
-def _inpaint_options(options: dict[str, Any]) -> flux_pb2.InpaintOptions:
+def _inpaint_options(options: dict[str, Any], patches: bool = False
+                     ) -> flux_pb2.InpaintOptions:
     """Keyword options -> InpaintOptions (None means the server default)."""
-    opts = flux_pb2.InpaintOptions(
-        output_format=cv.output_format(options.pop("output_format", "png")))
+    opts = flux_pb2.InpaintOptions(**_picture_options(options, patches))
     for name, value in options.items():
         if value is not None:
             setattr(opts, name, value)
@@ -131,9 +142,11 @@ def _inpaint_options(options: dict[str, Any]) -> flux_pb2.InpaintOptions:
 def _replace_request(image: common_pb2.Image, replacement: str, text: str | None,
                      points: Sequence, box: BoxT | None, masks: Sequence[cv.MaskInput],
                      fill_box: BoxT | None, min_score: float | None, max_instances: int,
-                     options: dict[str, Any]) -> orchestrator_pb2.ReplaceObjectsRequest:
+                     options: dict[str, Any], patches: bool
+                     ) -> orchestrator_pb2.ReplaceObjectsRequest:
     req = orchestrator_pb2.ReplaceObjectsRequest(
-        image=image, replacement=replacement, inpaint_options=_inpaint_options(dict(options)))
+        image=image, replacement=replacement,
+        inpaint_options=_inpaint_options(dict(options), patches))
     _set_target(req, text, points, box, masks, fill_box, min_score, max_instances)
     return req
 
@@ -172,13 +185,18 @@ class AsyncClient:
         credentials: channel credentials for TLS / mTLS (None: plaintext).
         token: bearer token sent as ``authorization`` metadata.
         timeout: default deadline of every call, in seconds (None: no deadline).
+        image_patches: edits (remove, replace, fill, inpaint, clear) ask the server for
+            the changed part only and apply it to the image sent, so the result's `image`
+            is still the whole picture while a fraction of it travels (default True;
+            False: the server sends the whole picture, `data` holds its bytes).
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *,
                  credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, image_patches: bool = True) -> None:
         self.address = address
         self.timeout = timeout
+        self.image_patches = image_patches
         self._channel = aio_channel(address, credentials=credentials)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._refs = ImageReferences()
@@ -279,11 +297,11 @@ class AsyncClient:
         """ObjectClear directly on an object-clear server (see `Client.clear`)."""
         data = cv.image_bytes(image)
         mask_msgs = [cv.mask_proto(m) for m in masks]
-        opts = _clear_options(dict(options))
+        opts = _clear_options(dict(options), self.image_patches)
         async for event in self._stream(data, lambda img: self._clear.Clear(
                 object_clear_pb2.ClearRequest(image=img, masks=mask_msgs, label=label,
                                               options=opts), **self._kw(timeout)),
-                cv.clear_event):
+                lambda m: cv.clear_event(m, data)):
             yield event
 
     async def inpaint(self, image: cv.ImageInput, masks: Sequence[cv.MaskInput], prompt: str,
@@ -291,15 +309,16 @@ class AsyncClient:
                       ) -> AsyncIterator[Progress | InpaintResult]:
         """Repaint the masked region from `prompt` with FLUX (a flux server, or through the
         orchestrator): `Progress` per step, then one `InpaintResult`. `options`:
-        strength, steps, seed, guidance_scale, mask_dilation, feather, output_format."""
+        strength, steps, seed, guidance_scale, mask_dilation, feather, output_format,
+        repainted_mask."""
         stub = self._edit if await self.via_orchestrator() else self._flux
         data = cv.image_bytes(image)
         mask_msgs = [cv.mask_proto(m) for m in masks]
-        opts = _inpaint_options(dict(options))
+        opts = _inpaint_options(dict(options), self.image_patches)
         async for event in self._stream(data, lambda img: stub.Inpaint(
                 flux_pb2.InpaintRequest(image=img, masks=mask_msgs, prompt=prompt,
                                         options=opts), **self._kw(timeout)),
-                cv.inpaint_event):
+                lambda m: cv.inpaint_event(m, data)):
             yield event
 
     async def replace_objects(self, image: cv.ImageInput, replacement: str, *,
@@ -316,10 +335,10 @@ class AsyncClient:
         data = cv.image_bytes(image)
         build = lambda img: _replace_request(img, replacement, text, points, box,  # noqa: E731
                                              masks, fill_box, min_score, max_instances,
-                                             options)
+                                             options, self.image_patches)
         build(common_pb2.Image())
         async for event in self._stream(data, lambda img: self._edit.ReplaceObjects(
-                build(img), **self._kw(timeout)), cv.replace_event):
+                build(img), **self._kw(timeout)), lambda m: cv.replace_event(m, data)):
             yield event
 
     async def fill(self, image: cv.ImageInput, box: BoxT, prompt: str, *,
@@ -337,13 +356,19 @@ class AsyncClient:
                              max_instances: int = 0, mask_dilation: int | None = None,
                              label: str = "", timeout: float | None = None, **options: Any
                              ) -> AsyncIterator[Progress | Segmented | RemoveResult]:
-        """Segment (unless `masks`) and remove, through the orchestrator (see `Client`)."""
+        """Segment (unless `masks`) and remove, through the orchestrator: `Progress`,
+        `Segmented` (not for masks), per-step `Progress`, then one `RemoveResult`.
+        `options`: steps, guidance_scale, short_side, seed, fusion, strategy ("resize",
+        the default: the photo's own pixels outside the repainted region; "crop": the
+        model on a crop around the object; "reference": the reference's picture),
+        output_format, repainted_mask."""
         data = cv.image_bytes(image)
         build = lambda img: _remove_request(img, text, points, box, masks, min_score,  # noqa: E731
-                                            max_instances, mask_dilation, label, options)
+                                            max_instances, mask_dilation, label, options,
+                                            self.image_patches)
         build(common_pb2.Image())
         async for event in self._stream(data, lambda img: self._edit.RemoveObjects(
-                build(img), **self._kw(timeout)), cv.remove_event):
+                build(img), **self._kw(timeout)), lambda m: cv.remove_event(m, data)):
             yield event
 
 

@@ -1,10 +1,14 @@
 """Image and mask codecs shared by the client and the servers (numpy + Pillow, no torch).
 
 Images: PNG, JPEG and WebP in; EXIF orientation applied; every mode normalised to 8-bit
-RGB; the pixel count is checked from the header BEFORE any pixel is decoded, so a
-decompression bomb costs nothing; a PNG's every chunk (pixels included) must pass its CRC
-and the file must end with IEND, so a damaged or truncated upload is refused, never drawn
-half-grey. Masks: 1-bit PNG and COCO-style uncompressed RLE
+RGB; the ICC colour profile kept (`image.info["icc_profile"]`) and written into every
+output encoded from it; the pixel count and the aspect ratio are checked from the header
+BEFORE any pixel is decoded, so a decompression bomb or a 1x2,000,000 strip costs nothing;
+a PNG's every chunk (pixels included) must pass its CRC and the file must end with IEND,
+so a damaged or truncated upload is refused, never drawn half-grey. Out: PNG at zlib
+level 1 (measured: the fastest level, and no larger than the default at photo sizes),
+JPEG quality 95, lossless WebP. Patches: the changed part of an edited picture as RGBA
+(`patch_image`, `apply_patch`). Masks: 1-bit PNG and COCO-style uncompressed RLE
 (column-major, runs of 0s first), always at the image's size.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import struct
 import warnings
@@ -24,7 +29,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: Default limit on decoded pixels (about 40 megapixels, e.g. 8000x5000).
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Longest side over shortest side of an image any server takes. The models work on the
+#: whole picture at a bounded size (SAM3 1008x1008, ObjectClear a 512 short side, FLUX
+#: about 1 MP): past 8:1 (FLUX's own 2048 / 256) they would see a sliver, or be asked for
+#: a working size that costs minutes. One rule, from the header, on every server.
+MAX_ASPECT_RATIO = 8
+#: zlib level of PNG output: level 1 encodes a detailed 12 MP photo 2 to 5x faster than
+#: Pillow's default (6) at about the same size (README "Output formats").
+PNG_LEVEL = 1
 _OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+#: Output formats by file extension (what the CLI writes for `-o`).
+EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 class CodecError(ValueError):
@@ -45,18 +60,44 @@ def image_size(data: bytes) -> tuple[int, int]:
         return w, h
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode to an 8-bit RGB image, upright per EXIF; refuse oversize images unread."""
+def shape_problem(width: int, height: int) -> str | None:
+    """Why no model can use an image of this shape (an extreme aspect ratio), or None."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return (f"image is {width}x{height}: one side is more than {MAX_ASPECT_RATIO} times "
+                "the other, a shape no model here can use")
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode to an 8-bit RGB image, upright per EXIF, its ICC profile in
+    ``info["icc_profile"]``; refuse oversize and extreme shapes unread.
+
+    `draft`: a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) that keeps both
+    sides at least this (width, height) - several times cheaper than a full decode, for a
+    model that works at a fixed smaller size. Other formats decode in full."""
     with _open(data, max_pixels) as img:
         w, h = img.size
         if w * h > max_pixels:
             raise CodecError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+        problem = shape_problem(w, h)
+        if problem:
+            raise CodecError(problem)
+        icc = img.info.get("icc_profile")
         try:
+            if draft is not None and img.format == "JPEG":
+                dw, dh = draft
+                img.draft("RGB", (dh, dw) if _exif_swaps_axes(img) else (dw, dh))
             img.load()
             img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError) as exc:
             raise CodecError(f"image data is corrupt or truncated: {exc}") from None
-        return _to_rgb(img)
+        out = _to_rgb(img)
+        if icc:
+            out.info["icc_profile"] = icc
+        else:
+            out.info.pop("icc_profile", None)
+        return out
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -139,19 +180,55 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def encode_image(img: Image.Image, fmt: str = "png") -> bytes:
-    """Encode as ``png`` (lossless), ``jpeg`` (quality 95) or ``webp`` (lossless)."""
+def encode_image(img: Image.Image, fmt: str = "png", *, icc_profile: bytes | None = None,
+                 png_level: int = PNG_LEVEL) -> bytes:
+    """Encode as ``png`` (lossless, zlib `png_level`), ``jpeg`` (quality 95) or ``webp``
+    (lossless). The ICC profile written is `icc_profile`, else the image's own, if any."""
     name = _OUTPUT_FORMATS.get(fmt.lower())
     if name is None:
         raise CodecError(f"unknown output format {fmt!r}; use one of {sorted(_OUTPUT_FORMATS)}")
+    icc = icc_profile or img.info.get("icc_profile")
+    extra = {"icc_profile": icc} if icc else {}
     buf = io.BytesIO()
     if name == "JPEG":
-        img.convert("RGB").save(buf, "JPEG", quality=95)
+        img.convert("RGB").save(buf, "JPEG", quality=95, **extra)
     elif name == "WEBP":
-        img.save(buf, "WEBP", lossless=True)
+        img.save(buf, "WEBP", lossless=True, **extra)
     else:
-        img.save(buf, "PNG")
+        img.save(buf, "PNG", compress_level=png_level, **extra)
     return buf.getvalue()
+
+
+def format_of(path: str) -> str:
+    """The output format a file name's extension names (``photo.jpg`` -> ``jpeg``)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in EXTENSIONS:
+        what = f"a {ext} file" if ext else "a file without an extension"
+        raise CodecError(f"cannot write {what}: name it .png, .jpg, .jpeg or .webp")
+    return EXTENSIONS[ext]
+
+
+def patch_image(pixels: np.ndarray, changed: np.ndarray) -> Image.Image:
+    """An RGBA patch: `pixels` (h, w, 3) uint8 where `changed` (h, w) is set (alpha 255),
+    transparent black elsewhere (alpha 0; black compresses best)."""
+    rgba = np.zeros((*changed.shape, 4), np.uint8)
+    rgba[changed, :3] = pixels[changed]
+    rgba[changed, 3] = 255
+    return Image.fromarray(rgba, "RGBA")
+
+
+def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int) -> Image.Image:
+    """`base` (RGB) with the opaque pixels of the RGBA `patch` copied to (x, y); every
+    other pixel is base's own, byte for byte. A new image; base's ICC profile is kept."""
+    if patch.mode != "RGBA":
+        raise CodecError(f"a patch is an RGBA image, got mode {patch.mode}")
+    if x < 0 or y < 0 or x + patch.width > base.width or y + patch.height > base.height:
+        raise CodecError(f"a {patch.width}x{patch.height} patch at ({x}, {y}) does not fit a "
+                         f"{base.width}x{base.height} image")
+    out = base.copy()
+    # Alpha is 0 or 255, so paste copies exactly (no blending arithmetic on the pixels).
+    out.paste(patch.convert("RGB"), (x, y), patch.getchannel("A"))
+    return out
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:

@@ -86,13 +86,33 @@ class Segmented:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """The changed part of an edited picture, as the server sent it (`ImagePatch`): an
+    RGBA image (PNG or WebP) to put at (x, y) of the input; alpha 255 marks the result's
+    pixels. The client has applied it already (the result's `image`)."""
+
+    x: int
+    y: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class ClearResult:
-    """Final event of `clear`: the edited image and the mask used."""
+    """Final event of `clear`: the edited image (whole, at the input's size) and the mask
+    used."""
 
     image: Image.Image
     mask: np.ndarray
     provenance: Provenance
-    data: bytes
+    #: The server's encoded whole picture; None when it came as a patch (`patch`).
+    data: bytes | None
+    #: The changed part as it came over the wire, when the client asked for a patch.
+    patch: Patch | None = None
+    #: The box of the repainted region (x0, y0, x1, y1): every pixel outside it is the
+    #: input's own.
+    repainted_box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: The repainted region at the image's size, when asked (`repainted_mask=True`).
+    repainted_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +135,15 @@ class RemoveResult:
     instances: list[Instance]
     stages: list[Provenance]
     timings: dict[str, float]
-    data: bytes
+    #: The server's encoded whole picture; None when it came as a patch (`patch`).
+    data: bytes | None
+    #: The changed part as it came over the wire, when the client asked for a patch.
+    patch: Patch | None = None
+    #: The box of the repainted region (x0, y0, x1, y1): every pixel outside it is the
+    #: input's own.
+    repainted_box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: The repainted region at the image's size, when asked (`repainted_mask=True`).
+    repainted_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +156,15 @@ class InpaintResult:
     provenance: Provenance
     prompt_truncated: bool
     truncated_prompt: str
-    data: bytes
+    #: The server's encoded whole picture; None when it came as a patch (`patch`).
+    data: bytes | None
+    #: The changed part as it came over the wire, when the client asked for a patch.
+    patch: Patch | None = None
+    #: The box of the repainted region (x0, y0, x1, y1): every pixel outside it is the
+    #: input's own.
+    repainted_box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: The repainted region at the image's size, when asked (`repainted_mask=True`).
+    repainted_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -143,4 +179,12 @@ class ReplaceResult:
     timings: dict[str, float]
     prompt_truncated: bool
     truncated_prompt: str
-    data: bytes
+    #: The server's encoded whole picture; None when it came as a patch (`patch`).
+    data: bytes | None
+    #: The changed part as it came over the wire, when the client asked for a patch.
+    patch: Patch | None = None
+    #: The box of the repainted region (x0, y0, x1, y1): every pixel outside it is the
+    #: input's own.
+    repainted_box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: The repainted region at the image's size, when asked (`repainted_mask=True`).
+    repainted_mask: np.ndarray | None = None

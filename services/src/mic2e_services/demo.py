@@ -61,7 +61,7 @@ def run_demo(out: Path, address: str) -> None:
                 elif isinstance(event, Segmented):
                     print(f"{name}: segmented {len(event.instances)} instance(s)")
                 else:
-                    (out / f"{name}.png").write_bytes(event.data)
+                    (out / f"{name}.png").write_bytes(codecs.encode_image(event.image))
                     (out / f"{name}_mask.png").write_bytes(codecs.encode_mask_png(event.mask))
                     print(f"{name}: {steps} denoising steps streamed -> {out / name}.png "
                           f"({event.image.width}x{event.image.height}); "
@@ -72,7 +72,7 @@ def run_demo(out: Path, address: str) -> None:
         for event in client.replace_objects(image_path, "a sunflower", text="ball",
                                             min_score=0.0, max_instances=1, seed=0):
             if not isinstance(event, Progress | Segmented):
-                (out / "replace_text.png").write_bytes(event.data)
+                (out / "replace_text.png").write_bytes(codecs.encode_image(event.image))
                 print(f"replace_text: {event.stages[-1].steps} inpainting steps -> "
                       f"{out / 'replace_text.png'} ({event.image.width}x{event.image.height}, "
                       f"{int(event.mask.sum())} px repainted); {_timings(event.timings)}; "

@@ -45,6 +45,8 @@ class Field:
     max_chars: int | None = None
     max_items: int | None = None
     required: bool = False
+    #: The values a text field may take (an API enum, by name), None: any.
+    choices: tuple[str, ...] | None = None
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not allowed here, or None."""
@@ -57,6 +59,8 @@ class Field:
                 return "must not be empty"
             if self.max_chars is not None and len(value) > self.max_chars:
                 return f"at most {self.max_chars} characters, got {len(value)}"
+            if self.choices is not None and value not in self.choices:
+                return f"must be {self.range()}, got {value!r}"
             return None
         if self.kind is list:
             try:
@@ -95,13 +99,16 @@ class Field:
         if self.kind is bool and self.default is not None:
             said.append(f"Default {'on' if self.default else 'off'}")
         elif self.default not in (None, ""):
-            said.append(f"Default {_number(self.default)}")
+            value = self.default if self.kind is str else _number(self.default)
+            said.append(f"Default {value}")
         return said
 
     def range(self) -> str:
         """The allowed values in words, as the docs state them ("1 to 100")."""
         if self.kind is list:
             return f"1 to {self.max_items}" if self.required else f"at most {self.max_items}"
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
         if self.kind is str:
             chars = f"at most {self.max_chars} characters" if self.max_chars else "any text"
             return f"1 to {self.max_chars} characters" if self.required else chars

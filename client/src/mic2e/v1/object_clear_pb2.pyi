@@ -108,7 +108,9 @@ class ClearOptions(_message.Message):
     output_format: _common_pb2.ImageFormat.ValueType
     """Encoding of the output image. Default PNG."""
     strategy: Global___ClearStrategy.ValueType
-    """How the result is made at the input's size. Default RESIZE."""
+    """How the result is made at the input's size: one of RESIZE, CROP, REFERENCE (see
+    ClearStrategy). Default RESIZE.
+    """
     output_patch: _builtins.bool
     """Return only the changed part of the picture (`ClearResult.patch`) instead of the whole
     picture (`ClearResult.image`, then unset). Default false.

@@ -46,7 +46,8 @@ from mic2e_services.flux.types import (
     violations,
 )
 from mic2e_services.model_base import TorchModel
-from mic2e_services.object_clear.fusion import dilate_mask, dilated_array
+from mic2e_services.object_clear.fusion import dilated_array
+from mic2e_services.regions import composite, feathered
 from mic2e_services.runtime.model_api import StepContext
 
 __all__ = ["INPAINT_STAGE", "STAGE", "FluxGenerator", "GenerateOutput", "GenerateQuery",
@@ -270,10 +271,21 @@ class FluxGenerator(TorchModel):
         on_step, stopped = _stepper(stage, total, [contexts[i] for i in live])
 
         # 3. One pipeline call, one seeded generator per request (inpainting: at the
-        #    working size, on the grown masks).
+        #    working size, on the grown masks; the work before the first step stops too
+        #    when every caller has left).
         if inpaint:
-            masks = [dilated_array(q.mask, q.mask_dilation, self.device) for q in batch]
-            pictures = self._inpaint(batch, seeds, on_step, masks)
+            started = time.perf_counter()
+
+            def check() -> None:
+                if all(contexts[i].cancelled() for i in live):
+                    raise errors.Cancelled(f"cancelled before {what} started")
+
+            masks = []
+            for q in batch:
+                check()
+                masks.append(dilated_array(q.mask, q.mask_dilation, self.device))
+            pictures = self._inpaint(batch, seeds, on_step, masks, check)
+            prepare_s = (time.perf_counter() - started) / len(batch)
         else:
             pictures = self._generate(batch, seeds, on_step)
 
@@ -291,9 +303,12 @@ class FluxGenerator(TorchModel):
                      "truncated_prompt": seen if truncated else ""}
             if inpaint:
                 query = batch[j]
-                alpha, box = _feathered(masks[j], query.feather, self.device)
+                started = time.perf_counter()
+                alpha, box = feathered(masks[j], query.feather, self.device)
+                edit = composite(query.image, pictures[j], alpha, box)
                 results[i] = InpaintOutput(
-                    image=composite(query.image, pictures[j], alpha, box), mask=masks[j],
+                    edit=edit, mask=masks[j], timings={
+                        "prepare": prepare_s, "composite": time.perf_counter() - started},
                     **facts)
             else:
                 results[i] = GenerateOutput(image=pictures[j], **facts)
@@ -353,16 +368,22 @@ class FluxGenerator(TorchModel):
 
     def _inpaint(self, batch: Sequence[InpaintQuery], seeds: Sequence[int],
                  on_step: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]],
-                 masks: Sequence[np.ndarray] | None = None) -> list[Image.Image]:
-        """The repainted pictures at the working size (not yet composited)."""
+                 masks: Sequence[np.ndarray] | None = None,
+                 check: Callable[[], None] = lambda: None) -> list[Image.Image]:
+        """The repainted pictures at the working size (not yet composited). `check()`
+        runs before each picture's resizing (it raises when every caller has left)."""
         first = batch[0]
         width, height = inpaint_working_size(*first.image.size)
         steps, guidance = self._inpaint_settings(first)
         if masks is None:
             masks = [dilated_array(q.mask, q.mask_dilation, self.device) for q in batch]
-        images = [q.image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-                  for q in batch]
-        mask_images = [_working_mask(m, width, height, self.device) for m in masks]
+        images, mask_images = [], []
+        for q, m in zip(batch, masks, strict=True):
+            check()
+            image = q.image if q.image.mode == "RGB" else q.image.convert("RGB")
+            images.append(image.resize((width, height), Image.Resampling.LANCZOS))
+            mask_images.append(_working_mask(m, width, height, self.device))
+        check()
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = {}
         if guidance is not None:
@@ -427,54 +448,3 @@ def _warmup_mask(width: int, height: int) -> np.ndarray:
     mask = np.zeros((height, width), bool)
     mask[height // 4:-height // 4, width // 4:-width // 4] = True
     return mask
-
-
-#: (x0, y0, x1, y1): the part of an image where a composite's weights are not all 0.
-Box = tuple[int, int, int, int]
-
-
-def _feathered(mask: np.ndarray, feather: int, device: torch.device
-               ) -> tuple[np.ndarray, Box]:
-    """Blend weights in [0, 1], and the box they cover: 1 on `mask`, falling to 0 over
-    `feather` pixels outside it along rows and columns (up to 1.4x that on diagonals),
-    exactly 0 beyond: the mask grown by half the feather, then a box blur over the rest,
-    which has no tail. Only the box around the mask is computed, in two 1-D passes, so
-    the cost follows the mask's area and not the image's or the feather's square."""
-    h, w = mask.shape
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return np.zeros((0, 0), np.float32), (0, 0, 0, 0)
-    grow, blur = feather // 2, feather - feather // 2
-    # Wide enough that the blur never reaches a crop edge inside the image, where it
-    # would divide by fewer pixels than the whole image's blur does.
-    margin = feather + blur + 1
-    box = (max(0, cols[0] - margin), max(0, rows[0] - margin),
-           min(w, cols[-1] + 1 + margin), min(h, rows[-1] + 1 + margin))
-    alpha = torch.from_numpy(mask[box[1]:box[3], box[0]:box[2]]).to(device)
-    if feather > 0:
-        grown = dilate_mask(alpha, grow).float()[None, None]
-        pool = torch.nn.functional.avg_pool2d
-        k = 2 * blur + 1
-        grown = pool(grown, (1, k), stride=1, padding=(0, blur), count_include_pad=False)
-        grown = pool(grown, (k, 1), stride=1, padding=(blur, 0), count_include_pad=False)
-        alpha = torch.maximum(grown[0, 0], alpha.float())
-    return alpha.float().cpu().numpy(), tuple(int(v) for v in box)
-
-
-def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray, box: Box
-              ) -> Image.Image:
-    """`painted` (any size, the whole picture) over `image` at the image's size, with
-    weights `alpha` over `box`; where alpha is 0, and outside the box, the result is the
-    image's own pixels, unchanged."""
-    x0, y0, x1, y1 = box
-    out = np.array(image.convert("RGB"))
-    if x1 <= x0 or y1 <= y0:
-        return Image.fromarray(out)
-    sx, sy = painted.width / image.width, painted.height / image.height
-    top = np.asarray(painted.convert("RGB").resize(
-        (x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
-    base = out[y0:y1, x0:x1]
-    a = alpha[..., None]
-    mixed = np.rint(base * (1.0 - a) + top * a).clip(0, 255).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(a > 0, mixed, base)
-    return Image.fromarray(out)

@@ -52,6 +52,7 @@ class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
         async for message in stream_job(
                 self.worker, query, context, server="flux", stage="inpainting",
                 progress=lambda p: flux_pb2.InpaintResponse(progress=p),
-                result=lambda out, provenance: fx.inpaint_result(out, fmt, provenance),
+                result=lambda out, provenance: fx.inpaint_result(
+                    out, fmt, provenance, request=request, image=image),
                 keep=lambda: self.images.keep(image)):
             yield message

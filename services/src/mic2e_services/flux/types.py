@@ -7,11 +7,12 @@ No torch, no protobuf: shared by the model (`model.py`), the servicer's conversi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from mic2e_services.edits import Edit
 from mic2e_services.errors import FieldViolation
 from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
@@ -144,12 +145,19 @@ def inpaint_violations(query: InpaintQuery, *, guided: bool, steps: int
 
 @dataclass(frozen=True, eq=False)
 class InpaintOutput:
-    """The image at the input's size (outside the feathered mask: the input's own
-    pixels), the mask repainted (dilated), and what it took to reproduce it."""
+    """The inpainting as an `Edit` of the input (outside the feathered mask: the input's
+    own pixels; the whole picture: `image`), the mask repainted (dilated), what it took to
+    reproduce it, and the wall seconds of the work around the model (`timings`)."""
 
-    image: Image.Image
+    edit: Edit
     mask: np.ndarray
     seed: int
     steps: int
     prompt_truncated: bool
     truncated_prompt: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        """The whole picture (built on each access)."""
+        return self.edit.image

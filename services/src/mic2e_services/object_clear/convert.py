@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from mic2e.v1 import common_pb2, object_clear_pb2
@@ -9,6 +10,21 @@ from mic2e.v1 import common_pb2, object_clear_pb2
 from mic2e_services.object_clear.types import OPTIONS, ClearOutput, ClearQuery
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import StoredImage
+
+#: ClearStrategy values by the names the model takes (UNSPECIFIED: the default).
+_STRATEGIES = {object_clear_pb2.CLEAR_STRATEGY_RESIZE: "resize",
+               object_clear_pb2.CLEAR_STRATEGY_CROP: "crop",
+               object_clear_pb2.CLEAR_STRATEGY_REFERENCE: "reference"}
+
+
+def options(message: object_clear_pb2.ClearOptions) -> dict[str, Any]:
+    """The options the caller set, by ClearQuery attribute; the strategy by name (an
+    unknown enum value stays visible, for the field check to name)."""
+    given = convert.given(message, OPTIONS)
+    strategy = given.pop("strategy", 0)
+    if strategy != object_clear_pb2.CLEAR_STRATEGY_UNSPECIFIED:
+        given["strategy"] = _STRATEGIES.get(strategy, f"#{strategy}")
+    return given
 
 
 def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_pixels: int,
@@ -20,12 +36,22 @@ def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_p
                                              size=(image.width, image.height),
                                              max_pixels=max_pixels)
     kwargs = dict(defaults or {})
-    kwargs.update(convert.given(req.options, OPTIONS))
+    kwargs.update(options(req.options))
     return ClearQuery(image=image.image, mask=merged, label=req.label, **kwargs)
 
 
-def result(out: ClearOutput, fmt: str, provenance: common_pb2.Provenance
+def result(out: ClearOutput, fmt: str, provenance: common_pb2.Provenance, *,
+           request: object_clear_pb2.ClearRequest, image: StoredImage
            ) -> object_clear_pb2.ClearResponse:
+    """The result as the caller asked for it (the whole picture or a patch), with the
+    seconds of the work around the model in the provenance."""
+    started = time.perf_counter()
+    fields = convert.edit_result(out.edit, fmt, patch=request.options.output_patch,
+                                 region_mask=request.options.output_repainted_mask,
+                                 base_sha256=image.sha256)
+    mask = convert.mask_to_proto(out.mask, "png")
+    convert.add_timings(provenance, {"decode": image.decode_s, **out.timings,
+                                     "encode": time.perf_counter() - started})
     return object_clear_pb2.ClearResponse(result=object_clear_pb2.ClearResult(
-        image=convert.encoded_image(out.image, fmt), mask=convert.mask_to_proto(out.mask, "png"),
-        provenance=provenance))
+        mask=mask, provenance=provenance, **fields))
+

@@ -7,6 +7,7 @@ fields' defaults and ranges are declared once in `types.py`; cancellation raises
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Hashable, Iterable, Sequence
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from mic2e_services import errors
+from mic2e_services.edits import Edit
 from mic2e_services.model_base import TorchModel
 from mic2e_services.object_clear import pipeline as pipeline_module
 from mic2e_services.object_clear.fusion import dilated_array
@@ -25,11 +27,13 @@ from mic2e_services.object_clear.pipeline import ObjectClearPipeline, prompt_for
 from mic2e_services.object_clear.types import (
     REFERENCE_SHORT_SIDE,
     SHORT_SIDE,
+    Box,
     ClearOutput,
     ClearQuery,
+    grown_box,
     violations,
-    working_size,
 )
+from mic2e_services.regions import composite, feathered, upscaled_region
 from mic2e_services.runtime.model_api import QuietContext, StepContext
 
 __all__ = ["STAGE", "ClearOutput", "ClearQuery", "ObjectClearModel"]
@@ -151,13 +155,13 @@ class ObjectClearModel(TorchModel):
         return violations(request)
 
     def batch_key(self, request: ClearQuery) -> Hashable | None:
-        """Same working size, steps, guidance and fusion: one UNet batch can run them."""
-        size = working_size(request.image.width, request.image.height, request.short_side)
-        return (size, request.steps, float(request.guidance_scale), request.fusion)
+        """Same working size, steps, guidance and fusion, and whether the result is the
+        reference's resized picture: one UNet batch can run them."""
+        return (request.working_size(), request.steps, float(request.guidance_scale),
+                request.fusion, request.strategy == "reference")
 
     def estimate_seconds(self, request: ClearQuery) -> float:
-        width, height = working_size(request.image.width, request.image.height,
-                                     request.short_side)
+        width, height = request.working_size()
         cfg = 1.0 if request.guidance_scale > 1.0 else 0.5
         scale = (width * height) / self._calibration_pixels
         return scale * (self._overhead_seconds + cfg * self._seconds_per_step * request.steps)
@@ -167,14 +171,35 @@ class ObjectClearModel(TorchModel):
         """One pipeline call for a batch of compatible removals."""
         assert self.pipeline is not None
         first = queries[0]
+        reference = first.strategy == "reference"
+
+        def stop_if_cancelled(what: str) -> None:
+            if all(context.cancelled() for context in contexts):
+                raise errors.Cancelled(f"cancelled {what}")
 
         # 1. Seeds: the caller's, or a fresh one that the output reports
         seeds = [q.seed if q.seed is not None else secrets.randbelow(2**32) for q in queries]
         # CPU generators: the numbers for a seed are the same on every device and dtype.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
-        # 2. Grow the masks as asked, on the device (an FFT for large radii)
-        masks = [dilated_array(q.mask, q.mask_dilation, self.device) for q in queries]
+        # 2. Grow the masks as asked, on the device (the mask's box only); then what the
+        #    model sees: the whole image (the pipeline resizes it, as the reference), or
+        #    the frame (a crop) already at the working size, the same PIL resampling
+        started = time.perf_counter()
+        masks, frames, images, model_masks = [], [], [], []
+        for q in queries:
+            stop_if_cancelled("before object removal")
+            mask = dilated_array(q.mask, q.mask_dilation, self.device)
+            frame = q.frame()
+            image, model_mask = q.image, mask
+            if not reference:
+                image, model_mask = _at_working_size(q.image, mask, frame,
+                                                     q.working_size())
+            masks.append(mask)
+            frames.append(frame)
+            images.append(image)
+            model_masks.append(model_mask)
+        prepare_s = time.perf_counter() - started
 
         # 3. Denoise with progress and cancellation at every step
         def on_step_end(pipe: ObjectClearPipeline, index: int, t: object, tensors: dict
@@ -185,21 +210,82 @@ class ObjectClearModel(TorchModel):
                 pipe._interrupt = True
             return tensors
 
-        if all(context.cancelled() for context in contexts):
-            raise errors.Cancelled("cancelled before object removal")
+        stop_if_cancelled("before object removal")
+        # Images already at their working size (sides multiples of 16) stay as they are
+        # under a short side larger than both.
+        short_side = first.short_side if reference else max(first.working_size()) + 1
         output = self.pipeline(
-            [q.image for q in queries], masks, [prompt_for(q.label) for q in queries],
-            short_side=first.short_side, num_inference_steps=first.steps,
+            images, model_masks, [prompt_for(q.label) for q in queries],
+            short_side=short_side, num_inference_steps=first.steps,
             guidance_scale=float(first.guidance_scale), fusion=first.fusion,
-            generator=generators, callback_on_step_end=on_step_end)
+            generator=generators, callback_on_step_end=on_step_end, resize_back=reference)
 
-        # 4. One result each, at each input's own size
+        # 4. One result each at the input's own size: the reference's resized picture, or
+        #    the repainted region over the input's own pixels
         results: list[ClearOutput | BaseException] = []
-        for q, context, image, mask, seed in zip(
-            queries, contexts, output.images, masks, seeds, strict=True
-        ):
+        for k, (q, context, mask, seed) in enumerate(
+                zip(queries, contexts, masks, seeds, strict=True)):
             if context.cancelled():  # cancelled while batch-mates kept the run going
                 results.append(errors.Cancelled("cancelled during object removal"))
                 continue
-            results.append(ClearOutput(image=image, mask=mask, steps=q.steps, seed=seed))
+            started = time.perf_counter()
+            if reference:
+                edit = Edit.whole(q.image, output.images[k])
+            else:
+                edit = _put_back(q.image, output.images[k], output.regions[k, 0], mask,
+                                 frames[k], self.device)
+            timings = {"prepare": prepare_s / len(queries),
+                       "composite": time.perf_counter() - started}
+            results.append(ClearOutput(edit=edit, mask=mask, steps=q.steps, seed=seed,
+                                       timings=timings))
         return results
+
+
+def _at_working_size(image: Image.Image, mask: np.ndarray, frame: Box,
+                     size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
+    """`frame` of the image and of the mask at the working `size`, resampled as the
+    pipeline itself would (PIL bicubic on 8 bits, nearest for the mask), so the model sees
+    what the reference sees of that part of the image."""
+    x0, y0, x1, y1 = frame
+    part = image if frame == (0, 0, image.width, image.height) else image.crop(frame)
+    binary = Image.fromarray(np.where(mask[y0:y1, x0:x1], 255, 0).astype(np.uint8))
+    if part.size != size:
+        part = part.resize(size, Image.Resampling.BICUBIC)
+        binary = binary.resize(size, Image.Resampling.NEAREST)
+    return part, np.asarray(binary) > 127
+
+
+def feather_of(frame: Box, working: tuple[int, int]) -> int:
+    """Feather (in input pixels) of the region put back: two working pixels, so the
+    working grid's steps at the region's edge fade out instead of showing."""
+    scale = (frame[2] - frame[0]) / working[0]
+    return max(2, math.ceil(2 * scale))
+
+
+def _put_back(image: Image.Image, painted: Image.Image, region: torch.Tensor,
+              mask: np.ndarray, frame: Box, device: torch.device) -> Edit:
+    """The model's picture of `frame` (at the working size) put back over `image`: the
+    region it repainted (`region`, at the working size, together with the dilated `mask`
+    at full size) enlarged to the input's pixels, feathered, and blended in with PIL
+    bicubic (the reference's resampling), over the region's box only."""
+    fx0, fy0, fx1, fy1 = frame
+    feather = feather_of(frame, painted.size)
+    # The region's box at full size: the working pixels it covers, and the mask's box.
+    h, w = region.shape
+    rows = torch.nonzero(region.any(dim=1)).flatten().tolist()
+    cols = torch.nonzero(region.any(dim=0)).flatten().tolist()
+    mx0, my0, mx1, my1 = grown_box(mask[fy0:fy1, fx0:fx1], 0)
+    x0, y0, x1, y1 = mx0, my0, mx1, my1
+    if rows:
+        fw, fh = fx1 - fx0, fy1 - fy0
+        x0, x1 = min(x0, cols[0] * fw // w), max(x1, -(-(cols[-1] + 1) * fw // w))
+        y0, y1 = min(y0, rows[0] * fh // h), max(y1, -(-(rows[-1] + 1) * fh // h))
+    margin = 2 * feather + 2
+    box = (max(fx0, fx0 + x0 - margin), max(fy0, fy0 + y0 - margin),
+           min(fx1, fx0 + x1 + margin), min(fy1, fy0 + y1 + margin))
+    # The region over that box: enlarged (nearest) from the working size, with the mask.
+    bx0, by0, bx1, by1 = box
+    covered = upscaled_region(region, frame, box) | mask[by0:by1, bx0:bx1]
+    alpha, (ax0, ay0, ax1, ay1) = feathered(covered, feather, device)
+    return composite(image, painted, alpha, (bx0 + ax0, by0 + ay0, bx0 + ax1, by0 + ay1),
+                     frame=frame, resample=Image.Resampling.BICUBIC)

@@ -56,7 +56,7 @@ from transformers import (
 
 from mic2e_services.checkpoints import resolve_checkpoint
 from mic2e_services.errors import Cancelled
-from mic2e_services.object_clear.fusion import attention_guided_fusion
+from mic2e_services.object_clear.fusion import attention_guided_fusion, fusion_masks
 from mic2e_services.object_clear.types import (
     GUIDANCE_SCALE,
     REFERENCE_SHORT_SIDE,
@@ -244,17 +244,24 @@ class TokenAttentionCapture(AttnProcessor2_0):
 class ObjectClearPipelineOutput:
     """Results of one batch.
 
-    images: per input, the result at that input's own size (RGB).
+    images: per input, the result (RGB) at that input's own size (`resize_back`, the
+        reference's picture), else at the working size.
     prefusion: (B, 3, h, w) uint8 on the device: the decoded image before fusion, at the
         working size.
     attention_maps: (B, 1, h/8, w/8) in [0, 1] on the device (None without fusion).
     working_size: (width, height) the model ran at.
+    regions: (B, 1, h, w) bool on the device, at the working size: where the result is
+        the model's - the fusion's soft mask together with the mask (without fusion, the
+        mask). Outside it the reference's picture is the input with its low frequencies
+        taken from the generated image (the wavelet colour fix), or the generated image
+        itself without fusion.
     """
 
     images: list[PIL.Image.Image]
     prefusion: torch.Tensor
     attention_maps: torch.Tensor | None
     working_size: tuple[int, int]
+    regions: torch.Tensor
 
 
 ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image]
@@ -547,6 +554,7 @@ class ObjectClearPipeline(DiffusionPipeline):
         fusion: bool = True,
         generator: Generators = None,
         callback_on_step_end: StepEndCallback | None = None,
+        resize_back: bool = True,
     ) -> ObjectClearPipelineOutput:
         """Remove the masked object(s) and their effects.
 
@@ -558,7 +566,9 @@ class ObjectClearPipeline(DiffusionPipeline):
         item's numbers then do not depend on its batch-mates); CPU generators make them
         independent of the device. `callback_on_step_end(pipe, i, t, {"latents": ...})`
         runs after step i, diffusers style; setting `pipe._interrupt` there stops the run
-        before the next step with `errors.Cancelled` (nothing is decoded).
+        before the next step with `errors.Cancelled` (nothing is decoded). `resize_back`
+        False leaves the results at the working size (with `regions`, for a caller that
+        puts only the repainted region back into the full-size picture).
         """
         # 1. Check inputs
         images, masks, prompts, (width, height) = self.check_inputs(
@@ -640,22 +650,25 @@ class ObjectClearPipeline(DiffusionPipeline):
         generated = self.decode_latents(latents)
 
         # 8. Attention-guided fusion in pixel space, at the working size, on the device
-        attention_maps, final = None, generated
+        attention_maps, final, regions = None, generated, mask > 0.5
         if fusion:
             attention_maps = self.attention_map(latent_hw, do_cfg)
-            final = attention_guided_fusion(image_u8, generated, attention_maps)
+            hard, soft = fusion_masks(attention_maps, (height, width))
+            final = attention_guided_fusion(image_u8, generated, attention_maps,
+                                            masks=(hard, soft))
+            regions = regions | (soft > 0)
 
         # 9. Back to each input's own size (PIL bicubic on 8-bit, as the reference script)
         outputs = []
         for k, pixels in enumerate(final.permute(0, 2, 3, 1).cpu().numpy()):
             out = PIL.Image.fromarray(pixels)
-            if out.size != images[k].size:
+            if resize_back and out.size != images[k].size:
                 out = out.resize(images[k].size, PIL.Image.Resampling.BICUBIC)
             outputs.append(out)
         self.maybe_free_model_hooks()
         return ObjectClearPipelineOutput(images=outputs, prefusion=generated,
                                          attention_maps=attention_maps,
-                                         working_size=(width, height))
+                                         working_size=(width, height), regions=regions)
 
     def _negative_embeddings(self, prompt_embeds: torch.Tensor, pooled_embeds: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
         async for message in stream_job(
                 self.worker, query, context, server="object-clear", stage="object_clear",
                 progress=lambda p: object_clear_pb2.ClearResponse(progress=p),
-                result=lambda out, provenance: oc.result(out, fmt, provenance),
+                result=lambda out, provenance: oc.result(out, fmt, provenance,
+                                                         request=request, image=image),
                 keep=lambda: self.images.keep(image)):
             yield message

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
+from typing import Any
 
 from mic2e import codecs
 from mic2e.v1 import (
@@ -14,9 +16,11 @@ from mic2e.v1 import (
     orchestrator_pb2,
     segmentation_pb2,
 )
+from PIL import Image
 
 from mic2e_services.errors import FieldViolation, InvalidArgument
 from mic2e_services.flux import types as fx
+from mic2e_services.object_clear import convert as clear_convert
 from mic2e_services.object_clear import types as oc
 from mic2e_services.runtime import convert
 from mic2e_services.schema import MASKS, raise_if
@@ -41,7 +45,7 @@ def check(req: orchestrator_pb2.RemoveObjectsRequest) -> None:
     image (the model servers check the rest), named as the caller sent it; nothing has
     run yet."""
     bad = _target_violations(req)
-    options = {**convert.given(req.clear_options, oc.OPTIONS), "label": req.label,
+    options = {**clear_convert.options(req.clear_options), "label": req.label,
                "mask_dilation": mask_dilation(req)}
     bad += _named(oc.CLEAR.check(SimpleNamespace(**options)), _REMOVAL)
     raise_if(bad)
@@ -125,18 +129,56 @@ def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest
 def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image,
                   masks: list[common_pb2.Mask]) -> object_clear_pb2.ClearRequest:
     """The removal of `masks`; the label only when the caller set one (the reference's
-    prompt otherwise, whatever the target's text)."""
+    prompt otherwise, whatever the target's text). Always as a patch: only the changed
+    part travels back (`whole_picture` builds the rest for a caller who wants it)."""
     options = object_clear_pb2.ClearOptions()
     options.CopyFrom(req.clear_options)
     options.mask_dilation = mask_dilation(req)
+    options.output_patch = True
     return object_clear_pb2.ClearRequest(image=image, masks=masks, label=req.label,
                                          options=options)
 
 
 def inpaint_request(req: orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image,
                     masks: list[common_pb2.Mask]) -> flux_pb2.InpaintRequest:
+    """The repainting of `masks`, always as a patch (as `clear_request`)."""
+    options = flux_pb2.InpaintOptions()
+    options.CopyFrom(req.inpaint_options)
+    options.output_patch = True
     return flux_pb2.InpaintRequest(image=image, masks=masks, prompt=req.replacement,
-                                   options=req.inpaint_options)
+                                   options=options)
+
+
+def edit_fields(result: object_clear_pb2.ClearResult | flux_pb2.InpaintResult, data: bytes,
+                *, patch: bool, fmt: int, max_pixels: int) -> dict[str, Any]:
+    """A model server's edit result as the caller asked for it: its patch passed on, or
+    (`patch` False) the whole picture, built here from the caller's bytes (decoded once)
+    and the patch; the repainted box and mask passed on. Runs off the event loop."""
+    out: dict[str, Any] = {"repainted_box": result.repainted_box}
+    if result.HasField("repainted_mask"):
+        out["repainted_mask"] = result.repainted_mask
+    if not result.HasField("patch"):  # a server that sent the whole picture
+        out["image"] = result.image
+    elif patch:
+        out["patch"] = result.patch
+    else:
+        out["image"] = whole_picture(data, result.patch, fmt, max_pixels=max_pixels)
+    return out
+
+
+def whole_picture(data: bytes, patch: common_pb2.ImagePatch, fmt: int, *,
+                  max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> common_pb2.EncodedImage:
+    """The input (encoded `data`) with `patch` applied, encoded as `fmt` (an ImageFormat)
+    with the input's ICC profile."""
+    try:
+        base = codecs.decode_image(data, max_pixels=max_pixels)
+    except codecs.CodecError as exc:  # the model server decoded the same bytes
+        raise InvalidArgument("image.data", str(exc)) from None
+    with Image.open(io.BytesIO(patch.image.data)) as img:
+        overlay = img.convert("RGBA")
+    whole = codecs.apply_patch(base, overlay, patch.x, patch.y)
+    return convert.encoded_image(whole, convert.image_format(fmt, "output_format"),
+                                 base.info.get("icc_profile"))
 
 
 def box_mask(box: common_pb2.Box, data: bytes) -> common_pb2.Mask:

@@ -61,7 +61,8 @@ def create_server(settings: Settings) -> tuple[Server, int]:
                             downstream(settings.object_clear_address), flux,
                             inpaint=(downstream(settings.inpaint_address)
                                      if settings.inpaint_address else None),
-                            image_cache_bytes=settings.image_cache_mb * 2**20)
+                            image_cache_bytes=settings.image_cache_mb * 2**20,
+                            max_image_pixels=settings.max_image_pixels)
     server, port = build_server(
         settings, register=lambda s: orchestrator_pb2_grpc.add_EditServiceServicer_to_server(
             servicer, s), service_names=[SERVICE_NAME], name="orchestrator")

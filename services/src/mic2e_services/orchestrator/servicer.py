@@ -10,6 +10,7 @@ stage's status code and an ErrorInfo naming it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -42,7 +43,8 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
 
     def __init__(self, segmentation: Downstream, object_clear: Downstream, flux: Downstream,
                  *, inpaint: Downstream | None = None,
-                 image_cache_bytes: int = 256 * 2**20) -> None:
+                 image_cache_bytes: int = 256 * 2**20,
+                 max_image_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> None:
         self.segmentation = segmentation
         self.object_clear = object_clear
         self.flux = flux
@@ -56,6 +58,9 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         # Encoded bytes by SHA-256, so callers may refer to an image they sent before;
         # bounded in bytes, and only images a model server accepted work on (`_keep`).
         self._images: LRU[str, bytes] = LRU(image_cache_bytes)
+        #: The image limit for the pictures this server decodes (a whole picture built
+        #: from a model server's patch; the model server has checked the same bytes).
+        self.max_image_pixels = max_image_pixels
 
     def _image(self, image: common_pb2.Image, field: str = "image") -> tuple[str, bytes]:
         """(sha256, bytes) of the caller's image; the orchestrator never decodes it."""
@@ -230,10 +235,13 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             yield Event(progress=progress)
         result = done.result
 
-        # 4. One result with every stage's provenance and timing.
+        # 4. One result with every stage's provenance and timing: the picture as the
+        #    caller asked (the patch, or the whole picture built here).
+        picture = await self._picture(result, data, request.clear_options, done)
         yield Event(result=orchestrator_pb2.RemoveObjectsResult(
-            image=result.image, mask=result.mask, instances=done.instances,
-            stages=[*done.stages, result.provenance], timings=done.stage_timings()))
+            mask=result.mask, instances=done.instances,
+            stages=[*done.stages, result.provenance], timings=done.stage_timings(),
+            **picture))
 
     @stream_rpc
     async def ReplaceObjects(self, request: orchestrator_pb2.ReplaceObjectsRequest,
@@ -269,12 +277,27 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             yield Event(progress=progress)
         result = done.result
 
-        # 4. One result with every stage's provenance and timing.
+        # 4. One result with every stage's provenance and timing: the picture as the
+        #    caller asked (the patch, or the whole picture built here).
+        picture = await self._picture(result, data, request.inpaint_options, done)
         yield Event(result=orchestrator_pb2.ReplaceObjectsResult(
-            image=result.image, mask=result.mask, instances=done.instances,
+            mask=result.mask, instances=done.instances,
             stages=[*done.stages, result.provenance], timings=done.stage_timings(),
             prompt_truncated=result.prompt_truncated,
-            truncated_prompt=result.truncated_prompt))
+            truncated_prompt=result.truncated_prompt, **picture))
+
+
+    async def _picture(self, result: Any, data: bytes, options: Any, done: _Stage
+                       ) -> dict[str, Any]:
+        """The composed result's picture fields, as `options.output_patch` asks; the time
+        it took to build a whole picture is reported as the stage "whole_picture"."""
+        started = time.monotonic()
+        fields = await asyncio.to_thread(
+            oc.edit_fields, result, data, patch=options.output_patch,
+            fmt=options.output_format, max_pixels=self.max_image_pixels)
+        if not options.output_patch:
+            done.timings.insert(-1, ("whole_picture", time.monotonic() - started))
+        return fields
 
 
 class _Stage:

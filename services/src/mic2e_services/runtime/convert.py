@@ -6,6 +6,7 @@ Each service's own `convert.py` builds on these; model code never sees a protobu
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from google.protobuf import duration_pb2
@@ -13,6 +14,7 @@ from mic2e import codecs
 from mic2e.v1 import common_pb2
 from PIL import Image
 
+from mic2e_services.edits import Edit
 from mic2e_services.errors import InvalidArgument
 from mic2e_services.runtime.images import ImageStore, StoredImage
 from mic2e_services.runtime.worker import ProgressEvent
@@ -53,10 +55,38 @@ def image_format(value: int, field: str) -> str:
         raise InvalidArgument(field, f"unknown image format {value}") from None
 
 
-def encoded_image(img: Image.Image, fmt: str) -> common_pb2.EncodedImage:
-    data = codecs.encode_image(img, fmt)
+def encoded_image(img: Image.Image, fmt: str, icc_profile: bytes | None = None
+                  ) -> common_pb2.EncodedImage:
+    data = codecs.encode_image(img, fmt, icc_profile=icc_profile)
     return common_pb2.EncodedImage(data=data, format=_FORMAT_ENUM[fmt], width=img.width,
                                    height=img.height, sha256=codecs.sha256_hex(data))
+
+
+def edit_result(edit: Edit, fmt: str, *, patch: bool, region_mask: bool, base_sha256: str
+                ) -> dict[str, Any]:
+    """The result fields of an edit: `image` (the whole picture) or, when the caller asked
+    for one, `patch` (the changed part: lossless, so PNG unless WebP was asked), the
+    repainted box, and the repainted region as a mask when asked. Every image carries
+    the input's ICC profile."""
+    x0, y0, x1, y1 = edit.box
+    out: dict[str, Any] = {"repainted_box": common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1)}
+    if patch:
+        out["patch"] = common_pb2.ImagePatch(
+            image=encoded_image(edit.patch(), "webp" if fmt == "webp" else "png",
+                                edit.icc_profile),
+            x=x0, y=y0, full_width=edit.base.width, full_height=edit.base.height,
+            base_sha256=base_sha256)
+    else:
+        out["image"] = encoded_image(edit.image, fmt, edit.icc_profile)
+    if region_mask:
+        out["repainted_mask"] = mask_to_proto(edit.region(), "png")
+    return out
+
+
+def add_timings(provenance: common_pb2.Provenance, timings: dict[str, float]) -> None:
+    """Append stages (the work around the model: decode, prepare, composite, encode)."""
+    provenance.timings.extend(common_pb2.StageTiming(stage=s, duration=duration(t))
+                              for s, t in timings.items())
 
 
 def mask_format(value: int, field: str) -> str:

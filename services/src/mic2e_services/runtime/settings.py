@@ -25,6 +25,9 @@ class ServerSettings(BaseSettings):
     host: str = Field("[::]", description="address to bind")
     port: int = Field(0, description="port to bind (0: any free port)")
     max_message_mb: int = Field(64, ge=1, le=2048, description="largest message, in MiB")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused "
+                                  "before decoding (the orchestrator decodes one only to "
+                                  "build a whole picture from a patch)")
     keepalive_time_s: float = Field(30.0, gt=0, description="ping idle connections this often")
     keepalive_timeout_s: float = Field(10.0, gt=0, description="drop a connection whose ping "
                                        "is not answered within this")
@@ -86,8 +89,6 @@ class ModelServerSettings(ServerSettings):
     max_batch_size: int | None = Field(None, ge=1, description="largest batch; default: the "
                                        "model's own")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused "
-                                  "before decoding")
     profile: Literal["quality", "fast", "low-memory"] = Field(
         "quality", description="named trade-off; fills every setting below that is not set "
         "on its own (see the README's profile table)")

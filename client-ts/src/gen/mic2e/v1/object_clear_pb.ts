@@ -78,7 +78,8 @@ export type ClearOptions = Message<"mic2e.v1.ClearOptions"> & {
   outputFormat: ImageFormat;
 
   /**
-   * How the result is made at the input's size. Default RESIZE.
+   * How the result is made at the input's size: one of RESIZE, CROP, REFERENCE (see
+   * ClearStrategy). Default RESIZE.
    *
    * @generated from field: mic2e.v1.ClearStrategy strategy = 8;
    */
