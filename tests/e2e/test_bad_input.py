@@ -150,19 +150,30 @@ def remove(image=None, clear_options=None, **kw):
             .RemoveObjects(req)))
 
 
-def replace(image=None, replacement="a cat", options=None, **kw):
+def replace(image=None, replacement="a cat", options=None, timeout=None, **kw):
     opts = flux_pb2.InpaintOptions(**{"steps": 1, "seed": 0, **(options or {})})
     req = orchestrator_pb2.ReplaceObjectsRequest(image=image or img(), replacement=replacement,
                                                  inpaint_options=opts, **kw)
     return ("orchestrator", lambda ch: drain(orchestrator_pb2_grpc.EditServiceStub(ch)
-            .ReplaceObjects(req)))
+            .ReplaceObjects(req, timeout=timeout)))
 
 
-def inpaint(image=None, masks=None, prompt="a cat", **options):
+def inpaint(image=None, masks=None, prompt="a cat", timeout=None, via="flux", **options):
+    """Inpaint on the flux server, or (`via` "orchestrator") passed through."""
     opts = flux_pb2.InpaintOptions(**{"steps": 1, "seed": 0, **options})
-    return ("flux", lambda ch: drain(flux_pb2_grpc.FluxServiceStub(ch).Inpaint(
+    stub = (flux_pb2_grpc.FluxServiceStub if via == "flux"
+            else orchestrator_pb2_grpc.EditServiceStub)
+    return (via, lambda ch: drain(stub(ch).Inpaint(
         flux_pb2.InpaintRequest(image=image or img(), masks=[mask()] if masks is None
-                                else masks, prompt=prompt, options=opts))))
+                                else masks, prompt=prompt, options=opts), timeout=timeout)))
+
+
+def strip(w: int, h: int) -> tuple[common_pb2.Image, list[common_pb2.Mask]]:
+    """A w x h picture (a few KB as PNG however long) and a mask of its first pixels."""
+    return img(encoded(rgb(w, h))), [mask(w, h, (0, 0, 1, 1), rle=True)]
+
+
+TALL, WIDE = strip(1, 2_000_000), strip(20_000, 1)
 
 
 TEXT = {"text": orchestrator_pb2.TextTarget(text="dog", min_score=0.0)}
@@ -330,6 +341,28 @@ CASES = [
          field="inpaint_options.strength"),
     Case("replace unknown output format", replace(options={"output_format": 9}, **BOX),
          field="inpaint_options.output_format"),
+    # shapes no model can use: refused from the header, whatever the deadline
+    Case("1x2,000,000 inpaint", inpaint(TALL[0], TALL[1]), field="image.data"),
+    Case("1x2,000,000 inpaint with a deadline", inpaint(TALL[0], TALL[1], timeout=30),
+         field="image.data"),
+    Case("1x2,000,000 inpaint (orchestrator)", inpaint(TALL[0], TALL[1], via="orchestrator",
+                                                       timeout=30), field="image.data"),
+    Case("20000x1 inpaint", inpaint(WIDE[0], WIDE[1]), field="image.data"),
+    Case("1x2,000,000 replace", replace(TALL[0], masks=orchestrator_pb2.MaskTarget(
+        masks=TALL[1])), field="image.data"),
+    Case("1x2,000,000 replace with a deadline", replace(TALL[0], masks=orchestrator_pb2.MaskTarget(
+        masks=TALL[1]), timeout=30), field="image.data"),
+    Case("20000x1 replace with a deadline", replace(WIDE[0], masks=orchestrator_pb2.MaskTarget(
+        masks=WIDE[1]), timeout=30), field="image.data"),
+    Case("1x20000 replace, text target", replace(strip(1, 20_000)[0], text=TEXT["text"]),
+         field="image.data"),
+    Case("1x2,000,000 removal", clear(TALL[0], TALL[1], timeout=30), field="image.data"),
+    Case("1x2,000,000 segmentation", seg_text(TALL[0]), field="image.data"),
+    Case("8:1 is still an image", clear(img(encoded(rgb(512, 64))),
+                                        masks=[mask(512, 64, (0, 0, 8, 8))]), OK),
+    Case("unknown strategy", clear(strategy=7), field="options.strategy"),
+    Case("unknown strategy (orchestrator)", remove(clear_options={"strategy": 9}, **MASKS),
+         field="clear_options.strategy"),
     # bytes that are no message at all
     Case("undecodable SegmentByText", raw("segmentation",
                                           "/mic2e.v1.SegmentationService/SegmentByText"),

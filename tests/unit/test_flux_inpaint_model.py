@@ -8,7 +8,6 @@ import pytest
 import torch
 from mic2e_services.flux.model import FluxGenerator, _working_mask
 from mic2e_services.flux.types import inpaint_working_size
-from mic2e_services.object_clear.fusion import dilate_mask
 from mic2e_services.regions import feathered as _feathered
 
 from tests.masks import within
@@ -60,12 +59,50 @@ def test_feathering_only_the_masks_box_equals_feathering_the_whole_image(feather
     alpha, (x0, y0, x1, y1) = _feathered(mask, feather, torch.device("cpu"))
     placed = np.zeros((h, w), np.float32)
     placed[y0:y1, x0:x1] = alpha
-    # The same weights, computed on the whole image with a 2-D box.
+    # The same weights, computed on the whole image with 2-D boxes: the mask grown by a
+    # square of half the feather, then blurred over the rest.
     grow, blur = feather // 2, feather - feather // 2
-    grown = dilate_mask(torch.from_numpy(mask), grow).float()[None, None]
+    grown = torch.nn.functional.max_pool2d(torch.from_numpy(mask).float()[None, None],
+                                           2 * grow + 1, stride=1, padding=grow)
     whole = torch.nn.functional.avg_pool2d(grown, 2 * blur + 1, stride=1, padding=blur,
                                            count_include_pad=False)[0, 0]
     whole = torch.maximum(whole, torch.from_numpy(mask).float()).numpy()
     np.testing.assert_allclose(placed, whole, atol=1e-6)
     assert ((placed > 0) & (placed < 1)).any(), "an odd or small feather still blends"
     assert (placed[~within(mask, feather)] == 0).all()
+
+
+class _LeavesAfter:
+    """A StepContext whose caller leaves once the worker has looked `checks` times."""
+
+    def __init__(self, checks: int) -> None:
+        self.checks, self.events = checks, []
+
+    def cancelled(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        self.events.append(step)
+
+
+def test_the_work_before_the_first_step_stops_when_the_caller_leaves(tiny_flux, monkeypatch):
+    """A caller who leaves while a large photo is being prepared (mask growth, resizing)
+    frees the server before any denoising: the pipeline never runs."""
+    from mic2e_services import errors
+    from mic2e_services.flux.types import InpaintQuery
+    from PIL import Image
+
+    model = FluxGenerator(str(tiny_flux))
+    model.load()
+    ran = []
+    monkeypatch.setattr(type(model.inpaint_pipeline()), "__call__",
+                        lambda *a, **k: ran.append(1))
+    mask = np.zeros((3024, 4032), bool)
+    mask[1000:1200, 1000:1300] = True
+    query = InpaintQuery(Image.new("RGB", (4032, 3024), "gray"), mask, "a cat", steps=4)
+    for checks in (1, 2):  # gone after the first look, or after the mask's growth
+        context = _LeavesAfter(checks)
+        with pytest.raises(errors.Cancelled, match="before inpainting"):
+            model.run([query], [context])
+        assert context.events == [] and ran == [] and context.checks < 0

@@ -37,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 from tests.fakes import Recorder  # noqa: E402
 from tests.fixtures import OBJECTCLEAR_KIT  # noqa: E402
+from tests.masks import within  # noqa: E402
 
 # Non-square and small: below the 512 short side, so it runs at its own size rounded up
 # to multiples of 16 (96x80), fast on CPU.
@@ -411,3 +412,93 @@ def test_model_cpu_offload_reaches_every_component_through_its_hook(tiny_dir):
     assert set(calls) == {"text_encoder", "text_encoder_2", "image_prompt_encoder",
                           "postfuse_module", "unet", "vae"}, calls
     assert calls["unet"] == 2 and calls["vae"] == 2  # two steps; one encode, one decode
+
+
+# -- the result at the input's own size (strategies) -----------------------------------------
+
+BIG_W, BIG_H, BIG_SIDE = 600, 450, 256  # scaled: the model runs at 352x256
+
+
+def big_query(**overrides) -> ClearQuery:
+    mask = np.zeros((BIG_H, BIG_W), dtype=bool)
+    mask[300:360, 80:150] = True  # bottom left, away from the attention block below
+    return query(image=make_image(BIG_W, BIG_H, seed=4), mask=mask, short_side=BIG_SIDE,
+                 label="", **overrides)
+
+
+def test_resize_puts_back_exactly_the_region_the_model_repainted(model, monkeypatch):
+    """With an attention map we control (hot on one latent block, top right, far from the
+    mask), the region put back is the fusion's soft mask of that block together with the
+    mask, enlarged to the photo: all of it, and nothing more than its feather around it;
+    every other pixel is the input's own."""
+    q = big_query()
+    width, height = q.working_size()
+    latent = np.zeros((height // 8, width // 8), dtype=np.float32)
+    latent[2:5, 30:34] = 1.0
+    controlled = torch.from_numpy(latent)[None, None]
+    monkeypatch.setattr(ObjectClearPipeline, "attention_map",
+                        lambda self, hw, cfg: controlled.clone())
+    out = run_one(model, q)
+
+    # What must be repainted, derived here: the soft mask > 0 of the block, with the mask
+    # at the working size, enlarged nearest-neighbour; and the full-size mask itself.
+    _, soft = fusion.fusion_masks(controlled, (height, width))
+    mask_w = np.asarray(Image.fromarray(q.mask.astype(np.uint8) * 255).resize(
+        (width, height), Image.Resampling.NEAREST)) > 127
+    region_w = (soft[0, 0].numpy() > 0) | mask_w
+    rows = np.arange(BIG_H) * height // BIG_H
+    cols = np.arange(BIG_W) * width // BIG_W
+    needed = region_w[rows][:, cols] | q.mask
+    changed = out.edit.region()
+    feather = max(2, -(-2 * BIG_W // width))
+    assert changed[needed].all(), "part of the repainted region was left out"
+    assert not changed[~within(needed, feather + 1)].any(), "more than the region + feather"
+    assert changed[:100, 450:].any() and changed[300:360, 80:150].all()  # block and object
+    assert np.array_equal(np.asarray(out.image)[~changed], np.asarray(q.image)[~changed])
+
+
+def test_reference_is_the_pipelines_own_picture(model):
+    """`reference` gives what the pipeline (held to the reference by the parity test)
+    draws: the working image resized back, every pixel resampled."""
+    q = big_query(strategy="reference", seed=3)
+    out = run_one(model, q)
+    expected = model.pipeline(q.image, q.mask, short_side=BIG_SIDE, num_inference_steps=2,
+                              generator=torch.Generator().manual_seed(3)).images[0]
+    assert out.edit.box == (0, 0, BIG_W, BIG_H)
+    assert np.array_equal(np.asarray(out.image), np.asarray(expected))
+
+
+def test_crop_runs_the_model_on_the_object_and_its_surroundings(model, monkeypatch):
+    q = big_query(strategy="crop")
+    frame = q.frame()
+    x0, y0, x1, y1 = frame
+    # the mask's box (80..150 x 300..360) grown by the margin, then to the short side
+    assert x0 <= 80 and x1 >= 150 and y0 <= 300 and y1 >= 360
+    assert min(x1 - x0, y1 - y0) >= BIG_SIDE and (x1 - x0) * (y1 - y0) < BIG_W * BIG_H
+    seen = []
+    original = ObjectClearPipeline.__call__
+
+    def spy(self, image, *args, **kwargs):
+        seen.append(image[0].size)
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(ObjectClearPipeline, "__call__", spy)
+    out = run_one(model, q)
+    assert seen == [q.working_size()] and q.working_size() == working_size(
+        x1 - x0, y1 - y0, BIG_SIDE)
+    changed = out.edit.region()
+    assert not changed[:, :x0].any() and not changed[:y0].any()
+    assert not changed[:, x1:].any() and not changed[y1:].any()
+    assert np.array_equal(np.asarray(out.image)[~changed], np.asarray(q.image)[~changed])
+
+
+@pytest.mark.parametrize(("box", "size", "expected"), [
+    ((1000, 1000, 1100, 1100), (4032, 3024), (794, 794, 1306, 1306)),  # a 512 square
+    ((0, 0, 50, 40), (4032, 3024), (0, 0, 512, 512)),  # in a corner: shifted inside
+    ((100, 100, 1900, 300), (4032, 3024), (0, 0, 2028, 512)),  # margin, then the short side
+    ((10, 10, 20, 20), (300, 200), (0, 0, 300, 200)),  # a small image: all of it
+])
+def test_crop_frame(box, size, expected):
+    from mic2e_services.object_clear.types import crop_frame
+
+    assert crop_frame(box, *size, 512) == expected

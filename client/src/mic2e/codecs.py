@@ -6,8 +6,8 @@ output encoded from it; the pixel count and the aspect ratio are checked from th
 BEFORE any pixel is decoded, so a decompression bomb or a 1x2,000,000 strip costs nothing;
 a PNG's every chunk (pixels included) must pass its CRC and the file must end with IEND,
 so a damaged or truncated upload is refused, never drawn half-grey. Out: PNG at zlib
-level 1 (measured: the fastest level, and no larger than the default at photo sizes),
-JPEG quality 95, lossless WebP. Patches: the changed part of an edited picture as RGBA
+level 1, JPEG quality 95, lossless WebP at its fastest effort (each chosen by measurement:
+`benchmarks/encoders.py`). Patches: the changed part of an edited picture as RGBA
 (`patch_image`, `apply_patch`). Masks: 1-bit PNG and COCO-style uncompressed RLE
 (column-major, runs of 0s first), always at the image's size.
 """
@@ -34,10 +34,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: about 1 MP): past 8:1 (FLUX's own 2048 / 256) they would see a sliver, or be asked for
 #: a working size that costs minutes. One rule, from the header, on every server.
 MAX_ASPECT_RATIO = 8
-#: zlib level of PNG output: level 1 encodes a detailed 12 MP photo 2 to 5x faster than
-#: Pillow's default (6) at about the same size (README "Output formats").
+#: zlib level of PNG output: level 1 encodes a detailed photo 1.5 to 3x faster than
+#: Pillow's default (6) for 10 to 15 % more bytes (README "Output formats").
 PNG_LEVEL = 1
 _OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+#: Largest side a WebP file can have.
+WEBP_MAX_SIDE = 16383
 #: Output formats by file extension (what the CLI writes for `-o`).
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
@@ -193,7 +195,10 @@ def encode_image(img: Image.Image, fmt: str = "png", *, icc_profile: bytes | Non
     if name == "JPEG":
         img.convert("RGB").save(buf, "JPEG", quality=95, **extra)
     elif name == "WEBP":
-        img.save(buf, "WEBP", lossless=True, **extra)
+        # Lossless at the least effort: 17x faster than libwebp's default effort on a
+        # 12 MP photo for 30 % more bytes, and faster than any PNG level
+        # (benchmarks/results/*-encoders.json).
+        img.save(buf, "WEBP", lossless=True, method=0, quality=0, **extra)
     else:
         img.save(buf, "PNG", compress_level=png_level, **extra)
     return buf.getvalue()
@@ -211,9 +216,9 @@ def format_of(path: str) -> str:
 def patch_image(pixels: np.ndarray, changed: np.ndarray) -> Image.Image:
     """An RGBA patch: `pixels` (h, w, 3) uint8 where `changed` (h, w) is set (alpha 255),
     transparent black elsewhere (alpha 0; black compresses best)."""
-    rgba = np.zeros((*changed.shape, 4), np.uint8)
-    rgba[changed, :3] = pixels[changed]
-    rgba[changed, 3] = 255
+    rgba = np.empty((*changed.shape, 4), np.uint8)
+    np.multiply(pixels, changed[..., None], out=rgba[..., :3])
+    np.multiply(changed, 255, out=rgba[..., 3], casting="unsafe")
     return Image.fromarray(rgba, "RGBA")
 
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mic2e_services.edits import Box, Edit
-from mic2e_services.object_clear.fusion import dilate_mask
 
 __all__ = ["composite", "feathered", "upscaled_region"]
 
@@ -25,8 +24,8 @@ def feathered(mask: np.ndarray, feather: int, device: torch.device
               ) -> tuple[np.ndarray, Box]:
     """Blend weights in [0, 1], and the box they cover: 1 on `mask`, falling to 0 over
     `feather` pixels outside it along rows and columns (up to 1.4x that on diagonals),
-    exactly 0 beyond: the mask grown by half the feather, then a box blur over the rest,
-    which has no tail. Only the box around the mask is computed, in two 1-D passes, so
+    exactly 0 beyond: the mask grown by half the feather (a square), then a box blur over
+    the rest, which has no tail. Only the box around the mask is computed, in two 1-D passes, so
     the cost follows the mask's area and not the image's or the feather's square. The
     weights stop at the array's edges."""
     h, w = mask.shape
@@ -40,16 +39,21 @@ def feathered(mask: np.ndarray, feather: int, device: torch.device
     box = (max(0, cols[0] - margin), max(0, rows[0] - margin),
            min(w, cols[-1] + 1 + margin), min(h, rows[-1] + 1 + margin))
     alpha = torch.from_numpy(np.ascontiguousarray(mask[box[1]:box[3], box[0]:box[2]])
-                             ).to(device)
+                             ).to(device).float()[None, None]
     if feather > 0:
-        grown = dilate_mask(alpha, grow).float()[None, None]
+        # Separable passes only (a square grown by max pooling, then a box blur): their
+        # cost does not grow with the feather's square, on a region of many megapixels.
+        grown, k = alpha, 2 * grow + 1
+        if grow > 0:
+            grown = F.max_pool2d(grown, (1, k), stride=1, padding=(0, grow))
+            grown = F.max_pool2d(grown, (k, 1), stride=1, padding=(grow, 0))
         k = 2 * blur + 1
         grown = F.avg_pool2d(grown, (1, k), stride=1, padding=(0, blur),
                              count_include_pad=False)
         grown = F.avg_pool2d(grown, (k, 1), stride=1, padding=(blur, 0),
                              count_include_pad=False)
-        alpha = torch.maximum(grown[0, 0], alpha.float())
-    return alpha.float().cpu().numpy(), tuple(int(v) for v in box)
+        alpha = torch.maximum(grown, alpha)
+    return alpha[0, 0].cpu().numpy(), tuple(int(v) for v in box)
 
 
 def upscaled_region(region: torch.Tensor, frame: Box, box: Box) -> np.ndarray:
@@ -78,10 +82,10 @@ def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray, box: 
     top = np.asarray(_rgb(painted).resize(
         (x1 - x0, y1 - y0), resample,
         box=((x0 - fx0) * sx, (y0 - fy0) * sy, (x1 - fx0) * sx, (y1 - fy0) * sy)))
-    base = np.asarray(_rgb(image).crop(box))
-    a = alpha[..., None]
-    mixed = np.rint(base * (1.0 - a) + top * a).clip(0, 255).astype(np.uint8)
-    return Edit.of(image, box, mixed, alpha > 0)
+    base = np.asarray(_rgb(image).crop(box), dtype=np.float32)
+    mixed = base + (top.astype(np.float32) - base) * alpha[..., None]
+    return Edit.of(image, box, np.rint(mixed, out=mixed).clip(0, 255).astype(np.uint8),
+                   alpha > 0)
 
 
 def _rgb(image: Image.Image) -> Image.Image:

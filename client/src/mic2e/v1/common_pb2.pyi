@@ -31,13 +31,13 @@ class _ImageFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageForm
     IMAGE_FORMAT_UNSPECIFIED: _ImageFormat.ValueType  # 0
     """The server's default: PNG."""
     IMAGE_FORMAT_PNG: _ImageFormat.ValueType  # 1
-    """Lossless PNG (zlib level 1: the fastest level, and at photo sizes no larger than the
-    default level; README "Output formats").
+    """Lossless PNG, zlib level 1 (1.5 to 3x faster than zlib's default for 10 to 15 % more
+    bytes; README "Output formats").
     """
     IMAGE_FORMAT_JPEG: _ImageFormat.ValueType  # 2
-    """JPEG, quality 95. A patch (`ImagePatch`) is never JPEG: it is PNG then."""
+    """JPEG, quality 95."""
     IMAGE_FORMAT_WEBP: _ImageFormat.ValueType  # 3
-    """Lossless WebP."""
+    """Lossless WebP, at its fastest effort (method 0)."""
 
 class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
     """Encoding of an output image."""
@@ -45,13 +45,13 @@ class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
 """The server's default: PNG."""
 IMAGE_FORMAT_PNG: ImageFormat.ValueType  # 1
-"""Lossless PNG (zlib level 1: the fastest level, and at photo sizes no larger than the
-default level; README "Output formats").
+"""Lossless PNG, zlib level 1 (1.5 to 3x faster than zlib's default for 10 to 15 % more
+bytes; README "Output formats").
 """
 IMAGE_FORMAT_JPEG: ImageFormat.ValueType  # 2
-"""JPEG, quality 95. A patch (`ImagePatch`) is never JPEG: it is PNG then."""
+"""JPEG, quality 95."""
 IMAGE_FORMAT_WEBP: ImageFormat.ValueType  # 3
-"""Lossless WebP."""
+"""Lossless WebP, at its fastest effort (method 0)."""
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
 class _MaskFormat:
@@ -211,7 +211,8 @@ class ImagePatch(_message.Message):
     """Lowercase hex SHA-256 of the encoded input image the patch applies to."""
     @_builtins.property
     def image(self) -> Global___EncodedImage:
-        """The patch as an RGBA image, lossless: PNG, or WebP when the request asked for WebP.
+        """The patch as an RGBA image in lossless WebP (the fastest lossless encoding measured;
+        PNG when a side exceeds WebP's 16383 pixels), whatever the request's output format.
         Alpha is 255 where the pixel is the result's and 0 where it is the input's (the colour
         of such a pixel is meaningless). Carries the input's ICC profile, if it had one.
         """
