@@ -15,21 +15,24 @@
  *
  * @module
  */
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type MessageInitShape, create } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, Code, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { createHash } from "node:crypto";
 import type { SecureClientSessionOptions } from "node:http2";
 
 import { errorDetails } from "./errors.js";
+import { applyPatch, canDecodeLikeServers } from "./patches.js";
 
-import type { ImageSchema } from "./gen/mic2e/v1/common_pb.js";
-import type {
-  GenerateRequestSchema,
-  GenerateResponse,
-  InpaintRequestSchema,
-  InpaintResponse,
+import type { EncodedImage, ImageFormat, ImagePatch, ImageSchema } from "./gen/mic2e/v1/common_pb.js";
+import {
+  type GenerateRequestSchema,
+  type GenerateResponse,
+  InpaintOptionsSchema,
+  type InpaintRequestSchema,
+  type InpaintResponse,
 } from "./gen/mic2e/v1/flux_pb.js";
+import { ClearOptionsSchema } from "./gen/mic2e/v1/object_clear_pb.js";
 import {
   EditService,
   type RemoveObjectsRequestSchema,
@@ -52,6 +55,7 @@ export * from "./gen/mic2e/v1/segmentation_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export { type ErrorDetails, type FieldViolation, errorDetails } from "./errors.js";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
+export { type DecodedImage, applyPatch, decodeImage, encodeImage, pastePatch, patchesSupported } from "./patches.js";
 
 /** A `RemoveObjects` request as a plain object (see `RemoveObjectsRequest` in the protos). */
 export type RemoveObjectsInit = MessageInitShape<typeof RemoveObjectsRequestSchema>;
@@ -90,10 +94,43 @@ export interface Mic2eClientOptions {
    * this says, a call that fails UNAVAILABLE before its first event is made once more.)
    */
   imageReferences?: boolean;
+  /**
+   * Ask the servers for only the part of the picture an edit changed (`outputPatch`), and
+   * rebuild the whole picture here: `removeObjects`, `replaceObjects` and `inpaint` results
+   * then still carry the whole picture in `image` (encoded as the request's
+   * `outputFormat` asks, with the input's ICC profile), and `patch` as the server sent it
+   * (so `patch` set on a result you did not ask a patch for says it came as one). A
+   * 12-megapixel photo's result then costs the wire a few hundred KB instead of tens of
+   * MB, and this process a decode and an encode of the photo (sharp, libvips).
+   *
+   * Asked only when the request's image is given as bytes (`imageFromBytes`) this client
+   * can decode exactly as the servers do (a JPEG, PNG or WebP of one frame, not CMYK), sharp
+   * loads on this platform, and the request does not set `outputPatch` itself: `true`
+   * gets the patch handed through untouched (no `image`), `false` in a plain object gets
+   * the whole picture from the server. Default true, as the Python client.
+   */
+  imagePatches?: boolean;
 }
 
 /** A request that may carry an input image. */
 type WithImage = { image?: ImageInit };
+
+/** The options field of each request that can ask for a patch, and its schema. */
+const PATCH_OPTIONS = {
+  clearOptions: ClearOptionsSchema,
+  inpaintOptions: InpaintOptionsSchema,
+  options: InpaintOptionsSchema,
+} as const;
+type PatchOptionsKey = keyof typeof PATCH_OPTIONS;
+
+/** Options as a caller may give them: a plain object, a message, or nothing. */
+type PatchOptionsInit = { outputPatch?: boolean; outputFormat?: ImageFormat; $typeName?: string } | undefined;
+
+/** A result that may carry a patch (RemoveObjects, ReplaceObjects, Inpaint). */
+type PatchableResult = { image?: EncodedImage; patch?: ImagePatch };
+
+/** A stream event whose `result` case may carry a patch. */
+type PatchableEvent = { event: { case: string | undefined; value?: unknown } };
 
 const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
@@ -123,6 +160,9 @@ function baseUrlOf(address: string, tls: boolean): string {
  * PING frames while calls run, and does not keep the process alive when idle. Call
  * {@link Mic2eClient.close} to drop it at once. An image's bytes are sent once; later
  * calls with the same bytes send its SHA-256 (see {@link Mic2eClientOptions.imageReferences}).
+ * Edits of an image given as bytes come back from the servers as patches, applied here to
+ * those bytes: results still carry the whole picture (see
+ * {@link Mic2eClientOptions.imagePatches}).
  *
  * @example
  * ```ts
@@ -142,6 +182,7 @@ export class Mic2eClient {
   readonly #sessions: Http2SessionManager;
   readonly #edit: Client<typeof EditService>;
   readonly #imageReferences: boolean;
+  readonly #imagePatches: boolean;
   /** SHA-256 of every image this client has sent in full. */
   readonly #sent = new Set<string>();
 
@@ -170,6 +211,56 @@ export class Mic2eClient {
     });
     this.#edit = createClient(EditService, transport);
     this.#imageReferences = options.imageReferences ?? true;
+    this.#imagePatches = options.imagePatches ?? true;
+  }
+
+  /**
+   * The request to send with `outputPatch` set in its `key` options, and the input bytes
+   * the patch will apply to; undefined when this call does not ask for a patch (see
+   * {@link Mic2eClientOptions.imagePatches}).
+   */
+  async #patchPlan<R extends object>(
+    request: R,
+    key: PatchOptionsKey,
+  ): Promise<{ request: R; input: Uint8Array; format: ImageFormat | undefined } | undefined> {
+    if (!this.#imagePatches) return undefined;
+    const source = (request as WithImage).image?.source;
+    if (source?.case !== "data" || !(source.value instanceof Uint8Array)) return undefined;
+    const given = (request as Record<string, unknown>)[key] as PatchOptionsInit;
+    // A message's `false` is its default, not a choice; a plain object's is the caller's.
+    if (given?.outputPatch === true || (given?.outputPatch === false && given.$typeName === undefined)) return undefined;
+    // Only when the bytes decode here exactly as on the servers (a header read, no pixels).
+    if (!(await canDecodeLikeServers(source.value))) return undefined;
+    // A copy (the caller's object is left as it was), built afresh from the fields.
+    const { $typeName: _, ...fields } = given ?? {};
+    const options = create(PATCH_OPTIONS[key], { ...fields, outputPatch: true });
+    return { request: { ...request, [key]: options }, input: source.value, format: given?.outputFormat };
+  }
+
+  /**
+   * `call` with a patch asked for when {@link Mic2eClientOptions.imagePatches} allows;
+   * the result's patch applied to the input, into the result's `image`.
+   */
+  async *#patched<R extends object, T extends PatchableEvent>(
+    request: R,
+    key: PatchOptionsKey,
+    call: (r: R) => AsyncIterable<T>,
+  ): AsyncIterable<T> {
+    const plan = await this.#patchPlan(request, key);
+    if (plan === undefined) {
+      yield* call(request);
+      return;
+    }
+    for await (const event of call(plan.request)) {
+      if (event.event.case === "result") {
+        const result = event.event.value as PatchableResult;
+        // Decoded and encoded only now: a call that fails or is cancelled earlier costs nothing.
+        if (result.patch !== undefined && result.image === undefined) {
+          result.image = await applyPatch(plan.input, result.patch, plan.format);
+        }
+      }
+      yield event;
+    }
   }
 
   /**
@@ -251,7 +342,10 @@ export class Mic2eClient {
    * Streams, in order: `progress` events of the segmentation stage and then the
    * `segmentation` event with the instances (not for a mask target), one `progress` per
    * removal step, then exactly one `result`, always last. A failing stage throws from the
-   * iteration after the earlier events were delivered.
+   * iteration after the earlier events were delivered. The result's `image` is the whole
+   * picture at the input's size, rebuilt here from a patch when it came as one
+   * ({@link Mic2eClientOptions.imagePatches}; `patch` is then set too); `repaintedBox`
+   * bounds every pixel that is not the input's own.
    *
    * @param request The image, exactly one `target`, and optional `clearOptions`,
    *   `maskDilation`, `label`.
@@ -259,7 +353,7 @@ export class Mic2eClient {
    *   the next step), `headers`.
    */
   removeObjects(request: RemoveObjectsInit, options?: CallOptions): AsyncIterable<RemoveObjectsResponse> {
-    return this.#stream(request, (r) => this.#edit.removeObjects(r, options));
+    return this.#patched(request, "clearOptions", (p) => this.#stream(p, (r) => this.#edit.removeObjects(r, options)));
   }
 
   /**
@@ -269,23 +363,26 @@ export class Mic2eClient {
    * Streams as {@link Mic2eClient.removeObjects}: the segmentation stage's `progress`
    * and `segmentation` events (not for a masks or box target), one `progress` per
    * denoising step, then exactly one `result`: the image at the input's size (the
-   * input's own pixels outside the dilated, feathered mask), the mask repainted, every
-   * stage's provenance.
+   * input's own pixels outside the dilated, feathered mask; rebuilt here from a patch
+   * when it came as one, see {@link Mic2eClientOptions.imagePatches}), the mask
+   * repainted, the `repaintedBox`, every stage's provenance.
    *
    * @param request The image, exactly one `target`, the `replacement` and optional
    *   `inpaintOptions` (strength, steps, seed, guidanceScale, maskDilation, feather).
    * @param options Per-call `timeoutMs`, `signal`, `headers`.
    */
   replaceObjects(request: ReplaceObjectsInit, options?: CallOptions): AsyncIterable<ReplaceObjectsResponse> {
-    return this.#stream(request, (r) => this.#edit.replaceObjects(r, options));
+    return this.#patched(request, "inpaintOptions", (p) => this.#stream(p, (r) => this.#edit.replaceObjects(r, options)));
   }
 
   /**
    * Repaints the masked region of an image from a prompt: one `progress` per denoising
-   * step, then exactly one `result`. Passed through to the flux server.
+   * step, then exactly one `result`. Passed through to the flux server. As for the other
+   * edits, the result's `image` is the whole picture, rebuilt here from a patch when it
+   * came as one ({@link Mic2eClientOptions.imagePatches}).
    */
   inpaint(request: InpaintInit, options?: CallOptions): AsyncIterable<InpaintResponse> {
-    return this.#stream(request, (r) => this.#edit.inpaint(r, options));
+    return this.#patched(request, "options", (p) => this.#stream(p, (r) => this.#edit.inpaint(r, options)));
   }
 
   /**
