@@ -502,3 +502,19 @@ def test_crop_frame(box, size, expected):
     from mic2e_services.object_clear.types import crop_frame
 
     assert crop_frame(box, *size, 512) == expected
+
+
+def test_resize_and_reference_agree_on_the_region_of_a_photo_that_is_not_scaled(model):
+    """An image at its working size (sides multiples of 16, short side below 512): on the
+    region the model repainted (without fusion: the mask) both strategies give the model's
+    pixels; outside it resize keeps the input's, while the reference's picture is the
+    model's everywhere (with fusion: the input with its low frequencies moved)."""
+    image, mask = make_image(96, 80, seed=9), make_mask(96, 80)
+    reference = run_one(model, query(image=image, mask=mask, fusion=False,
+                                     strategy="reference"))
+    resize = run_one(model, query(image=image, mask=mask, fusion=False))
+    region = resize.edit.region()
+    assert region[mask].all() and not region[~within(mask, 2)].any()
+    assert np.array_equal(np.asarray(resize.image)[mask], np.asarray(reference.image)[mask])
+    assert np.array_equal(np.asarray(resize.image)[~region], np.asarray(image)[~region])
+    assert not np.array_equal(np.asarray(reference.image)[~region], np.asarray(image)[~region])

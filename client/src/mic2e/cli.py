@@ -187,17 +187,6 @@ def _check_text(command: str, args: argparse.Namespace) -> None:
         raise SystemExit(f"mic2e {command}: --text is empty; say what to find, e.g. --text dog")
 
 
-def _write(result: Any, path: Path) -> None:
-    """The whole picture in the format `path`'s extension names: the server's own bytes
-    when it sent that format whole, else encoded here (the client applied a patch)."""
-    fmt = codecs.format_of(str(path))
-    data = result.data
-    if data is None or codecs.EXTENSIONS.get(f".{result.image.format or ''}".lower()) != fmt:
-        data = codecs.encode_image(result.image, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
 def _remove(client: Client, args: argparse.Namespace) -> None:
     options = {"steps": args.steps, "seed": args.seed, "strategy": args.strategy,
                "output_format": codecs.format_of(str(args.output))}
@@ -213,7 +202,7 @@ def _remove(client: Client, args: argparse.Namespace) -> None:
             args.image, text=args.text, points=args.point, box=args.box, masks=args.mask,
             min_score=args.min_score, mask_dilation=args.dilation, label=args.label, **options)
     result = _follow(events)
-    _write(result, args.output)
+    result.save(args.output)
     x0, y0, x1, y1 = result.repainted_box
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}; repainted "
           f"{x1 - x0}x{y1 - y0} at ({x0}, {y0}), every other pixel the input's own)"
@@ -255,7 +244,7 @@ def _replace(client: Client, args: argparse.Namespace) -> None:
             args.image, args.prompt, text=args.text, points=args.point, box=args.box,
             masks=args.mask, min_score=args.min_score, **options)
     result = _follow(events)
-    _write(result, args.output)
+    result.save(args.output)
     note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
           f"{int(result.mask.sum())} px repainted){note}")
@@ -293,7 +282,7 @@ def _generate(client: Client, args: argparse.Namespace) -> None:
             else:
                 result = event
     assert result is not None
-    _write(result, args.output)
+    result.save(args.output)
     note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
           f"seed {result.provenance.seed}){note}")

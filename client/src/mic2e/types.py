@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from mic2e import codecs
 
 #: An axis-aligned box (x0, y0, x1, y1) in pixels; x1/y1 exclusive.
 BoxT = tuple[float, float, float, float]
@@ -85,6 +89,24 @@ class Segmented:
     provenance: Provenance
 
 
+class _Picture:
+    """What every edit's result can do with its whole picture."""
+
+    image: Image.Image
+    data: bytes | None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole picture in the format `path`'s extension names (.png, .jpg /
+        .jpeg, .webp) with the input's colour profile (PIL's own `save` drops it from JPEG
+        and WebP): the server's bytes when they are already that, else encoded here."""
+        fmt = codecs.format_of(str(path))
+        data = self.data
+        if data is None or codecs.EXTENSIONS.get(f".{self.image.format or ''}".lower()) != fmt:
+            data = codecs.encode_image(self.image, fmt)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+
+
 @dataclass(frozen=True)
 class Patch:
     """The changed part of an edited picture, as the server sent it (`ImagePatch`): an
@@ -97,7 +119,7 @@ class Patch:
 
 
 @dataclass(frozen=True)
-class ClearResult:
+class ClearResult(_Picture):
     """Final event of `clear`: the edited image (whole, at the input's size) and the mask
     used."""
 
@@ -116,7 +138,7 @@ class ClearResult:
 
 
 @dataclass(frozen=True)
-class GenerateResult:
+class GenerateResult(_Picture):
     """Final event of `generate`."""
 
     image: Image.Image
@@ -127,7 +149,7 @@ class GenerateResult:
 
 
 @dataclass(frozen=True)
-class RemoveResult:
+class RemoveResult(_Picture):
     """Final event of `remove_objects`: image, merged mask, instances, per-stage facts."""
 
     image: Image.Image
@@ -147,7 +169,7 @@ class RemoveResult:
 
 
 @dataclass(frozen=True)
-class InpaintResult:
+class InpaintResult(_Picture):
     """Final event of `inpaint`: the image at the input's size (the input's own pixels
     outside the dilated, feathered mask) and the mask repainted."""
 
@@ -168,7 +190,7 @@ class InpaintResult:
 
 
 @dataclass(frozen=True)
-class ReplaceResult:
+class ReplaceResult(_Picture):
     """Final event of `replace_objects` / `fill`: image, repainted mask, instances (none
     for a mask or box target), per-stage facts."""
 

@@ -8,7 +8,7 @@ from mic2e.v1 import object_clear_pb2_grpc
 from pydantic import Field
 
 from mic2e_services.object_clear.servicer import SERVICE_NAME, ObjectClearServicer
-from mic2e_services.object_clear.types import GUIDANCE_SCALE, SHORT_SIDE, STEPS
+from mic2e_services.object_clear.types import CROP_MARGIN, GUIDANCE_SCALE, SHORT_SIDE, STEPS
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings
@@ -29,6 +29,9 @@ class Settings(ModelServerSettings):
             f"working short side when the caller sets none (the reference's: "
             f"{SHORT_SIDE.default})"))
     vae_tiling: bool = Field(False, description="decode large images in tiles (saves memory)")
+    crop_margin: int = Field(CROP_MARGIN, ge=0, le=4096, description=(
+        "strategy crop: context kept around the mask's box on every side, in input pixels "
+        "(the crop is then widened to at least the working short side)"))
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "quality": {},
@@ -42,7 +45,7 @@ class Settings(ModelServerSettings):
     def request_defaults(self) -> dict[str, Any]:
         """What an unset request option becomes."""
         return {"steps": self.default_steps, "guidance_scale": self.default_guidance_scale,
-                "short_side": self.default_short_side}
+                "short_side": self.default_short_side, "crop_margin": self.crop_margin}
 
 
 def build_model(settings: Settings) -> Model:

@@ -41,7 +41,8 @@ OPTIONS = {"steps": STEPS, "guidance_scale": GUIDANCE_SCALE, "short_side": SHORT
            "seed": SEED, "fusion": FUSION, "mask_dilation": MASK_DILATION,
            "strategy": STRATEGY}
 CLEAR = Request("ClearRequest", {**OPTIONS, "label": LABEL})
-#: `crop`: context kept around the (dilated) mask's box on every side, in input pixels.
+#: `crop`: context kept around the (dilated) mask's box on every side, in input pixels
+#: (the object-clear server's MIC2E_CROP_MARGIN).
 #: ObjectClear repaints from what surrounds the object (its shadow, the background the
 #: object hid); 128 px is a quarter of the model's own 512-px working side, and the crop
 #: is widened further to at least that side where the image allows (`crop_frame`), so
@@ -121,6 +122,8 @@ class ClearQuery:
     fusion: bool = FUSION.default
     mask_dilation: int = MASK_DILATION.default
     strategy: str = STRATEGY.default
+    #: The server's setting, not the caller's: context kept around the mask by `crop`.
+    crop_margin: int = CROP_MARGIN
 
     def frame(self) -> Box:
         """The part of the image the model runs on: all of it, or (`crop`) the crop
@@ -128,7 +131,7 @@ class ClearQuery:
         if self.strategy != "crop":
             return (0, 0, self.image.width, self.image.height)
         return crop_frame(grown_box(self.mask, self.mask_dilation), self.image.width,
-                          self.image.height, self.short_side)
+                          self.image.height, self.short_side, self.crop_margin)
 
     def working_size(self) -> tuple[int, int]:
         """(width, height) the model runs at: `working_size` of the frame."""
