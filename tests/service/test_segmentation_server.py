@@ -183,3 +183,29 @@ async def test_bad_input_names_the_field_and_server_keeps_serving(seg, name, rpc
     assert field in [v.field for v in bad.field_violations], bad
     ok = await stub.SegmentByPrompt(prompt_req(points=[common_pb2.Point(x=1, y=1)]))
     assert ok.best.mask.width == W
+
+
+async def test_a_phone_jpeg_is_decoded_at_the_models_scale_and_answered_at_its_own(seg):
+    """SAM3 sees 1008x1008: a 4032x3024 JPEG is decoded at half scale (2016x1512, a
+    quarter of the pixels kept in the image cache), and every mask, box and coordinate is
+    still at the photo's own size."""
+    from tests.photos import detailed_photo, jpeg
+
+    server, stub = seg
+    data = jpeg(detailed_photo(4032, 3024, seed=8))
+    resp = await stub.SegmentByText(segmentation_pb2.SegmentByTextRequest(
+        image=common_pb2.Image(data=data), text="dog", score_threshold=0.0,
+        mask_format=common_pb2.MASK_FORMAT_RLE))
+    assert (resp.image_width, resp.image_height) == (4032, 3024)
+    assert resp.instances and all(mask_of(i).shape == (3024, 4032) for i in resp.instances)
+    held = server.servicer.images._cache.get(resp.image_sha256)
+    assert held is not None and held.image.size == (2016, 1512)
+    assert (held.width, held.height) == (4032, 3024)
+    ref = common_pb2.Image(sha256=resp.image_sha256)
+    inside = await stub.SegmentByPrompt(segmentation_pb2.SegmentByPromptRequest(
+        image=ref, points=[common_pb2.Point(x=4031.5, y=3000)]))
+    assert mask_of(inside.best).shape == (3024, 4032)
+    with pytest.raises(grpc.aio.AioRpcError) as info:  # the photo's coordinates, not 2016's
+        await stub.SegmentByPrompt(segmentation_pb2.SegmentByPromptRequest(
+            image=ref, points=[common_pb2.Point(x=4032, y=10)]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -70,14 +70,25 @@ def shape_problem(width: int, height: int) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 draft: tuple[int, int] | None = None) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode to an 8-bit RGB image, upright per EXIF, its ICC profile in
-    ``info["icc_profile"]``; refuse oversize and extreme shapes unread.
+    ``info["icc_profile"]``; refuse oversize and extreme shapes unread."""
+    return _decode(data, max_pixels, None)[0]
 
-    `draft`: a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) that keeps both
-    sides at least this (width, height) - several times cheaper than a full decode, for a
-    model that works at a fixed smaller size. Other formats decode in full."""
+
+def decode_image_at_least(data: bytes, size: tuple[int, int], *,
+                          max_pixels: int = DEFAULT_MAX_PIXELS
+                          ) -> tuple[Image.Image, tuple[int, int]]:
+    """As `decode_image`, for a model that works at `size` (width, height) or below: a
+    JPEG is decoded at the smallest scale (1/2, 1/4, 1/8) that keeps both sides at least
+    `size` (Pillow's draft mode: the JPEG decoder skips the finer DCT coefficients, about
+    1.4x faster at 12 MP and a quarter of the memory), other formats in full. Returns the
+    image and the picture's own upright size (width, height)."""
+    return _decode(data, max_pixels, size)
+
+
+def _decode(data: bytes, max_pixels: int, draft: tuple[int, int] | None
+            ) -> tuple[Image.Image, tuple[int, int]]:
     with _open(data, max_pixels) as img:
         w, h = img.size
         if w * h > max_pixels:
@@ -86,10 +97,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         if problem:
             raise CodecError(problem)
         icc = img.info.get("icc_profile")
+        swap = _exif_swaps_axes(img)
         try:
             if draft is not None and img.format == "JPEG":
-                dw, dh = draft
-                img.draft("RGB", (dh, dw) if _exif_swaps_axes(img) else (dw, dh))
+                img.draft("RGB", (draft[1], draft[0]) if swap else draft)
             img.load()
             img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError) as exc:
@@ -99,7 +110,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             out.info["icc_profile"] = icc
         else:
             out.info.pop("icc_profile", None)
-        return out
+        return out, ((h, w) if swap else (w, h))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

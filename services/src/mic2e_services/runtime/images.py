@@ -65,19 +65,22 @@ class LRU(Generic[K, V]):
 @dataclass(frozen=True)
 class StoredImage:
     """A decoded, upright RGB image (its ICC profile in ``image.info``) and its reference;
-    `decode_s`: the seconds this call spent decoding it (0 when it was held)."""
+    `decode_s`: the seconds this call spent decoding it (0 when it was held). `size`: the
+    picture's own (width, height) when `image` was decoded smaller (`ImageStore`'s
+    `decode_at_least`); `width` and `height` are always the picture's own."""
 
     sha256: str
     image: Image.Image
     decode_s: float = 0.0
+    size: tuple[int, int] | None = None
 
     @property
     def width(self) -> int:
-        return self.image.width
+        return self.size[0] if self.size else self.image.width
 
     @property
     def height(self) -> int:
-        return self.image.height
+        return self.size[1] if self.size else self.image.height
 
 
 class ImageStore:
@@ -85,8 +88,12 @@ class ImageStore:
     (an LRU bounded in bytes of decoded pixels), so a client may refer to them."""
 
     def __init__(self, max_bytes: int = 512 * 2**20,
-                 max_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+                 decode_at_least: tuple[int, int] | None = None) -> None:
         self.max_pixels = max_pixels
+        #: A model that works at this (width, height) or below gets JPEGs decoded at a
+        #: reduced scale (`codecs.decode_image_at_least`); None: every image in full.
+        self.decode_at_least = decode_at_least
         self._cache: LRU[str, StoredImage] = LRU(
             max_bytes, lambda s: s.image.width * s.image.height * len(s.image.getbands()))
         #: How images arrived: as bytes, or as a reference (counted for tests and metrics).
@@ -111,11 +118,16 @@ class ImageStore:
                 return cached
             started = time.perf_counter()
             try:
-                image = await asyncio.to_thread(codecs.decode_image, data,
-                                                max_pixels=self.max_pixels)
+                if self.decode_at_least is None:
+                    image, size = await asyncio.to_thread(
+                        codecs.decode_image, data, max_pixels=self.max_pixels), None
+                else:
+                    image, size = await asyncio.to_thread(
+                        codecs.decode_image_at_least, data, self.decode_at_least,
+                        max_pixels=self.max_pixels)
             except codecs.CodecError as exc:
                 raise InvalidArgument(f"{field}.data", str(exc)) from None
-            return StoredImage(digest, image, time.perf_counter() - started)
+            return StoredImage(digest, image, time.perf_counter() - started, size)
         self.received_refs += 1
         ref = check_reference(sha256 or "", f"{field}.sha256")
         cached = self._cache.get(ref)

@@ -183,9 +183,13 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
 def build_model_server(settings: ModelServerSettings, model: Model, *, name: str,
                        service_name: str, add_servicer: Callable[[object, grpc.aio.Server], None],
                        make_servicer: Callable[[ModelWorker, ImageStore], object],
+                       decode_at_least: tuple[int, int] | None = None,
                        ) -> tuple[Server, int]:
-    """The common shape of a model server: image store + worker + one servicer."""
-    store = ImageStore(settings.image_cache_mb * 2**20, settings.max_image_pixels)
+    """The common shape of a model server: image store + worker + one servicer.
+    `decode_at_least`: the size its model works at, for JPEGs decoded at a reduced scale
+    (a model that needs the full resolution leaves it None)."""
+    store = ImageStore(settings.image_cache_mb * 2**20, settings.max_image_pixels,
+                       decode_at_least)
     worker = ModelWorker(model, max_queue=settings.max_queue,
                          max_batch_size=settings.max_batch_size,
                          max_wait_s=settings.max_wait_ms / 1000, name=name)

@@ -22,7 +22,8 @@ def text_query(req: segmentation_pb2.SegmentByTextRequest, image: StoredImage) -
     threshold = (req.score_threshold if req.HasField("score_threshold")
                  else SCORE_THRESHOLD.default)
     return TextQuery(image=image.image, image_key=image.sha256, text=req.text,
-                     score_threshold=threshold, max_instances=req.max_instances)
+                     score_threshold=threshold, max_instances=req.max_instances,
+                     original_size=(image.width, image.height))
 
 
 def check_before_decoding(req: segmentation_pb2.SegmentByPromptRequest) -> None:
@@ -43,7 +44,8 @@ def prompt_query(req: segmentation_pb2.SegmentByPromptRequest, image: StoredImag
     if req.HasField("box"):
         box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1)
     return PromptQuery(image=image.image, image_key=image.sha256, points=tuple(points), box=box,
-                       return_alternatives=req.return_alternatives)
+                       return_alternatives=req.return_alternatives,
+                       original_size=(image.width, image.height))
 
 
 def instance(segment: Segment, fmt: str) -> common_pb2.Instance:

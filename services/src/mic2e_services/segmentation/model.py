@@ -292,8 +292,8 @@ class Sam3Segmenter(TorchModel):
         """The query image's cache entry (fresh if absent or stale), made the most recent."""
         with self._lock:
             entry = self._cache.get(query.image_key)
-            if entry is None or entry.size != query.image.size:
-                entry = _Features(size=query.image.size)
+            if entry is None or entry.size != query.size:
+                entry = _Features(size=query.size)
                 self._cache[query.image_key] = entry
             self._cache.move_to_end(query.image_key)
         return entry
@@ -440,7 +440,7 @@ class Sam3Segmenter(TorchModel):
             # Same order as the processor: probabilities are upsampled, then thresholded.
             probs = out.pred_masks[row, order].float().sigmoid()
             segments = _segments(
-                probs, scores[row, order], query.image.size, query.mask_threshold
+                probs, scores[row, order], query.size, query.mask_threshold
             )
             # An instance without a single pixel at full size cannot be shown or removed.
             results.append(TextResult([s for s in segments if s.mask.any()]))
@@ -482,7 +482,7 @@ class Sam3Segmenter(TorchModel):
         if has_box:
             kwargs["input_boxes"] = [[list(q.box)] for q in queries]
         prompts = self._trk_processor(
-            original_sizes=[[q.image.height, q.image.width] for q in queries],
+            original_sizes=[[q.size[1], q.size[0]] for q in queries],
             return_tensors="pt",
             **kwargs,
         )
@@ -501,7 +501,7 @@ class Sam3Segmenter(TorchModel):
                 order = order[:1]
             logits = out.pred_masks[row, 0, order].float()
             # Mask logits: the object is where the upsampled logit is positive.
-            segments = _segments(logits, iou[row, 0, order], query.image.size, 0.0)
+            segments = _segments(logits, iou[row, 0, order], query.size, 0.0)
             results.append(PromptResult(best=segments[0], alternatives=segments[1:]))
         return results
 

@@ -11,6 +11,7 @@ from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings
 from mic2e_services.segmentation.servicer import SERVICE_NAME, SegmentationServicer
+from mic2e_services.segmentation.types import MODEL_INPUT_SIDE
 
 
 class Settings(ModelServerSettings):
@@ -46,4 +47,6 @@ def create_server(settings: Settings, model: Model | None = None) -> tuple[Serve
         settings, model or build_model(settings), name="segmentation",
         service_name=SERVICE_NAME,
         add_servicer=segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server,
-        make_servicer=SegmentationServicer)
+        make_servicer=SegmentationServicer,
+        # SAM3 sees every picture at 1008x1008: a phone's JPEG need not be decoded in full.
+        decode_at_least=(MODEL_INPUT_SIDE, MODEL_INPUT_SIDE))

@@ -27,6 +27,9 @@ SEGMENT_BY_TEXT = Request("SegmentByTextRequest", {
 # SAM's prompt encoder takes any number of points; a person clicks a handful.
 POINTS = Field("points", list, max_items=64)
 SEGMENT_BY_PROMPT = Request("SegmentByPromptRequest", {"points": POINTS})
+#: SAM3's input side (its processor resizes every picture to 1008x1008): a JPEG decoded at
+#: a reduced scale that keeps both sides at least this loses nothing the model sees.
+MODEL_INPUT_SIDE = 1008
 #: Where a mask probability counts as the object (not an API field: SAM3's own).
 MASK_THRESHOLD = 0.5
 
@@ -44,6 +47,14 @@ class TextQuery:
     score_threshold: float = SCORE_THRESHOLD.default
     max_instances: int = MAX_INSTANCES.default  # 0: all instances above the threshold
     mask_threshold: float = MASK_THRESHOLD
+    #: The picture's own (width, height) when `image` was decoded smaller; masks come
+    #: back at this size.
+    original_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the picture: masks and coordinates are at this size."""
+        return self.original_size or self.image.size
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,13 @@ class PromptQuery:
     points: tuple[tuple[float, float, bool], ...] = ()
     box: tuple[float, float, float, float] | None = None
     return_alternatives: bool = False
+    #: As `TextQuery.original_size`: points, box and masks are at this size.
+    original_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the picture: masks and coordinates are at this size."""
+        return self.original_size or self.image.size
 
 
 # eq=False: the numpy mask makes field-wise equality ambiguous.
@@ -123,7 +141,7 @@ def violations(query: Any) -> list[FieldViolation]:
     if isinstance(query, TextQuery):
         return bad + SEGMENT_BY_TEXT.check(query)
 
-    width, height = image.size
+    width, height = query.size
     if too_many := SEGMENT_BY_PROMPT.check(query):
         return bad + too_many  # not one item more is looked at
     if not query.points and query.box is None:
