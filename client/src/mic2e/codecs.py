@@ -34,8 +34,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: about 1 MP): past 8:1 (FLUX's own 2048 / 256) they would see a sliver, or be asked for
 #: a working size that costs minutes. One rule, from the header, on every server.
 MAX_ASPECT_RATIO = 8
-#: zlib level of PNG output: level 1 encodes a detailed photo 1.5 to 3x faster than
-#: Pillow's default (6) for 10 to 15 % more bytes (README "Output formats").
+#: zlib level of PNG output: level 1 encodes a detailed photo 2.2x faster than Pillow's
+#: default (6) for 12 % more bytes (README "Output formats").
 PNG_LEVEL = 1
 _OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 #: Largest side a WebP file can have.
@@ -82,7 +82,7 @@ def decode_image_at_least(data: bytes, size: tuple[int, int], *,
     """As `decode_image`, for a model that works at `size` (width, height) or below: a
     JPEG is decoded at the smallest scale (1/2, 1/4, 1/8) that keeps both sides at least
     `size` (Pillow's draft mode: the JPEG decoder skips the finer DCT coefficients, about
-    1.4x faster at 12 MP and a quarter of the memory), other formats in full. Returns the
+    1.6x faster at 12 MP and a quarter of the memory), other formats in full. Returns the
     image and the picture's own upright size (width, height)."""
     return _decode(data, max_pixels, size)
 
@@ -206,8 +206,8 @@ def encode_image(img: Image.Image, fmt: str = "png", *, icc_profile: bytes | Non
     if name == "JPEG":
         img.convert("RGB").save(buf, "JPEG", quality=95, **extra)
     elif name == "WEBP":
-        # Lossless at the least effort: 17x faster than libwebp's default effort on a
-        # 12 MP photo for 30 % more bytes, and faster than any PNG level
+        # Lossless at the least effort: 12x faster than libwebp's default effort on a
+        # 12 MP photo for 30 % more bytes, and 2.4x faster than PNG at level 1
         # (benchmarks/results/*-encoders.json).
         img.save(buf, "WEBP", lossless=True, method=0, quality=0, **extra)
     else:

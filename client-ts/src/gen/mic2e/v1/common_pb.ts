@@ -521,8 +521,8 @@ export enum ImageFormat {
   UNSPECIFIED = 0,
 
   /**
-   * Lossless PNG, zlib level 1 (1.5 to 3x faster than zlib's default for 10 to 15 % more
-   * bytes; README "Output formats").
+   * Lossless PNG, zlib level 1 (2.2x faster than zlib's default for 12 % more bytes on a
+   * detailed photo; README "Output formats").
    *
    * @generated from enum value: IMAGE_FORMAT_PNG = 1;
    */
