@@ -56,7 +56,7 @@ def test_feathering_only_the_masks_box_equals_feathering_the_whole_image(feather
     mask = np.zeros((h, w), bool)
     mask[30:40, 50:58] = True  # well inside
     mask[0:5, 110:120] = True  # at a corner: the blur meets the image's edge
-    alpha, (x0, y0, x1, y1) = _feathered(mask, feather, torch.device("cpu"))
+    alpha, (x0, y0, x1, y1) = _feathered(mask, feather)
     placed = np.zeros((h, w), np.float32)
     placed[y0:y1, x0:x1] = alpha
     # The same weights, computed on the whole image with 2-D boxes: the mask grown by a

@@ -143,7 +143,8 @@ def picture(result: object, sent: bytes | None) -> dict:
         raise codecs.CodecError("got a patch, but this call sent no image bytes to apply it to")
     with Image.open(io.BytesIO(patch.image.data)) as img:
         overlay = img.convert("RGBA")
-    whole = codecs.apply_patch(codecs.decode_image(sent), overlay, patch.x, patch.y)
+    whole = codecs.apply_patch(codecs.decode_image(sent), overlay, patch.x, patch.y,
+                               in_place=True)
     return {**out, "image": whole, "data": None,
             "patch": Patch(patch.x, patch.y, patch.image.data)}
 

@@ -102,7 +102,8 @@ def _decode(data: bytes, max_pixels: int, draft: tuple[int, int] | None
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", (draft[1], draft[0]) if swap else draft)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if _orientation(img) != 1:  # (exif_transpose copies even an upright picture)
+                img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError) as exc:
             raise CodecError(f"image data is corrupt or truncated: {exc}") from None
         out = _to_rgb(img)
@@ -167,12 +168,16 @@ def _chunk_name(kind: bytes) -> str:
     return kind.decode("ascii") if kind.isalpha() else "(unnamed)"
 
 
-def _exif_swaps_axes(img: Image.Image) -> bool:
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1: upright, also when there is none or it is unreadable)."""
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        return int(img.getexif().get(0x0112, 1))
     except Exception:  # a broken EXIF block must not make a valid image unreadable
-        return False
-    return orientation in (5, 6, 7, 8)
+        return 1
+
+
+def _exif_swaps_axes(img: Image.Image) -> bool:
+    return _orientation(img) in (5, 6, 7, 8)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -233,26 +238,66 @@ def patch_image(pixels: np.ndarray, changed: np.ndarray) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
-def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int) -> Image.Image:
+def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int, *,
+                in_place: bool = False) -> Image.Image:
     """`base` (RGB) with the opaque pixels of the RGBA `patch` copied to (x, y); every
-    other pixel is base's own, byte for byte. A new image; base's ICC profile is kept."""
+    other pixel is base's own, byte for byte. A new image (base itself with `in_place`,
+    for a caller that decoded it for this); base's ICC profile is kept."""
     if patch.mode != "RGBA":
         raise CodecError(f"a patch is an RGBA image, got mode {patch.mode}")
     if x < 0 or y < 0 or x + patch.width > base.width or y + patch.height > base.height:
         raise CodecError(f"a {patch.width}x{patch.height} patch at ({x}, {y}) does not fit a "
                          f"{base.width}x{base.height} image")
-    out = base.copy()
+    out = base if in_place else base.copy()
     # Alpha is 0 or 255, so paste copies exactly (no blending arithmetic on the pixels).
     out.paste(patch.convert("RGB"), (x, y), patch.getchannel("A"))
     return out
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
-    """A boolean HxW mask as a 1-bit PNG."""
+    """A boolean HxW mask as a 1-bit greyscale PNG.
+
+    Written here rather than by Pillow: rows packed 8 pixels a byte, no filter, zlib
+    level 6 - about 5x faster than Pillow's encoder on a 12 MP mask at the same size
+    (masks are long runs, which the filters do not help), and `decode_mask_png` reads
+    such a file back without Pillow's unpacking."""
     mask = _as_bool_mask(mask)
-    buf = io.BytesIO()
-    Image.fromarray(mask).convert("1").save(buf, "PNG", optimize=True)
-    return buf.getvalue()
+    h, w = mask.shape
+    rows = np.zeros((h, 1 + (w + 7) // 8), np.uint8)  # a 0 (no filter) before each row
+    rows[:, 1:] = np.packbits(mask, axis=1)
+    header = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # 1-bit grey, no interlace
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+
+def _unfiltered_1bit_png(data: bytes, w: int, h: int) -> np.ndarray | None:
+    """The pixels of a 1-bit greyscale, non-interlaced PNG whose rows all use no filter
+    (what `encode_mask_png` writes), unpacked with numpy; None for any other PNG."""
+    depth, colour, _, _, interlace = data[24:29]
+    if (depth, colour, interlace) != (1, 0, 0):
+        return None
+    idat, at = [], len(_PNG_SIGNATURE)
+    while at < len(data):  # the chunks were walked and CRC-checked by _open already
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"IDAT":
+            idat.append(data[at + 8:at + 8 + length])
+        at += 12 + length
+    stride = 1 + (w + 7) // 8
+    try:
+        raw = zlib.decompressobj().decompress(b"".join(idat), h * stride)
+    except zlib.error:
+        return None  # Pillow says what is wrong
+    if len(raw) != h * stride:
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(h, stride)
+    if rows[:, 0].any():
+        return None
+    return np.unpackbits(rows[:, 1:], axis=1, count=w).view(bool)
 
 
 def decode_mask_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -265,6 +310,8 @@ def decode_mask_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise CodecError(f"mask says {size[0]}x{size[1]}, its PNG is {w}x{h}")
         if w * h > max_pixels:
             raise CodecError(f"mask is {w}x{h}, over the limit of {max_pixels} pixels")
+        if img.format == "PNG" and (fast := _unfiltered_1bit_png(data, w, h)) is not None:
+            return fast
         try:
             img.load()
         except (OSError, SyntaxError, ValueError) as exc:

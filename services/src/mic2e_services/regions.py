@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from mic2e_services.edits import Box, Edit
@@ -20,14 +19,15 @@ from mic2e_services.edits import Box, Edit
 __all__ = ["composite", "feathered", "upscaled_region"]
 
 
-def feathered(mask: np.ndarray, feather: int, device: torch.device
-              ) -> tuple[np.ndarray, Box]:
+def feathered(mask: np.ndarray, feather: int) -> tuple[np.ndarray, Box]:
     """Blend weights in [0, 1], and the box they cover: 1 on `mask`, falling to 0 over
     `feather` pixels outside it along rows and columns (up to 1.4x that on diagonals),
     exactly 0 beyond: the mask grown by half the feather (a square), then a box blur over
-    the rest, which has no tail. Only the box around the mask is computed, in two 1-D passes, so
-    the cost follows the mask's area and not the image's or the feather's square. The
-    weights stop at the array's edges."""
+    the rest, which has no tail. Only the box around the mask is computed, in 1-D passes
+    of running sums, so the cost follows the mask's area and not the image's or the
+    feather's; on the CPU (the mask and the weights are numpy arrays either side, and
+    float64 keeps a window of zeros at exactly 0). The weights stop at the array's
+    edges."""
     h, w = mask.shape
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -38,22 +38,32 @@ def feathered(mask: np.ndarray, feather: int, device: torch.device
     margin = feather + blur + 1
     box = (max(0, cols[0] - margin), max(0, rows[0] - margin),
            min(w, cols[-1] + 1 + margin), min(h, rows[-1] + 1 + margin))
-    alpha = torch.from_numpy(np.ascontiguousarray(mask[box[1]:box[3], box[0]:box[2]])
-                             ).to(device).float()[None, None]
+    crop = torch.from_numpy(np.ascontiguousarray(mask[box[1]:box[3], box[0]:box[2]]))
+    alpha = crop.double()
     if feather > 0:
-        # Separable passes only (a square grown by max pooling, then a box blur): their
-        # cost does not grow with the feather's square, on a region of many megapixels.
-        grown, k = alpha, 2 * grow + 1
-        if grow > 0:
-            grown = F.max_pool2d(grown, (1, k), stride=1, padding=(0, grow))
-            grown = F.max_pool2d(grown, (k, 1), stride=1, padding=(grow, 0))
-        k = 2 * blur + 1
-        grown = F.avg_pool2d(grown, (1, k), stride=1, padding=(0, blur),
-                             count_include_pad=False)
-        grown = F.avg_pool2d(grown, (k, 1), stride=1, padding=(blur, 0),
-                             count_include_pad=False)
-        alpha = torch.maximum(grown, alpha)
-    return alpha[0, 0].cpu().numpy(), tuple(int(v) for v in box)
+        # A square grown, then a box blur, each as two 1-D passes.
+        for dim in (1, 0):
+            if grow > 0:
+                alpha = (_window_sums(alpha, grow, dim)[0] > 0).double()
+        for dim in (1, 0):
+            sums, counts = _window_sums(alpha, blur, dim)
+            alpha = sums / counts
+        alpha = torch.maximum(alpha, crop.double())
+    return alpha.float().numpy(), tuple(int(v) for v in box)
+
+
+def _window_sums(x: torch.Tensor, radius: int, dim: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of `x` over windows of 2 * radius + 1 along `dim`, clipped at the edges, and
+    how many pixels each window holds there (running sums: O(1) a pixel)."""
+    n = x.shape[dim]
+    running = torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), x.cumsum(dim)], dim)
+    index = torch.arange(n, device=x.device)
+    hi, lo = (index + radius + 1).clamp(max=n), (index - radius).clamp(min=0)
+    shape = [1] * x.ndim
+    shape[dim] = n
+    return (running.index_select(dim, hi) - running.index_select(dim, lo),
+            (hi - lo).view(shape).to(x.dtype))
 
 
 def upscaled_region(region: torch.Tensor, frame: Box, box: Box) -> np.ndarray:

@@ -304,7 +304,7 @@ class FluxGenerator(TorchModel):
             if inpaint:
                 query = batch[j]
                 started = time.perf_counter()
-                alpha, box = feathered(masks[j], query.feather, self.device)
+                alpha, box = feathered(masks[j], query.feather)
                 edit = composite(query.image, pictures[j], alpha, box)
                 results[i] = InpaintOutput(
                     edit=edit, mask=masks[j], timings={

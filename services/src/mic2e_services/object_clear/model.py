@@ -233,7 +233,7 @@ class ObjectClearModel(TorchModel):
                 edit = Edit.whole(q.image, output.images[k])
             else:
                 edit = _put_back(q.image, output.images[k], output.regions[k, 0], mask,
-                                 frames[k], self.device)
+                                 frames[k])
             timings = {"prepare": prepare_s / len(queries),
                        "composite": time.perf_counter() - started}
             results.append(ClearOutput(edit=edit, mask=mask, steps=q.steps, seed=seed,
@@ -248,11 +248,13 @@ def _at_working_size(image: Image.Image, mask: np.ndarray, frame: Box,
     what the reference sees of that part of the image."""
     x0, y0, x1, y1 = frame
     part = image if frame == (0, 0, image.width, image.height) else image.crop(frame)
-    binary = Image.fromarray(np.where(mask[y0:y1, x0:x1], 255, 0).astype(np.uint8))
+    # 0/1 bytes (a view of the bools, no arithmetic over the photo): nearest neighbour
+    # picks pixels, so the values do not matter.
+    binary = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8))
     if part.size != size:
         part = part.resize(size, Image.Resampling.BICUBIC)
         binary = binary.resize(size, Image.Resampling.NEAREST)
-    return part, np.asarray(binary) > 127
+    return part, np.asarray(binary) > 0
 
 
 def feather_of(frame: Box, working: tuple[int, int]) -> int:
@@ -263,7 +265,7 @@ def feather_of(frame: Box, working: tuple[int, int]) -> int:
 
 
 def _put_back(image: Image.Image, painted: Image.Image, region: torch.Tensor,
-              mask: np.ndarray, frame: Box, device: torch.device) -> Edit:
+              mask: np.ndarray, frame: Box) -> Edit:
     """The model's picture of `frame` (at the working size) put back over `image`: the
     region it repainted (`region`, at the working size, together with the dilated `mask`
     at full size) enlarged to the input's pixels, feathered, and blended in with PIL
@@ -286,6 +288,6 @@ def _put_back(image: Image.Image, painted: Image.Image, region: torch.Tensor,
     # The region over that box: enlarged (nearest) from the working size, with the mask.
     bx0, by0, bx1, by1 = box
     covered = upscaled_region(region, frame, box) | mask[by0:by1, bx0:bx1]
-    alpha, (ax0, ay0, ax1, ay1) = feathered(covered, feather, device)
+    alpha, (ax0, ay0, ax1, ay1) = feathered(covered, feather)
     return composite(image, painted, alpha, (bx0 + ax0, by0 + ay0, bx0 + ax1, by0 + ay1),
                      frame=frame, resample=Image.Resampling.BICUBIC)

@@ -176,7 +176,7 @@ def whole_picture(data: bytes, patch: common_pb2.ImagePatch, fmt: int, *,
         raise InvalidArgument("image.data", str(exc)) from None
     with Image.open(io.BytesIO(patch.image.data)) as img:
         overlay = img.convert("RGBA")
-    whole = codecs.apply_patch(base, overlay, patch.x, patch.y)
+    whole = codecs.apply_patch(base, overlay, patch.x, patch.y, in_place=True)
     return convert.encoded_image(whole, convert.image_format(fmt, "output_format"),
                                  base.info.get("icc_profile"))
 
