@@ -450,9 +450,10 @@ def test_resize_puts_back_exactly_the_region_the_model_repainted(model, monkeypa
     cols = np.arange(BIG_W) * width // BIG_W
     needed = region_w[rows][:, cols] | q.mask
     changed = out.edit.region()
-    feather = max(2, -(-2 * BIG_W // width))
+    # The feather: two working pixels, and one more that bilinear enlarging reaches.
+    reach = -(-3 * BIG_W // width)
     assert changed[needed].all(), "part of the repainted region was left out"
-    assert not changed[~within(needed, feather + 1)].any(), "more than the region + feather"
+    assert not changed[~within(needed, reach + 1)].any(), "more than the region + feather"
     assert changed[:100, 450:].any() and changed[300:360, 80:150].all()  # block and object
     assert np.array_equal(np.asarray(out.image)[~changed], np.asarray(q.image)[~changed])
 

@@ -1,4 +1,4 @@
-"""Putting a model's repainted region back into the full-size photo (torch + PIL).
+"""Putting a model's repainted region back into the full-size photo (numpy + PIL).
 
 Both masked edits (ObjectClear, FLUX inpainting) run their model at a working size and
 must give back the input's own pixels wherever they did not repaint. `feathered` turns a
@@ -11,12 +11,11 @@ the region, not the photo.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from mic2e_services.edits import Box, Edit
 
-__all__ = ["composite", "feathered", "upscaled_region"]
+__all__ = ["composite", "feathered"]
 
 
 def feathered(mask: np.ndarray, feather: int) -> tuple[np.ndarray, Box]:
@@ -38,43 +37,37 @@ def feathered(mask: np.ndarray, feather: int) -> tuple[np.ndarray, Box]:
     margin = feather + blur + 1
     box = (max(0, cols[0] - margin), max(0, rows[0] - margin),
            min(w, cols[-1] + 1 + margin), min(h, rows[-1] + 1 + margin))
-    crop = torch.from_numpy(np.ascontiguousarray(mask[box[1]:box[3], box[0]:box[2]]))
-    alpha = crop.double()
+    crop = mask[box[1]:box[3], box[0]:box[2]] > 0
+    alpha = crop.astype(np.float64)
     if feather > 0:
         # A square grown, then a box blur, each as two 1-D passes.
-        for dim in (1, 0):
+        for axis in (1, 0):
             if grow > 0:
-                alpha = (_window_sums(alpha, grow, dim)[0] > 0).double()
-        for dim in (1, 0):
-            sums, counts = _window_sums(alpha, blur, dim)
+                alpha = (_window_sums(alpha, grow, axis)[0] > 0).astype(np.float64)
+        for axis in (1, 0):
+            sums, counts = _window_sums(alpha, blur, axis)
             alpha = sums / counts
-        alpha = torch.maximum(alpha, crop.double())
-    return alpha.float().numpy(), tuple(int(v) for v in box)
+        alpha = np.maximum(alpha, crop)
+    return alpha.astype(np.float32), tuple(int(v) for v in box)
 
 
-def _window_sums(x: torch.Tensor, radius: int, dim: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of `x` over windows of 2 * radius + 1 along `dim`, clipped at the edges, and
+def _window_sums(x: np.ndarray, radius: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of `x` over windows of 2 * radius + 1 along `axis`, clipped at the edges, and
     how many pixels each window holds there (running sums: O(1) a pixel)."""
-    n = x.shape[dim]
-    running = torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), x.cumsum(dim)], dim)
-    index = torch.arange(n, device=x.device)
-    hi, lo = (index + radius + 1).clamp(max=n), (index - radius).clamp(min=0)
+    n = x.shape[axis]
+    zero = np.zeros_like(x.take([0], axis=axis))
+    running = np.concatenate([zero, np.cumsum(x, axis=axis)], axis=axis)  # sums of x[:i]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (radius, radius)
+    # extended[j] = running[clip(j - radius, 0, n)]: the window's ends, clipped.
+    extended = np.pad(running, pad, mode="edge")
+    sums = (extended.take(range(2 * radius + 1, 2 * radius + 1 + n), axis=axis)
+            - extended.take(range(n), axis=axis))
+    index = np.arange(n)
+    counts = np.minimum(index + radius + 1, n) - np.maximum(index - radius, 0)
     shape = [1] * x.ndim
-    shape[dim] = n
-    return (running.index_select(dim, hi) - running.index_select(dim, lo),
-            (hi - lo).view(shape).to(x.dtype))
-
-
-def upscaled_region(region: torch.Tensor, frame: Box, box: Box) -> np.ndarray:
-    """`region` ((h, w) bool at a working size covering `frame` of the full image) at full
-    resolution over `box` (inside `frame`), nearest neighbour: full pixel X of the frame
-    reads working column floor(X * w / frame width)."""
-    fx0, fy0, fx1, fy1 = frame
-    h, w = region.shape
-    xs = (torch.arange(box[0] - fx0, box[2] - fx0, device=region.device) * w) // (fx1 - fx0)
-    ys = (torch.arange(box[1] - fy0, box[3] - fy0, device=region.device) * h) // (fy1 - fy0)
-    return region[ys][:, xs].cpu().numpy()
+    shape[axis] = n
+    return sums, counts.reshape(shape).astype(x.dtype)
 
 
 def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray, box: Box, *,

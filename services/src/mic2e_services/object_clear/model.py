@@ -7,7 +7,6 @@ fields' defaults and ranges are declared once in `types.py`; cancellation raises
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Hashable, Iterable, Sequence
@@ -33,7 +32,7 @@ from mic2e_services.object_clear.types import (
     grown_box,
     violations,
 )
-from mic2e_services.regions import composite, feathered, upscaled_region
+from mic2e_services.regions import composite, feathered
 from mic2e_services.runtime.model_api import QuietContext, StepContext
 
 __all__ = ["STAGE", "ClearOutput", "ClearQuery", "ObjectClearModel"]
@@ -257,37 +256,56 @@ def _at_working_size(image: Image.Image, mask: np.ndarray, frame: Box,
     return part, np.asarray(binary) > 0
 
 
-def feather_of(frame: Box, working: tuple[int, int]) -> int:
-    """Feather (in input pixels) of the region put back: two working pixels, so the
-    working grid's steps at the region's edge fade out instead of showing."""
-    scale = (frame[2] - frame[0]) / working[0]
-    return max(2, math.ceil(2 * scale))
+#: Feather of the region put back, in working pixels: the working grid's steps at the
+#: region's edge fade out over this instead of showing.
+FEATHER_WORKING_PIXELS = 2
 
 
 def _put_back(image: Image.Image, painted: Image.Image, region: torch.Tensor,
               mask: np.ndarray, frame: Box) -> Edit:
     """The model's picture of `frame` (at the working size) put back over `image`: the
-    region it repainted (`region`, at the working size, together with the dilated `mask`
-    at full size) enlarged to the input's pixels, feathered, and blended in with PIL
-    bicubic (the reference's resampling), over the region's box only."""
+    region it repainted (`region`, at the working size) feathered there, its weights
+    enlarged to the input's pixels (bilinear) together with the dilated `mask` at full
+    size, and the picture blended in with PIL bicubic (the reference's resampling), over
+    the region's box only. Weights are computed at the working size: the cost does not
+    grow with the photo's resolution."""
     fx0, fy0, fx1, fy1 = frame
-    feather = feather_of(frame, painted.size)
-    # The region's box at full size: the working pixels it covers, and the mask's box.
+    fw, fh = fx1 - fx0, fy1 - fy0
     h, w = region.shape
-    rows = torch.nonzero(region.any(dim=1)).flatten().tolist()
-    cols = torch.nonzero(region.any(dim=0)).flatten().tolist()
+    weights, (wx0, wy0, wx1, wy1) = feathered(region.cpu().numpy(),
+                                               FEATHER_WORKING_PIXELS)
+    # The box at full size: the working pixels the weights cover (one more either side,
+    # which bilinear enlarging reaches), and the mask's box.
     mx0, my0, mx1, my1 = grown_box(mask[fy0:fy1, fx0:fx1], 0)
     x0, y0, x1, y1 = mx0, my0, mx1, my1
-    if rows:
-        fw, fh = fx1 - fx0, fy1 - fy0
-        x0, x1 = min(x0, cols[0] * fw // w), max(x1, -(-(cols[-1] + 1) * fw // w))
-        y0, y1 = min(y0, rows[0] * fh // h), max(y1, -(-(rows[-1] + 1) * fh // h))
-    margin = 2 * feather + 2
-    box = (max(fx0, fx0 + x0 - margin), max(fy0, fy0 + y0 - margin),
-           min(fx1, fx0 + x1 + margin), min(fy1, fy0 + y1 + margin))
-    # The region over that box: enlarged (nearest) from the working size, with the mask.
+    if wx1 > wx0:
+        x0, x1 = min(x0, max(0, wx0 - 1) * fw // w), max(x1, -(-min(w, wx1 + 1) * fw // w))
+        y0, y1 = min(y0, max(0, wy0 - 1) * fh // h), max(y1, -(-min(h, wy1 + 1) * fh // h))
+    box = (fx0 + x0, fy0 + y0, fx0 + x1, fy0 + y1)
     bx0, by0, bx1, by1 = box
-    covered = upscaled_region(region, frame, box) | mask[by0:by1, bx0:bx1]
-    alpha, (ax0, ay0, ax1, ay1) = feathered(covered, feather)
-    return composite(image, painted, alpha, (bx0 + ax0, by0 + ay0, bx0 + ax1, by0 + ay1),
-                     frame=frame, resample=Image.Resampling.BICUBIC)
+    alpha = np.zeros((by1 - by0, bx1 - bx0), np.float32)
+    if wx1 > wx0:
+        placed = np.zeros((h, w), np.float32)
+        placed[wy0:wy1, wx0:wx1] = weights
+        alpha = _enlarged(placed, (x0, y0, x1, y1), (fw, fh))
+    alpha = np.maximum(alpha, mask[by0:by1, bx0:bx1])
+    return composite(image, painted, alpha, box, frame=frame,
+                     resample=Image.Resampling.BICUBIC)
+
+
+def _enlarged(weights: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) working-size `weights` over `box` of a picture of `size` (width, height),
+    bilinear with pixel centres aligned (as F.interpolate, align_corners False): exactly 0
+    wherever the nearest working pixels are all 0."""
+    h, w = weights.shape
+
+    def taps(lo: int, hi: int, full: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        u = ((np.arange(lo, hi) + 0.5) * (n / full) - 0.5).clip(0, n - 1)
+        i0 = np.floor(u).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n - 1)
+        return i0, i1, (u - i0).astype(np.float32)
+
+    c0, c1, tx = taps(box[0], box[2], size[0], w)
+    r0, r1, ty = taps(box[1], box[3], size[1], h)
+    cols = weights[:, c0] * (1 - tx) + weights[:, c1] * tx
+    return cols[r0] * (1 - ty)[:, None] + cols[r1] * ty[:, None]
