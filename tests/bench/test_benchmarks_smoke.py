@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import load, memory, models, overhead, soak
+from benchmarks import load, memory, models, overhead, photo_path, soak
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +241,57 @@ def test_memory_goals_pick_the_fastest_run_that_fits_each_card():
     assert not rows[("flux", 16)]["met"] and rows[("flux", 16)]["gap"] == "1.25x too slow"
     assert rows[("objectclear", 8)]["met"]
     assert ("sam3", 4) not in rows  # not measured: not claimed either way
+
+
+def test_photo_path(tiny_dir, tmp_path):
+    """The removal paths at 0.3 and 1 MP, one request each (ReplaceObjects and
+    SegmentByText would start two more servers: ~50 s more on two cores): every figure
+    the program promises is there, per process and per hop, and sane."""
+    import numpy as np
+    from mic2e import codecs
+
+    jpeg = photo_path.photo(64, 48)
+    again = photo_path.fresh(jpeg, 1)  # new bytes, the same picture
+    assert again != jpeg and np.array_equal(np.asarray(codecs.decode_image(again)),
+                                            np.asarray(codecs.decode_image(jpeg)))
+    assert photo_path.photo_mask(640, 480).mean() == pytest.approx(0.04, rel=0.02)
+
+    out = tmp_path / "photo_path.json"
+    r = photo_path.main(["--tiny-dir", str(tiny_dir), "--sizes", "0.3,1", "--ops", "remove",
+                         "--requests", "1", "--warmup", "0", "--floor-repeats", "1",
+                         "--goal-size", "1", "--out", str(out)])
+    _written(out, r)
+    assert r["failures"] == []
+    for key, (width, height) in (("0.3", (640, 480)), ("1", (1152, 864))):
+        e = r["sizes"][key]
+        assert (e["width"], e["height"]) == (width, height) and e["jpeg_bytes"] > 0
+        assert e["floor"]["decode_ms"] > 0 and e["floor"]["encode_region_ms"] > 0
+        remove = e["remove"]
+        assert set(remove) == {"new", "crop", "today"}
+        for path, x in remove.items():
+            assert x["n"] == 1
+            cpu = x["cpu_outside_model_ms"]
+            assert {"client", "orchestrator", "object-clear", "total"} <= set(cpu)
+            assert all(_finite(v) and v >= 0 for v in cpu.values()), (path, cpu)
+            assert _finite(x["model_cpu_ms"]) and x["model_cpu_ms"] > 0
+            wire = x["wire_bytes"]
+            # The photo goes up each hop once (fresh bytes: never by reference).
+            assert wire["client->orchestrator"]["request"] > e["jpeg_bytes"]
+            assert wire["orchestrator->object-clear"]["request"] > e["jpeg_bytes"]
+            assert x["result_wire_bytes"] >= 2 * x["payload_bytes"] > 0
+            assert _finite(x["ratio_to_floor"])
+        # A patch of the repainted region (the mask, grown a little) instead of the picture.
+        assert remove["new"]["payload"] == remove["crop"]["payload"] == "patch"
+        assert remove["today"]["payload"] == "image"
+        x0, y0, x1, y1 = remove["new"]["repainted_box"]
+        assert (x1 - x0) * (y1 - y0) < 0.25 * width * height
+        assert remove["new"]["result_wire_bytes"] < remove["today"]["result_wire_bytes"]
+        assert _finite(remove["new"]["cpu_ratio_to_today"])
+        assert _finite(remove["new"]["bytes_ratio_to_today"])
+        assert remove["today"]["derived"]["result_wire_bytes"] > 0
+        assert e["old_encoder"]["png6_bytes"] > 0
+        assert e["client_parts_ms"]["jpeg_decode_photo_ms"] > 0
+    goals = r["goals"]
+    assert goals["evaluated"] and goals["size"] == "1"
+    assert set(goals["checks"]) == {"cpu_vs_floor", "cpu_vs_today", "bytes_vs_today"}
+    assert all(isinstance(c["met"], bool) for c in goals["checks"].values())

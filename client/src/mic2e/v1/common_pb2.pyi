@@ -214,7 +214,8 @@ class ImagePatch(_message.Message):
         """The patch as an RGBA image in lossless WebP (the fastest lossless encoding measured;
         PNG when a side exceeds WebP's 16383 pixels), whatever the request's output format.
         Alpha is 255 where the pixel is the result's and 0 where it is the input's (the colour
-        of such a pixel is meaningless). Carries the input's ICC profile, if it had one.
+        of such a pixel is meaningless); a file without alpha is all the result's. Carries the
+        input's ICC profile, if it had one.
         """
 
     def __init__(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mic2e.v1 import common_pb2, flux_pb2
@@ -48,15 +47,7 @@ def inpaint_query(req: flux_pb2.InpaintRequest, image: StoredImage, *, max_pixel
 def inpaint_result(out: InpaintOutput, fmt: str, provenance: common_pb2.Provenance, *,
                    request: flux_pb2.InpaintRequest, image: StoredImage
                    ) -> flux_pb2.InpaintResponse:
-    """The result as the caller asked for it (the whole picture or a patch), with the
-    seconds of the work around the model in the provenance."""
-    started = time.perf_counter()
-    fields = convert.edit_result(out.edit, fmt, patch=request.options.output_patch,
-                                 region_mask=request.options.output_repainted_mask,
-                                 base_sha256=image.sha256)
-    mask = convert.mask_to_proto(out.mask, "png")
-    convert.add_timings(provenance, {"decode": image.decode_s, **out.timings,
-                                     "encode": time.perf_counter() - started})
+    """The result as the caller asked for it (the whole picture or a patch)."""
     return flux_pb2.InpaintResponse(result=flux_pb2.InpaintResult(
-        mask=mask, provenance=provenance, prompt_truncated=out.prompt_truncated,
-        truncated_prompt=out.truncated_prompt, **fields))
+        prompt_truncated=out.prompt_truncated, truncated_prompt=out.truncated_prompt,
+        **convert.edit_message(out, fmt, request.options, image, provenance)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mic2e.v1 import common_pb2, object_clear_pb2
@@ -43,15 +42,6 @@ def clear_query(req: object_clear_pb2.ClearRequest, image: StoredImage, *, max_p
 def result(out: ClearOutput, fmt: str, provenance: common_pb2.Provenance, *,
            request: object_clear_pb2.ClearRequest, image: StoredImage
            ) -> object_clear_pb2.ClearResponse:
-    """The result as the caller asked for it (the whole picture or a patch), with the
-    seconds of the work around the model in the provenance."""
-    started = time.perf_counter()
-    fields = convert.edit_result(out.edit, fmt, patch=request.options.output_patch,
-                                 region_mask=request.options.output_repainted_mask,
-                                 base_sha256=image.sha256)
-    mask = convert.mask_to_proto(out.mask, "png")
-    convert.add_timings(provenance, {"decode": image.decode_s, **out.timings,
-                                     "encode": time.perf_counter() - started})
+    """The result as the caller asked for it (the whole picture or a patch)."""
     return object_clear_pb2.ClearResponse(result=object_clear_pb2.ClearResult(
-        mask=mask, provenance=provenance, **fields))
-
+        **convert.edit_message(out, fmt, request.options, image, provenance)))

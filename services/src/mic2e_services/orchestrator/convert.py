@@ -129,12 +129,14 @@ def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest
 def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.Image,
                   masks: list[common_pb2.Mask]) -> object_clear_pb2.ClearRequest:
     """The removal of `masks`; the label only when the caller set one (the reference's
-    prompt otherwise, whatever the target's text). Always as a patch: only the changed
-    part travels back (`whole_picture` builds the rest for a caller who wants it)."""
+    prompt otherwise, whatever the target's text). As a patch: only the changed part
+    travels back (`whole_picture` builds the rest for a caller who wants it) - unless the
+    whole picture changes anyway (strategy reference) and the caller wants it whole."""
     options = object_clear_pb2.ClearOptions()
     options.CopyFrom(req.clear_options)
     options.mask_dilation = mask_dilation(req)
-    options.output_patch = True
+    options.output_patch = (req.clear_options.output_patch or req.clear_options.strategy
+                            != object_clear_pb2.CLEAR_STRATEGY_REFERENCE)
     return object_clear_pb2.ClearRequest(image=image, masks=masks, label=req.label,
                                          options=options)
 

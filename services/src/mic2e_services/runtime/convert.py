@@ -5,6 +5,7 @@ Each service's own `convert.py` builds on these; model code never sees a protobu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -85,10 +86,21 @@ def edit_result(edit: Edit, fmt: str, *, patch: bool, region_mask: bool, base_sh
     return out
 
 
-def add_timings(provenance: common_pb2.Provenance, timings: dict[str, float]) -> None:
-    """Append stages (the work around the model: decode, prepare, composite, encode)."""
-    provenance.timings.extend(common_pb2.StageTiming(stage=s, duration=duration(t))
-                              for s, t in timings.items())
+def edit_message(out: Any, fmt: str, options: Any, image: StoredImage,
+                 provenance: common_pb2.Provenance) -> dict[str, Any]:
+    """The fields of a masked edit's result message (ClearResult, InpaintResult) from the
+    model's output (`edit`, `mask`, `timings`): the picture as `options.output_patch`
+    asks, the repainted box and mask, the mask used, and the provenance with the seconds
+    of the work around the model appended (decode, prepare, composite, encode)."""
+    started = time.perf_counter()
+    fields = edit_result(out.edit, fmt, patch=options.output_patch,
+                         region_mask=options.output_repainted_mask, base_sha256=image.sha256)
+    fields["mask"] = mask_to_proto(out.mask, "png")
+    provenance.timings.extend(
+        common_pb2.StageTiming(stage=s, duration=duration(t)) for s, t in
+        {"decode": image.decode_s, **out.timings,
+         "encode": time.perf_counter() - started}.items())
+    return {**fields, "provenance": provenance}
 
 
 def mask_format(value: int, field: str) -> str:
