@@ -315,8 +315,10 @@ def stack_main(name: str, argv: Sequence[str] | None, build_parser: Callable[[],
                run: Callable[[argparse.Namespace], Any],
                report: Callable[[dict[str, Any]], str],
                extra_config: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+               record_as: Callable[[dict[str, Any]], str] | None = None,
                ) -> dict[str, Any]:
-    """The shared `main` of the stack benchmarks: parse, run, print the table, save."""
+    """The shared `main` of the stack benchmarks: parse, run, print the table, save
+    (`record_as(result)`: the name to file it under, default `name`)."""
     import asyncio
 
     quiet()
@@ -330,7 +332,7 @@ def stack_main(name: str, argv: Sequence[str] | None, build_parser: Callable[[],
     result = {"benchmark": name, "environment": environment(name, argv, started),
               "config": config, **measured}
     print(report(result), end="")
-    return finish(result, args, name)
+    return finish(result, args, record_as(result) if record_as else name)
 
 
 # -- profiles of the model-class benchmarks (models, memory) ---------------------------------

@@ -52,13 +52,10 @@ from typing import Any
 from benchmarks._common import (
     REPO,
     add_output_args,
-    environment,
-    finish,
     fmt_x,
-    now,
-    quiet,
     quiet_env,
     ratio,
+    stack_main,
     table,
 )
 from benchmarks._stack import ORCHESTRATOR, add_stack_args, given_addresses
@@ -896,19 +893,10 @@ def _b(n: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """`stack_main`, but filed as `<date>-cpu-photo_path-tiny.json` (the profile in the
-    name, as models and memory file theirs; `external` for a running stack)."""
-    quiet()
-    args = build_parser().parse_args(argv)
-    started = now()
-    measured = asyncio.run(run(args))
-    config = {k: (str(v) if k in ("out", "tiny_dir") and v else v)
-              for k, v in vars(args).items() if k not in ("record", "token")}
-    result = {"benchmark": NAME, "environment": environment(NAME, argv, started),
-              "config": config, **measured}
-    print(report(result), end="")
-    profile = "external" if measured["stack"].startswith("external") else "tiny"
-    return finish(result, args, f"{NAME}-{profile}")
+    """`stack_main`, filed as `<date>-cpu-photo_path-tiny.json` (the profile in the name,
+    as models and memory file theirs; `external` for a running stack)."""
+    return stack_main(NAME, argv, build_parser, run, report, record_as=lambda result: (
+        f"{NAME}-{'external' if result['stack'].startswith('external') else 'tiny'}"))
 
 
 if __name__ == "__main__":
