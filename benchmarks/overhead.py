@@ -22,6 +22,7 @@ Reported: medians, p95, and the overhead ratio orchestrated / direct - 1 (target
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 from collections.abc import Sequence
@@ -145,7 +146,7 @@ class Paths:
         async for msg in self.refs[server].stream(data, call, digest=sha):
             if msg.WhichOneof("event") == "result":
                 result = msg.result
-        if result is None or not result.image.data:
+        if result is None or not (result.image.data or result.patch.image.data):
             raise RuntimeError(f"{what} ended without a result image")
         return result
 
@@ -169,11 +170,15 @@ class Paths:
         else:
             masks = list(caller.masks.masks)
         t1 = time.perf_counter()
-        await self._stream_with_refs(
+        result = await self._stream_with_refs(
             "object-clear", sha, data,
             lambda img: self.clear.Clear(oc.clear_request(caller, img, masks),
                                          metadata=self.md),
             "Clear")
+        # The whole picture from the patch, as the orchestrator builds it for this caller.
+        await asyncio.to_thread(oc.edit_fields, result, data, patch=False,
+                                fmt=caller.clear_options.output_format,
+                                max_pixels=codecs.DEFAULT_MAX_PIXELS)
         timings["object_clear"] = time.perf_counter() - t1
         return timings
 
