@@ -182,8 +182,9 @@ class ObjectClearModel(TorchModel):
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
         # 2. Grow the masks as asked, on the device (the mask's box only); then what the
-        #    model sees: the whole image (the pipeline resizes it, as the reference), or
-        #    the frame (a crop) already at the working size, the same PIL resampling
+        #    model sees at the working size - the whole image, or (crop) the frame -
+        #    resized here with the pipeline's own PIL resampling. `reference` hands the
+        #    whole image to the pipeline, which resizes it and its result back itself.
         started = time.perf_counter()
         masks, frames, images, model_masks = [], [], [], []
         for q in queries:
