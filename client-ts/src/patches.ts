@@ -290,7 +290,7 @@ const CRC_TABLE = (() => {
 })();
 
 /** CRC-32 of a PNG chunk (`zlib.crc32` is newer than Node 20.9, which sharp allows). */
-function crc32(bytes: Uint8Array): number {
+export function crc32(bytes: Uint8Array): number {
   let c = 0xffffffff;
   for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
