@@ -257,17 +257,18 @@ def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int, *,
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """A boolean HxW mask as a 1-bit greyscale PNG.
 
-    Written here rather than by Pillow: rows packed 8 pixels a byte, no filter, zlib
-    level 6 - about 5x faster than Pillow's encoder on a 12 MP mask at the same size
-    (masks are long runs, which the filters do not help), and `decode_mask_png` reads
-    such a file back without Pillow's unpacking."""
+    Written here rather than by Pillow: rows packed 8 pixels a byte, no filter - much
+    faster than Pillow's encoder (masks are long runs, which the filters do not help),
+    and `decode_mask_png` reads such a file back without Pillow's unpacking. zlib level
+    1: a 12 MP mask of one object takes 4 ms instead of level 6's 10 ms, for 8 kB
+    instead of 3 kB."""
     mask = _as_bool_mask(mask)
     h, w = mask.shape
     rows = np.zeros((h, 1 + (w + 7) // 8), np.uint8)  # a 0 (no filter) before each row
     rows[:, 1:] = np.packbits(mask, axis=1)
     header = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # 1-bit grey, no interlace
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
