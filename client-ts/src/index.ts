@@ -2,7 +2,8 @@
  * TypeScript client of the mic2e.v1 API.
  *
  * {@link Mic2eClient} calls the orchestrator's `mic2e.v1.EditService` over the gRPC
- * protocol (HTTP/2, via `@connectrpc/connect-node`). Requests are plain objects shaped like
+ * protocol (HTTP/2, via `@connectrpc/connect-node`), or over the Connect protocol or
+ * gRPC-Web against a server's HTTP port ({@link Mic2eClientOptions.protocol}). Requests are plain objects shaped like
  * the protobuf messages (every field optional, `oneof`s as `{ case, value }`); responses are
  * the generated message types, re-exported from this module together with every other
  * message and enum of `protos/mic2e/v1`.
@@ -16,10 +17,25 @@
  * @module
  */
 import { type MessageInitShape, create } from "@bufbuild/protobuf";
-import { type CallOptions, type Client, Code, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  type CallOptions,
+  type Client,
+  Code,
+  ConnectError,
+  type Interceptor,
+  type Transport,
+  createClient,
+} from "@connectrpc/connect";
+import {
+  Http2SessionManager,
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+} from "@connectrpc/connect-node";
 import { createHash } from "node:crypto";
+import * as http from "node:http";
 import type { SecureClientSessionOptions } from "node:http2";
+import * as https from "node:https";
 
 import { errorDetails } from "./errors.js";
 import { applyPatch, canDecodeLikeServers } from "./patches.js";
@@ -72,15 +88,44 @@ export type GenerateInit = MessageInitShape<typeof GenerateRequestSchema>;
 /** An input image as a plain object: `{ source: { case: "data" | "sha256", value } }`. */
 export type ImageInit = MessageInitShape<typeof ImageSchema>;
 
+/**
+ * The RPC protocol a {@link Mic2eClient} speaks (see {@link Mic2eClientOptions.protocol}):
+ * `"grpc"` to a server's gRPC port, `"connect"` or `"grpc-web"` to its HTTP port.
+ */
+export type Protocol = "grpc" | "connect" | "grpc-web";
+
 /** Settings of a {@link Mic2eClient}. Every field is optional. */
 export interface Mic2eClientOptions {
-  /** Connect with TLS (`https`) instead of plaintext HTTP/2. Default false. */
+  /**
+   * The RPC protocol. `"grpc"` (the default) calls a server's gRPC port (default 50051 for
+   * the orchestrator) over HTTP/2. `"connect"` (the Connect protocol) and `"grpc-web"` call
+   * its HTTP port instead (`--http-port`, `MIC2E_HTTP_PORT`; `mic2e-server up` gives the
+   * orchestrator 8080), where the same handlers answer: the same events, errors with the
+   * same details, deadlines, cancellation. They pass where gRPC does not (HTTP/1.1 proxies,
+   * load balancers without HTTP/2 to the back end); `"connect"` with
+   * `useBinaryFormat: false` is plain JSON over POST, readable with curl.
+   */
+  protocol?: Protocol;
+  /**
+   * HTTP version of `"connect"` and `"grpc-web"`: `"2"` (the default; cleartext HTTP/2
+   * with prior knowledge without `tls`) or `"1.1"`. `"grpc"` needs `"2"`: the constructor
+   * throws for `"1.1"`.
+   */
+  httpVersion?: "1.1" | "2";
+  /**
+   * Messages in the protobuf binary format (true, the default) or in JSON (false; bytes
+   * fields travel in base64, a third larger). For `"connect"` and `"grpc-web"` (the
+   * servers accept both; gRPC is always binary).
+   */
+  useBinaryFormat?: boolean;
+  /** Connect with TLS (`https`) instead of plaintext. Default false. */
   tls?: boolean;
   /**
-   * Options for Node's `http2.connect()`, e.g. `{ ca }` to trust a private CA, or
-   * `{ cert, key }` for mutual TLS.
+   * TLS and socket settings, e.g. `{ ca }` to trust a private CA, or `{ cert, key }` for
+   * mutual TLS: options of Node's `http2.connect()` over HTTP/2, of `https.request()` (or
+   * `http.request()`) with `httpVersion: "1.1"`.
    */
-  nodeOptions?: SecureClientSessionOptions;
+  nodeOptions?: SecureClientSessionOptions | https.RequestOptions;
   /** Deadline of every call in milliseconds, unless a call passes its own. Default none. */
   timeoutMs?: number;
   /** Largest message sent or received, in bytes. Default 64 MiB, the servers' own limit. */
@@ -147,18 +192,21 @@ export function imageFromSha256(sha256: string): ImageInit {
   return { source: { case: "sha256", value: sha256 } };
 }
 
-/** `"host:port"` (or a full `http(s)://` URL) to the base URL of the gRPC transport. */
+/** `"host:port"` (or a full `http(s)://` URL) to the base URL of the transport. */
 function baseUrlOf(address: string, tls: boolean): string {
   if (/^https?:\/\//.test(address)) return address;
   return `${tls ? "https" : "http"}://${address}`;
 }
 
 /**
- * A client of the orchestrator (`mic2e.v1.EditService`, default port 50051).
+ * A client of the orchestrator (`mic2e.v1.EditService`, default port 50051; with
+ * {@link Mic2eClientOptions.protocol} `"connect"` or `"grpc-web"`, its HTTP port, 8080
+ * under `mic2e-server up`).
  *
- * One HTTP/2 connection is opened on the first call, shared by all calls, kept alive with
- * PING frames while calls run, and does not keep the process alive when idle. Call
- * {@link Mic2eClient.close} to drop it at once. An image's bytes are sent once; later
+ * Over HTTP/2, one connection is opened on the first call, shared by all calls, kept alive
+ * with PING frames while calls run, and does not keep the process alive when idle; over
+ * HTTP/1.1, a pool of keep-alive connections does the same. Call
+ * {@link Mic2eClient.close} to drop them at once. An image's bytes are sent once; later
  * calls with the same bytes send its SHA-256 (see {@link Mic2eClientOptions.imageReferences}).
  * Edits of an image given as bytes come back from the servers as patches, applied here to
  * those bytes: results still carry the whole picture (see
@@ -179,7 +227,8 @@ function baseUrlOf(address: string, tls: boolean): string {
 export class Mic2eClient {
   /** The address this client calls, as given. */
   readonly address: string;
-  readonly #sessions: Http2SessionManager;
+  /** What holds the connections: closed by {@link Mic2eClient.close}. */
+  readonly #connections: { abort(): void } | { destroy(): void };
   readonly #edit: Client<typeof EditService>;
   readonly #imageReferences: boolean;
   readonly #imagePatches: boolean;
@@ -193,22 +242,44 @@ export class Mic2eClient {
    */
   constructor(address: string, options: Mic2eClientOptions = {}) {
     this.address = address;
-    const baseUrl = baseUrlOf(address, options.tls ?? false);
-    // Same keepalive as the Python client (30 s interval, 10 s timeout); the servers allow it.
-    this.#sessions = new Http2SessionManager(
-      baseUrl,
-      { pingIntervalMs: 30_000, pingTimeoutMs: 10_000 },
-      options.nodeOptions,
-    );
+    const tls = options.tls ?? false;
+    const baseUrl = baseUrlOf(address, tls);
+    const protocol = options.protocol ?? "grpc";
+    const httpVersion = options.httpVersion ?? "2";
+    if (protocol === "grpc" && httpVersion !== "2") {
+      throw new Error('the gRPC protocol needs HTTP/2 (httpVersion "2"); use protocol "connect" or "grpc-web" for HTTP/1.1');
+    }
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-    const transport = createGrpcTransport({
+    const common = {
       baseUrl,
-      sessionManager: this.#sessions,
       interceptors: options.interceptors ?? [],
       readMaxBytes: maxBytes,
       writeMaxBytes: maxBytes,
       ...(options.timeoutMs !== undefined ? { defaultTimeoutMs: options.timeoutMs } : {}),
-    });
+    };
+    // What carries the calls: one HTTP/2 session, or a pool of HTTP/1.1 connections.
+    let carrier: { httpVersion: "2"; sessionManager: Http2SessionManager } | { httpVersion: "1.1"; nodeOptions: https.RequestOptions };
+    if (httpVersion === "2") {
+      // Same keepalive as the Python client (30 s interval, 10 s timeout); the servers allow it.
+      const sessions = new Http2SessionManager(
+        baseUrl,
+        { pingIntervalMs: 30_000, pingTimeoutMs: 10_000 },
+        options.nodeOptions as SecureClientSessionOptions | undefined,
+      );
+      this.#connections = sessions;
+      carrier = { httpVersion: "2", sessionManager: sessions };
+    } else {
+      // An agent of our own, so close() can drop its connections; a keep-alive agent unrefs
+      // its idle sockets, so they do not keep the process alive.
+      const agent = tls ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+      this.#connections = agent;
+      carrier = { httpVersion: "1.1", nodeOptions: { ...(options.nodeOptions as https.RequestOptions), agent } };
+    }
+    const useBinaryFormat = options.useBinaryFormat ?? true;
+    let transport: Transport;
+    if (carrier.httpVersion === "2" && protocol === "grpc") transport = createGrpcTransport({ ...common, ...carrier });
+    else if (protocol === "connect") transport = createConnectTransport({ ...common, ...carrier, useBinaryFormat });
+    else transport = createGrpcWebTransport({ ...common, ...carrier, useBinaryFormat });
     this.#edit = createClient(EditService, transport);
     this.#imageReferences = options.imageReferences ?? true;
     this.#imagePatches = options.imagePatches ?? true;
@@ -410,8 +481,9 @@ export class Mic2eClient {
     return this.#stream(request, (r) => this.#edit.generate(r, options));
   }
 
-  /** Closes the connection; calls still running fail. A later call reconnects. */
+  /** Closes the connections; calls still running fail. A later call reconnects. */
   close(): void {
-    this.#sessions.abort();
+    if ("abort" in this.#connections) this.#connections.abort();
+    else this.#connections.destroy();
   }
 }

@@ -6,11 +6,9 @@
 import * as assert from "node:assert/strict";
 import { after, test } from "node:test";
 
-import { Code, ConnectError, type Interceptor, Mic2eClient, PointLabel, imageFromBytes } from "../src/index.js";
-import type { Message } from "@bufbuild/protobuf";
-import { createAsyncIterable } from "@connectrpc/connect/protocol";
+import { Code, ConnectError, Mic2eClient, PointLabel, imageFromBytes } from "../src/index.js";
 import { encodePng } from "./png.js";
-import { errorInfo } from "./wire.js";
+import { Spy } from "./spy.js";
 
 const address = process.env.MIC2E_ADDRESS;
 if (!address) throw new Error("MIC2E_ADDRESS (host:port of the orchestrator) is not set");
@@ -23,40 +21,6 @@ const CALL = { timeoutMs: 60_000 };
 function picture(seed: number): Uint8Array {
   const rgb = new Uint8Array(W * H * 3).map((_, i) => (i * 31 + seed * 97) % 253);
   return encodePng(W, H, 3, rgb);
-}
-
-type Sent = { image?: { source: { case?: string; value?: unknown } } };
-
-/** Records how each call sent its image; answers IMAGE_NOT_FOUND to the next reference when asked. */
-class Spy {
-  readonly seen: (string | undefined)[] = [];
-  dropNextReference = false;
-  /** Answer UNAVAILABLE to this many of the next calls. */
-  unavailable = 0;
-  readonly interceptor: Interceptor = (next) => async (req) => {
-    let message: Sent;
-    if (req.stream) {
-      const all: Message[] = [];
-      for await (const m of req.message) all.push(m);
-      message = all[0] as unknown as Sent;
-      req = { ...req, message: createAsyncIterable(all) };
-    } else {
-      message = req.message as unknown as Sent;
-    }
-    const source = message.image?.source;
-    this.seen.push(source?.case);
-    if (this.unavailable > 0) {
-      this.unavailable -= 1;
-      throw new ConnectError("max connection age", Code.Unavailable);
-    }
-    if (this.dropNextReference && source?.case === "sha256") {
-      this.dropNextReference = false;
-      const err = new ConnectError("image not found", Code.NotFound);
-      err.details = [{ type: "google.rpc.ErrorInfo", value: errorInfo("IMAGE_NOT_FOUND", "mic2e.v1", { sha256: String(source.value) }) }];
-      throw err;
-    }
-    return next(req);
-  };
 }
 
 const spy = new Spy();

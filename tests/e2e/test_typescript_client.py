@@ -2,8 +2,9 @@
 
 Runs client-ts's node:test suite (test/*.test.ts compiled by tsc: RemoveObjects event
 order and result size, a bad request's INVALID_ARGUMENT, the pass-through calls, a
-4032x3024 photo's removal come back as a patch and rebuilt whole) as a
-subprocess with MIC2E_ADDRESS pointing at the in-process orchestrator. The subprocess is
+4032x3024 photo's removal come back as a patch and rebuilt whole; the same over the
+Connect protocol and gRPC-Web) as a subprocess with MIC2E_ADDRESS pointing at the
+in-process orchestrator's gRPC port and MIC2E_HTTP_URL at its HTTP port. The subprocess is
 awaited with asyncio so this event loop keeps serving the stack while node calls it.
 Node.js and client-ts/node_modules come from `scripts/setup-ts.sh` (the test command runs
 it); when they are missing this test fails rather than skips.
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 CLIENT_TS = Path(__file__).resolve().parents[2] / "client-ts"
 TSC = CLIENT_TS / "node_modules" / "typescript" / "bin" / "tsc"
-MIN_NODE_TESTS = 23
+MIN_NODE_TESTS = 33
 SETUP_HINT = "run `bash scripts/setup-ts.sh` (npm ci + build in client-ts)"
 TIMEOUT_S = 180
 
@@ -57,7 +58,8 @@ async def test_typescript_client_remove_objects(stack):
     # The compiled twins of test/*.test.ts (not whatever else lingers in dist/).
     tests = [f"dist/test/{p.stem}.js" for p in sorted((CLIENT_TS / "test").glob("*.test.ts"))]
     assert any(t.endswith("/remove_objects.test.js") for t in tests), tests
-    env = {**os.environ, "MIC2E_ADDRESS": stack.address, "NO_COLOR": "1"}
+    env = {**os.environ, "MIC2E_ADDRESS": stack.address, "MIC2E_HTTP_URL": stack.http_url(),
+           "NO_COLOR": "1"}
     env.pop("NODE_OPTIONS", None)
     code, out = await run(node, "--test", "--test-reporter=spec", *tests, env=env)
     print(out)  # shown by pytest -rP
