@@ -2,7 +2,8 @@
 
 One command: `uv run python scripts/gen_protos.py`.
 
-Writes `*_pb2.py`, `*_pb2_grpc.py` and their `.pyi` type stubs (mypy-protobuf) into
+Writes `*_pb2.py`, `*_pb2_grpc.py` and their `.pyi` type stubs (mypy-protobuf), and the
+Connect applications of the HTTP port (`*_connect.py`, protoc-gen-connect-python), into
 client/src/mic2e/v1/. With `--check`, writes to a temporary folder instead and exits 1 when
 the committed stubs differ, so CI catches stale stubs.
 """
@@ -26,7 +27,8 @@ PACKAGE_DIR = Path("mic2e") / "v1"
 
 
 def generate(out_root: Path) -> None:
-    # protoc finds the mypy-protobuf plugins on PATH; they sit beside this interpreter.
+    # protoc finds its plugins (mypy-protobuf, connect-python) on PATH; they sit beside
+    # this interpreter.
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     protos = sorted(str(p.relative_to(PROTO_ROOT))
@@ -40,6 +42,7 @@ def generate(out_root: Path) -> None:
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--mypy_grpc_out={out_root}",
+        f"--connect-python_out={out_root}",
         *protos,
     ]
     if protoc.main(args) != 0:
@@ -48,7 +51,7 @@ def generate(out_root: Path) -> None:
 
 def generated_files(root: Path) -> set[str]:
     folder = root / PACKAGE_DIR
-    return {p.name for p in folder.glob("*_pb2*.py*")}
+    return {p.name for p in [*folder.glob("*_pb2*.py*"), *folder.glob("*_connect.py")]}
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""The bad-input suite: >= 40 cases against the live tiny stack, table-driven.
+"""The bad-input suite: >= 40 cases against the live tiny stack, table-driven, each over
+gRPC and over the HTTP port (the Connect protocol).
 
 Each case asserts its status code (and, for INVALID_ARGUMENT, the field named in the
 BadRequest details), that no case ever answers INTERNAL, and that the server it hit is
@@ -35,6 +36,7 @@ from mic2e.v1 import (
 from PIL import Image
 
 from tests.grpc_helpers import detail, drain, rich_status
+from tests.http_channel import HttpChannel
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -394,10 +396,21 @@ VALID = {"segmentation": seg_text(), "object_clear": clear(), "flux": generate()
          "orchestrator": remove(**MASKS)}
 
 
+def http_channel_for(stack, server: str) -> HttpChannel:
+    """The same server's HTTP port, as a channel the gRPC stubs call over Connect."""
+    srv = stack.orchestrator if server == "orchestrator" else getattr(stack, server)
+    if not hasattr(srv, "_test_http_channel"):
+        srv._test_http_channel = HttpChannel(f"http://127.0.0.1:{srv.http.port}")
+    return srv._test_http_channel
+
+
+# Every case runs over gRPC and over HTTP (the Connect protocol): the same codes and fields.
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_bad_input(stack, case: Case):
+async def test_bad_input(stack, case: Case, transport: str):
     server, call = case.call
-    channel = channel_for(stack, server)
+    grpc_channel = channel_for(stack, server)
+    channel = grpc_channel if transport == "grpc" else http_channel_for(stack, server)
     try:
         response = await call(channel)
         code = OK
@@ -412,7 +425,8 @@ async def test_bad_input(stack, case: Case):
     if case.check is not None:
         case.check(response)
     # The server is still healthy and answers a valid request right after.
-    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    health = await health_pb2_grpc.HealthStub(grpc_channel).Check(
+        health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     await VALID[server][1](channel)
 
@@ -428,6 +442,18 @@ async def test_message_over_the_size_limit(stack):
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{stack.segmentation.port}",
         options=[("grpc.max_send_message_length", 100 * 1024 * 1024)])
+    huge = segmentation_pb2.SegmentByTextRequest(image=img(b"\x00" * (65 * 1024 * 1024)),
+                                                 text="dog")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await segmentation_pb2_grpc.SegmentationServiceStub(channel).SegmentByText(huge)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await VALID["segmentation"][1](channel)
+    await channel.close()
+
+
+async def test_message_over_the_size_limit_over_http(stack):
+    """The limit holds on the HTTP port too, before the body is parsed or even read."""
+    channel = HttpChannel(stack.http_url(stack.segmentation))
     huge = segmentation_pb2.SegmentByTextRequest(image=img(b"\x00" * (65 * 1024 * 1024)),
                                                  text="dog")
     with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -1,8 +1,10 @@
-"""Metrics scraped by a real Prometheus, and one trace across orchestrator and model server."""
+"""Metrics scraped by a real Prometheus, and one trace across orchestrator and model server
+(over gRPC and over the HTTP port)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import socket
@@ -12,6 +14,7 @@ import urllib.parse
 import urllib.request
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 from mic2e.v1 import (
@@ -152,7 +155,8 @@ async def test_one_trace_spans_orchestrator_and_model_server(tiny_sam3):
     await seg.start()
     await seg.wait_ready(120)
     orch, orch_port = orch_server.create_server(orch_server.Settings(
-        host="127.0.0.1", port=0, tracing=True, segmentation_address=f"127.0.0.1:{seg_port}"))
+        host="127.0.0.1", port=0, http_port=0, tracing=True,
+        segmentation_address=f"127.0.0.1:{seg_port}"))
     await orch.start()
     await orch.wait_ready(10)
     try:
@@ -174,6 +178,24 @@ async def test_one_trace_spans_orchestrator_and_model_server(tiny_sam3):
         trace_ids = {edit.context.trace_id, model_rpc[0].context.trace_id,
                      by_name["segmentation.model"].context.trace_id}
         assert len(trace_ids) == 1, "the trace did not cross the two servers"
+
+        # Over the HTTP port, a caller's W3C trace context is taken up the same way.
+        exporter.clear()
+        caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{orch.http.port}") as client:
+            response = await client.post(
+                "/mic2e.v1.EditService/SegmentByText",
+                json={"image": {"data": base64.b64encode(data).decode()}, "text": "dog"},
+                headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"})
+        assert response.status_code == 200, response.text
+        spans = exporter.get_finished_spans()
+        edit = [s for s in spans if s.name == "/mic2e.v1.EditService/SegmentByText"]
+        model_rpc = [s for s in spans if s.name == "/mic2e.v1.SegmentationService/SegmentByText"
+                     and s.kind == trace.SpanKind.SERVER]
+        assert edit and model_rpc, sorted(s.name for s in spans)
+        assert {f"{edit[0].context.trace_id:032x}", f"{model_rpc[0].context.trace_id:032x}"
+                } == {caller_trace}
+        assert f"{edit[0].parent.span_id:016x}" == caller_span
     finally:
         await orch.stop(0)
         await seg.stop(0)

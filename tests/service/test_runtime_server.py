@@ -26,6 +26,31 @@ from mic2e_services.runtime.worker import ModelWorker, ProgressEvent
 
 from tests.fakes import FakeModel, FakeRequest
 from tests.grpc_helpers import detail, rich_status
+from tests.http_channel import HttpChannel
+
+#: Each runtime behaviour below holds over gRPC and over the HTTP port's two protocols.
+TRANSPORTS = ["grpc", "connect", "grpc-web"]
+
+
+@pytest.fixture
+async def over(stack, request):
+    """The channel of the test's transport (`transport` parameter) to the stack's server."""
+    server, channel, _, _ = stack
+    transport = getattr(request, "param", "grpc")
+    if transport == "grpc":
+        yield channel
+        return
+    http = HttpChannel(f"http://127.0.0.1:{server.http.port}", transport)
+    yield http
+    await http.close()
+
+
+async def leave(call) -> None:
+    """The caller goes away: a gRPC cancel, or an HTTP client closing its connection."""
+    if hasattr(call, "aclose"):
+        await call.aclose()
+    else:
+        call.cancel()
 
 SERVICE = "mic2e.v1.FluxService"
 
@@ -55,7 +80,7 @@ async def stack():
     gate = threading.Event()
     model = FakeModel(step_s=0.05, max_batch_size=1, load_gate=gate)
     worker = ModelWorker(model, max_queue=1)
-    settings = ServerSettings(host="127.0.0.1", port=0, grace_period_s=5)
+    settings = ServerSettings(host="127.0.0.1", port=0, grace_period_s=5, http_port=0)
     server, port = build_server(
         settings, register=lambda s: flux_pb2_grpc.add_FluxServiceServicer_to_server(
             FakeFluxServicer(worker), s), service_names=[SERVICE], worker=worker)
@@ -134,8 +159,10 @@ async def test_bad_field_is_invalid_argument_with_field_violation(stack):
     assert bad.field_violations[0].field == "prompt"
 
 
-async def test_stream_progress_then_result_and_queue_full(stack):
-    server, channel, model, gate = stack
+@pytest.mark.parametrize("over", TRANSPORTS, indirect=True)
+async def test_stream_progress_then_result_and_queue_full(stack, over):
+    server, _, model, gate = stack
+    channel = over
     gate.set()
     await server.wait_ready(10)
     stub = flux_pb2_grpc.FluxServiceStub(channel)
@@ -157,15 +184,17 @@ async def test_stream_progress_then_result_and_queue_full(stack):
     assert [e.WhichOneof("event") async for e in second][-1] == "result"
 
 
-async def test_client_cancel_stops_the_model_within_one_step(stack):
-    server, channel, model, gate = stack
+@pytest.mark.parametrize("over", TRANSPORTS, indirect=True)
+async def test_client_cancel_stops_the_model_within_one_step(stack, over):
+    server, _, model, gate = stack
+    channel = over
     gate.set()
     await server.wait_ready(10)
     call = flux_pb2_grpc.FluxServiceStub(channel).Generate(
         flux_pb2.GenerateRequest(prompt="abc", steps=100))
     async for event in call:
         if event.progress.step == 2:
-            call.cancel()
+            await leave(call)
             break
     steps_at_cancel = model.steps_run
     await asyncio.sleep(0.3)  # ~6 steps' time: a model that ignored the cancel would go on
@@ -176,8 +205,10 @@ async def test_client_cancel_stops_the_model_within_one_step(stack):
     assert events[-1].result.image.width == 4
 
 
-async def test_deadline_exceeded(stack):
-    server, channel, model, gate = stack
+@pytest.mark.parametrize("over", TRANSPORTS, indirect=True)
+async def test_deadline_exceeded(stack, over):
+    server, _, model, gate = stack
+    channel = over
     gate.set()
     await server.wait_ready(10)
     call = flux_pb2_grpc.FluxServiceStub(channel).Generate(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime
 import ipaddress
+import ssl
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 from cryptography import x509
@@ -73,16 +77,60 @@ def png() -> bytes:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def secure_segmentation(tiny_sam3, pki):
-    """A segmentation server with mutual TLS and a bearer token."""
+async def secure_segmentation_server(tiny_sam3, pki):
+    """A segmentation server with mutual TLS and a bearer token, on gRPC and HTTP."""
     settings = seg_server.Settings(
-        host="127.0.0.1", port=0, model=str(tiny_sam3), tls_cert_file=pki["server"],
-        tls_key_file=pki["server_key"], tls_client_ca_file=pki["ca"], auth_tokens="s3cret,other")
-    server, port = seg_server.create_server(settings)
+        host="127.0.0.1", port=0, http_port=0, model=str(tiny_sam3),
+        tls_cert_file=pki["server"], tls_key_file=pki["server_key"],
+        tls_client_ca_file=pki["ca"], auth_tokens="s3cret,other")
+    server, _ = seg_server.create_server(settings)
     await server.start()
     await server.wait_ready(120)
-    yield f"localhost:{port}"
+    yield server
     await server.stop(0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secure_segmentation(secure_segmentation_server):
+    return f"localhost:{secure_segmentation_server.port}"
+
+
+def segment_over_https(server, pki, *, token: str | None, client_cert: bool = True,
+                       scheme: str = "https") -> httpx.Response:
+    """SegmentByText in Connect's JSON on the server's HTTP port."""
+    verify = ssl.create_default_context(cafile=pki["ca"])
+    if client_cert:
+        verify.load_cert_chain(pki["client"], pki["client_key"])
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(verify=verify, headers=headers, timeout=30) as client:
+        return client.post(f"{scheme}://localhost:{server.http.port}"
+                           "/mic2e.v1.SegmentationService/SegmentByText", json={
+                               "image": {"data": base64.b64encode(png()).decode()},
+                               "text": "dog", "scoreThreshold": 0.0})
+
+
+async def test_https_with_client_certificate_and_token(secure_segmentation_server, pki):
+    response = await asyncio.to_thread(segment_over_https, secure_segmentation_server, pki,
+                                       token="s3cret")
+    assert response.status_code == 200, response.text
+    assert response.json()["imageWidth"] == 64
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+async def test_https_without_the_token_is_unauthenticated(secure_segmentation_server, pki,
+                                                          token):
+    response = await asyncio.to_thread(segment_over_https, secure_segmentation_server, pki,
+                                       token=token)
+    assert response.status_code == 401 and response.json()["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("how", ["no client certificate", "plain http"])
+async def test_https_port_refuses_what_the_grpc_port_refuses(secure_segmentation_server, pki,
+                                                             how):
+    with pytest.raises(httpx.TransportError):
+        await asyncio.to_thread(segment_over_https, secure_segmentation_server, pki,
+                                token="s3cret", client_cert=how != "no client certificate",
+                                scheme="http" if how == "plain http" else "https")
 
 
 def mtls(pki) -> grpc.ChannelCredentials:

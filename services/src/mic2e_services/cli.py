@@ -40,6 +40,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-settings", action="store_true",
                    help="print the effective settings as JSON and exit")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--http-port", type=int, dest="http_port",
+                   help="HTTP port for Connect and gRPC-Web (0: any free port, -1: off)")
     p.add_argument("--metrics-port", type=int, dest="metrics_port",
                    help="Prometheus /metrics port (0: any free port, -1: off)")
     p.add_argument("--image-cache-mb", type=int, dest="image_cache_mb",
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"device of the {model} server")
     p.add_argument("--base-port", type=int, default=50051,
                    help="orchestrator port; the model servers take the next three")
+    p.add_argument("--http-port", type=int, default=8080, dest="http_port",
+                   help="the orchestrator's HTTP port: Connect, gRPC-Web and the "
+                        "playground page (-1: off)")
     p.add_argument("--metrics-base-port", type=int, default=9090,
                    help="orchestrator /metrics port; the model servers take the next three")
     p = sub.add_parser("make-tiny",

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     stack = subprocess.Popen([sys.executable, "-m", "mic2e_services.cli", "up", "--tiny-dir",
-                              str(args.tiny_dir), "--base-port", str(args.base_port)], env=env)
+                              str(args.tiny_dir), "--base-port", str(args.base_port),
+                              # The stack stops when the demo ends: no page to point at.
+                              "--http-port", "-1"], env=env)
     try:
         for offset in (0, *PORT_OFFSETS.values()):
             wait_serving(f"127.0.0.1:{args.base_port + offset}", 600, stack)

@@ -184,12 +184,16 @@ def run_stack(args: argparse.Namespace) -> int:
                 for n in MODEL_SERVERS}
     commands[ORCHESTRATOR] = command(ORCHESTRATOR, ports[ORCHESTRATOR],
                                      metrics_port=metrics[ORCHESTRATOR],
-                                     addresses={n: addresses[n] for n in MODEL_SERVERS})
+                                     addresses={n: addresses[n] for n in MODEL_SERVERS},
+                                     extra=["--http-port", str(args.http_port)])
     children = True
     try:
         with processes(commands, addresses, stopping=lambda: stopping) as procs:
             for name in procs:
                 print(f"{name:>13}: SERVING on {addresses[name]}", flush=True)
+            if args.http_port >= 0:
+                print(f"{'HTTP':>13}: http://127.0.0.1:{args.http_port}/ (the playground; "
+                      "Connect and gRPC-Web)", flush=True)
             print("stack is up; Ctrl-C stops it", flush=True)
             while not stopping:
                 if dead := [n for n, p in procs.items() if p.poll() is not None]:

@@ -11,10 +11,18 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mic2e_services.runtime.http import (
+    HandlerRecorder,
+    HttpFront,
+    HttpServer,
+    bind_socket,
+    connect_applications,
+)
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.metrics import ServerMetrics
 from mic2e_services.runtime.model_api import Model
@@ -67,6 +75,8 @@ class Server(WorkerCallback):
         self.tracer_provider = tracer_provider
         #: Port of /metrics once started (None: metrics off).
         self.metrics_port: int | None = None
+        #: The HTTP port (Connect, gRPC-Web, the playground), when `http_port` is on.
+        self.http: HttpServer | None = None
         self.port = port
         self.settings = settings
         self.health = health_servicer
@@ -98,6 +108,8 @@ class Server(WorkerCallback):
         if self.settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self.grpc_server.start()
+        if self.http is not None:
+            await self.http.start()
         self._bring_up = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
@@ -129,7 +141,10 @@ class Server(WorkerCallback):
             self.worker.stop_accepting()
         if self._bring_up is not None and not self._bring_up.done():
             self._bring_up.cancel()
-        await self.grpc_server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.grpc_server.stop(grace), self.http.stop(grace))
+        else:
+            await self.grpc_server.stop(grace)
         if self.worker is not None:
             await self.worker.stop(timeout_s=grace)
         self.metrics.close()
@@ -164,7 +179,8 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
     if tokens:
         interceptors.insert(0, TokenAuthInterceptor(tokens))
     grpc_server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
-    register(grpc_server)
+    recorder = HandlerRecorder(grpc_server)
+    register(recorder)  # type: ignore[arg-type]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     if settings.reflection:
@@ -177,7 +193,31 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     server = Server(grpc_server, port, settings, health_servicer, service_names, worker,
                     metrics, provider)
+    if settings.http_port >= 0:
+        server.http = http_server(settings, recorder, interceptors)
     return server, port
+
+
+def http_server(settings: ServerSettings, recorder: HandlerRecorder,
+                interceptors: Sequence[grpc.aio.ServerInterceptor]) -> HttpServer:
+    """The HTTP port: the handlers the gRPC port registered, through the same
+    interceptors, over Connect and gRPC-Web (bound now, served from `start`)."""
+    front = HttpFront(connect_applications(recorder, interceptors),
+                      max_message_bytes=settings.max_message_mb * 2**20,
+                      cors_origins=[o.strip() for o in settings.http_cors_origins.split(",")
+                                    if o.strip()],
+                      static_dir=playground_dir(settings))
+    return HttpServer(front, bind_socket(settings.host, settings.http_port),
+                      certfile=settings.tls_cert_file, keyfile=settings.tls_key_file,
+                      client_ca_file=settings.tls_client_ca_file)
+
+
+def playground_dir(settings: ServerSettings) -> Path | None:
+    """The built playground page: the setting, else this checkout's build, if any."""
+    if settings.playground_dir:
+        return Path(settings.playground_dir)
+    built = Path(__file__).resolve().parents[4] / "client-ts" / "dist" / "playground"
+    return built if (built / "index.html").is_file() else None
 
 
 def build_model_server(settings: ModelServerSettings, model: Model, *, name: str,
@@ -209,6 +249,8 @@ async def serve(server: Server) -> int:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     print(f"listening on port {server.port}", flush=True)
+    if server.http is not None:
+        print(f"HTTP (Connect, gRPC-Web) on port {server.http.port}", flush=True)
     assert server._bring_up is not None
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({server._bring_up, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -55,6 +55,15 @@ class ServerSettings(BaseSettings):
                                          "per line")
     metrics_port: int = Field(9090, ge=-1, le=65535, description="Prometheus /metrics port "
                               "(0: any free port, -1: off)")
+    http_port: int = Field(-1, ge=-1, le=65535, description="HTTP port for the Connect "
+                           "protocol (JSON and binary) and gRPC-Web, over HTTP/1.1 and "
+                           "HTTP/2, and the playground page (0: any free port, -1: off)")
+    http_cors_origins: str = Field("", description="comma-separated origins whose pages "
+                                   "may call the HTTP port ('*': any); empty: same origin "
+                                   "only")
+    playground_dir: str | None = Field(None, description="built playground page served at "
+                                       "/ of the HTTP port; default: client-ts/dist/"
+                                       "playground of this checkout, when built")
     tracing: bool = Field(False, description="OpenTelemetry spans per RPC and model stage")
     otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector for spans, e.g. "
                                       "http://otel-collector:4317")
