@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up of the TypeScript client (client-ts/): install its locked npm dependencies, check
-# that its generated code matches protos/, and compile it. Idempotent: `npm ci` is skipped
+# that its generated code matches protos/, compile it, and build the playground page
+# (dist/playground/, served by the servers' HTTP port). Idempotent: `npm ci` is skipped
 # while node_modules matches package-lock.json. Needs Node.js >= 20 and npm.
 set -euo pipefail
 cd "$(dirname "$0")/../client-ts"
@@ -32,3 +33,6 @@ npm run --silent check-generated
 
 echo "==> client-ts: compiling (tsc)"
 npm run --silent build
+
+echo "==> client-ts: building the playground page (tsc, esbuild -> dist/playground)"
+npm run --silent build:playground

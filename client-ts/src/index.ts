@@ -70,6 +70,15 @@ export * from "./gen/mic2e/v1/orchestrator_pb.js";
 export * from "./gen/mic2e/v1/segmentation_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export { type ErrorDetails, type FieldViolation, errorDetails } from "./errors.js";
+export {
+  type BadRequest,
+  type BadRequest_FieldViolation,
+  BadRequestSchema,
+  type ErrorInfo,
+  ErrorInfoSchema,
+  type RetryInfo,
+  RetryInfoSchema,
+} from "./rpc_details.js";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
 export { type DecodedImage, applyPatch, decodeImage, encodeImage, pastePatch, patchesSupported } from "./patches.js";
 

@@ -3,7 +3,7 @@
 import * as assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Code, ConnectError, errorDetails } from "../src/index.js";
+import { BadRequestSchema, Code, ConnectError, ErrorInfoSchema, RetryInfoSchema, errorDetails } from "../src/index.js";
 import { badRequest, errorInfo, retryInfo } from "./wire.js";
 
 const failed = (details: { type: string; value: Uint8Array }[]) => {
@@ -31,6 +31,19 @@ test("decodes field violations, the retry delay and the ErrorInfo", () => {
     domain: "mic2e.v1",
     metadata: { stage: "object_clear" },
   });
+});
+
+test("the google.rpc schemas decode with ConnectError.findDetails", () => {
+  const err = failed([
+    { type: "google.rpc.BadRequest", value: badRequest(["image.data", "not an image"]) },
+    { type: "google.rpc.RetryInfo", value: retryInfo(1, 0) },
+    { type: "google.rpc.ErrorInfo", value: errorInfo("QUEUE_FULL", "mic2e.v1", { stage: "flux" }) },
+  ]);
+  const [bad] = err.findDetails(BadRequestSchema);
+  assert.deepEqual(bad?.fieldViolations.map(({ field, description }) => [field, description]), [["image.data", "not an image"]]);
+  assert.equal(err.findDetails(RetryInfoSchema)[0]?.retryDelay?.seconds, 1n);
+  const [info] = err.findDetails(ErrorInfoSchema);
+  assert.deepEqual([info?.reason, info?.domain, info?.metadata], ["QUEUE_FULL", "mic2e.v1", { stage: "flux" }]);
 });
 
 test("nothing to decode: empty details, never a throw", () => {
