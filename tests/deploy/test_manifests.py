@@ -341,6 +341,31 @@ def test_termination_outlasts_the_worst_case_of_a_stop(out, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_orchestrators_http_port_is_served_and_reachable(out, overlay):
+    """Browsers and HTTP callers reach the orchestrator's HTTP port (Connect, gRPC-Web, the
+    playground): the server listens where the container, the Service and the
+    NetworkPolicy say; the model servers keep theirs off."""
+    objs = objects(out, overlay)
+    container = server_container(objs[("Deployment", "orchestrator")])
+    port = int(env(container)["MIC2E_HTTP_PORT"])
+    assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    service_ports = {p["name"]: p for p in objs[("Service", "orchestrator")]["spec"]["ports"]}
+    assert service_ports["http"]["targetPort"] == "http"
+    labels = pod_labels(objs[("Deployment", "orchestrator")])
+    open_ports = [p["port"] for (kind, _), d in objs.items()
+                  if kind == "NetworkPolicy" and selects(d["spec"]["podSelector"], labels)
+                  for rule in d["spec"]["ingress"] if "from" not in rule
+                  for p in rule.get("ports", [])]
+    assert port in open_ports
+    for model in MODEL_SERVERS:
+        assert "MIC2E_HTTP_PORT" not in env(server_container(objs[("Deployment", model)]))
+    for name in ("compose", "compose-tiny"):
+        orchestrator = compose(out, name)["services"]["orchestrator"]
+        http = int(orchestrator["environment"]["MIC2E_HTTP_PORT"])
+        assert http in [int(p["target"]) for p in orchestrator["ports"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_only_the_orchestrator_reaches_the_model_servers(out, overlay):
     objs = objects(out, overlay)
     orchestrator_labels = pod_labels(objs[("Deployment", "orchestrator")])
