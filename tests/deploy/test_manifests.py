@@ -509,6 +509,12 @@ def test_images_install_from_the_lockfile_and_run_unprivileged():
         assert 'ENTRYPOINT ["mic2e-server"]' in body
     assert "HF_HOME=/models-cache" in found["models"]
     assert 'VOLUME ["/models-cache"]' in found["models"]
+    # The orchestrator image serves the playground page, built by client-ts's own script.
+    script = re.search(r"npm run --silent (\S+)", found["playground"]).group(1)
+    assert script in json.loads((ROOT / "client-ts" / "package.json").read_text())["scripts"]
+    assert "COPY --from=playground /src/client-ts/dist/playground /opt/playground" in (
+        found["orchestrator"])
+    assert "MIC2E_PLAYGROUND_DIR=/opt/playground" in found["orchestrator"]
 
 
 def test_dockerignore_lets_in_what_the_images_copy():
