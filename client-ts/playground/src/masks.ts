@@ -1,10 +1,9 @@
 /**
- * Masks of the segmentation event as tinted layers to draw over the photo.
+ * The masks of a segmentation event as one tinted layer to draw over the photo.
  *
  * A mask arrives at the photo's own size either as a 1-bit PNG or as COCO-style RLE (the
  * orchestrator passes the segmentation server's RLE on: compact, and nothing to decode on
- * its side). Both become a canvas of the photo's size, opaque where the mask is on and
- * transparent elsewhere, then filled with one colour.
+ * its side). Both are read into on/off pixels, then painted into one layer.
  *
  * @module
  */
@@ -15,8 +14,8 @@ async function alphaOf(mask: Mask): Promise<Uint8ClampedArray> {
   const { width, height, encoding } = mask;
   const alpha = new Uint8ClampedArray(width * height);
   if (encoding.case === "rle") {
-    // Column-major runs, zeros first: run k covers indices [start, start + count) of the
-    // column-major order, index i being pixel (i / height, i % height).
+    // Runs of off and on pixels in turn (off first) down the columns: index i of that
+    // order is pixel (x, y) = (i / height, i % height).
     let index = 0;
     encoding.value.counts.forEach((count, k) => {
       if (k % 2 === 1) {
@@ -40,23 +39,41 @@ async function alphaOf(mask: Mask): Promise<Uint8ClampedArray> {
   return alpha;
 }
 
-/** `mask` as a layer of the photo's size: `colour` where it is on, transparent elsewhere. */
-export async function maskLayer(mask: Mask, colour: string): Promise<OffscreenCanvas> {
-  const { width, height } = mask;
-  const alpha = await alphaOf(mask);
-  const layer = new OffscreenCanvas(width, height);
-  const ctx = layer.getContext("2d")!;
-  const pixels = ctx.createImageData(width, height);
-  for (let i = 0; i < alpha.length; i++) pixels.data[i * 4 + 3] = alpha[i]!;
-  ctx.putImageData(pixels, 0, 0);
-  // Keep the shape, take the colour.
-  ctx.globalCompositeOperation = "source-in";
-  ctx.fillStyle = colour;
-  ctx.fillRect(0, 0, width, height);
-  return layer;
-}
+/** A colour per instance (RGB), cycled past the eighth. */
+const PALETTE: readonly (readonly [number, number, number])[] = [
+  [30, 136, 229],
+  [229, 57, 53],
+  [67, 160, 71],
+  [251, 140, 0],
+  [142, 36, 170],
+  [0, 172, 193],
+  [253, 216, 53],
+  [216, 27, 96],
+];
 
-/** A colour per instance, far apart around the hue circle (golden angle). */
-export function instanceColour(index: number): string {
-  return `hsl(${(index * 137.5 + 200) % 360} 90% 50%)`;
+/**
+ * The masks of one segmentation event as one layer of the photo's size: each instance's
+ * pixels in its own colour, the best (first) instance on top, transparent elsewhere. One
+ * layer, not one per instance: a 12-megapixel photo's layer alone is 48 MB.
+ */
+export async function masksLayer(masks: Mask[]): Promise<OffscreenCanvas | undefined> {
+  const first = masks[0];
+  if (first === undefined) return undefined;
+  const { width, height } = first;
+  const pixels = new ImageData(width, height);
+  for (let i = masks.length - 1; i >= 0; i--) {
+    const alpha = await alphaOf(masks[i]!);
+    const [r, g, b] = PALETTE[i % PALETTE.length]!;
+    const data = pixels.data;
+    for (let p = 0; p < alpha.length; p++) {
+      if (alpha[p] === 0) continue;
+      data[p * 4] = r;
+      data[p * 4 + 1] = g;
+      data[p * 4 + 2] = b;
+      data[p * 4 + 3] = 255;
+    }
+  }
+  const layer = new OffscreenCanvas(width, height);
+  layer.getContext("2d")!.putImageData(pixels, 0, 0);
+  return layer;
 }

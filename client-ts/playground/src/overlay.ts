@@ -2,15 +2,17 @@
  * The canvas over the photo: the masks found so far, and the marks the user makes on it
  * (clicked points, a dragged box), in the photo's own pixel coordinates.
  *
- * The canvas has the photo's size and CSS scales it with the photo, so a pointer position
- * is turned into photo pixels by the ratio of the two. Pointer events serve mouse, pen and
- * touch alike; the canvas's `touch-action: none` (CSS) keeps a finger that marks or drags
- * from scrolling the page.
+ * CSS lays the canvas over the photo at the photo's displayed size; everything on it is
+ * drawn in photo pixels, and a pointer position is turned into photo pixels by the ratio
+ * of the photo's size to the displayed one. The canvas's own resolution is the screen's,
+ * whatever the photo's. Pointer events serve mouse, pen and touch
+ * alike; the canvas's `touch-action: none` (CSS) keeps a finger that marks or drags from
+ * scrolling the page.
  *
  * @module
  */
 import type { Box, Instance } from "../../src/gen/mic2e/v1/common_pb.js";
-import { instanceColour, maskLayer } from "./masks.js";
+import { masksLayer } from "./masks.js";
 
 /** A clicked point in photo pixels; `negative` marks background. */
 export interface Mark {
@@ -44,7 +46,11 @@ export class Overlay {
   onChange: () => void = () => {};
 
   readonly #ctx: CanvasRenderingContext2D;
-  #layers: OffscreenCanvas[] = [];
+  /** The photo's size: the coordinates of marks, boxes and masks. */
+  #width = 1;
+  #height = 1;
+  /** The masks shown, at the photo's size. */
+  #masks: OffscreenCanvas | undefined;
   #dragFrom: { x: number; y: number } | undefined;
   /** Bumped by every new set of masks, so a slower earlier decode does not draw late. */
   #generation = 0;
@@ -59,8 +65,8 @@ export class Overlay {
 
   /** A new photo of this size: no masks, no marks. */
   reset(width: number, height: number): void {
-    this.canvas.width = width;
-    this.canvas.height = height;
+    this.#width = width;
+    this.#height = height;
     this.points = [];
     this.box = undefined;
     this.clearMasks();
@@ -77,31 +83,35 @@ export class Overlay {
   /** Removes the masks. */
   clearMasks(): void {
     this.#generation++;
-    this.#layers = [];
+    this.#masks = undefined;
     this.redraw();
   }
 
   /** Shows these instances' masks, each in its own colour, instead of any before. */
   async setMasks(instances: Instance[]): Promise<void> {
     const generation = ++this.#generation;
-    const layers = await Promise.all(
-      instances.flatMap((instance, i) => (instance.mask ? [maskLayer(instance.mask, instanceColour(i))] : [])),
-    );
+    const layer = await masksLayer(instances.flatMap((instance) => (instance.mask ? [instance.mask] : [])));
     if (generation !== this.#generation) return;
-    this.#layers = layers;
+    this.#masks = layer;
     this.redraw();
   }
 
   /** Draws the masks, then the marks on top. */
   redraw(): void {
     const ctx = this.#ctx;
-    const { width, height } = this.canvas;
-    ctx.clearRect(0, 0, width, height);
-    ctx.globalAlpha = MASK_ALPHA;
-    for (const layer of this.#layers) ctx.drawImage(layer, 0, 0);
-    ctx.globalAlpha = 1;
-    // Marks sized for the screen: the canvas may be shown much smaller than the photo.
-    const unit = width / Math.max(this.canvas.clientWidth, 1);
+    this.#fit();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.setTransform(this.canvas.width / this.#width, 0, 0, this.canvas.height / this.#height, 0, 0);
+    // Mask edges stay sharp, scaled up or down.
+    ctx.imageSmoothingEnabled = false;
+    if (this.#masks) {
+      ctx.globalAlpha = MASK_ALPHA;
+      ctx.drawImage(this.#masks, 0, 0);
+      ctx.globalAlpha = 1;
+    }
+    // Marks sized for the screen, in photo pixels: one CSS pixel is `unit` of them.
+    const unit = this.#width / Math.max(this.canvas.clientWidth, 1);
     ctx.lineWidth = 2.5 * unit;
     if (this.box) {
       const { x0, y0, x1, y1 } = this.box;
@@ -115,7 +125,8 @@ export class Overlay {
     }
     for (const { x, y, negative } of this.points) {
       ctx.beginPath();
-      ctx.arc(x, y, 8 * unit, 0, 2 * Math.PI);
+      // At the middle of the clicked pixel.
+      ctx.arc(x + 0.5, y + 0.5, 8 * unit, 0, 2 * Math.PI);
       ctx.fillStyle = negative ? "#c62828" : "#2e7d32";
       ctx.fill();
       ctx.strokeStyle = "white";
@@ -123,10 +134,25 @@ export class Overlay {
     }
   }
 
+  /**
+   * Sizes the canvas to the screen pixels the photo covers now (resizing clears it): a
+   * small photo shown large keeps sharp marks, a 12-megapixel one costs no more than the
+   * screen.
+   */
+  #fit(): void {
+    const shown = this.canvas.clientWidth * (window.devicePixelRatio || 1);
+    const scale = shown > 0 ? shown / this.#width : 1;
+    const [width, height] = [Math.round(this.#width * scale), Math.round(this.#height * scale)];
+    if (this.canvas.width !== width || this.canvas.height !== height) {
+      this.canvas.width = width;
+      this.canvas.height = height;
+    }
+  }
+
   /** The photo pixel under the pointer, inside the photo. */
   #pixel(e: PointerEvent): { x: number; y: number } {
     const rect = this.canvas.getBoundingClientRect();
-    const { width, height } = this.canvas;
+    const [width, height] = [this.#width, this.#height];
     const x = Math.floor(((e.clientX - rect.left) / rect.width) * width);
     const y = Math.floor(((e.clientY - rect.top) / rect.height) * height);
     return { x: Math.min(Math.max(x, 0), width - 1), y: Math.min(Math.max(y, 0), height - 1) };
