@@ -51,9 +51,14 @@ ensure_node() {  # Node.js >= 20 with npm: the system's, else Node 20 from PyPI
 }
 
 if [ "${MIC2E_SETUP_TEST_TOOLS:-0}" = 1 ]; then
-  # Node.js for buf and the TypeScript client; a real Prometheus for the metrics test.
+  # Node.js for buf and the TypeScript client; a real Prometheus for the metrics test; a
+  # real browser for the playground test.
   ensure_node
   command -v prometheus >/dev/null 2>&1 || apt_install prometheus
+  # Debian's Chromium and its WebDriver for the playground page's browser test.
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver
+  fi
   echo "==> installing Node tooling (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
