@@ -1,11 +1,11 @@
 """Full-size architectures with random weights, built directly on the device in the
 target dtype (no download, no CPU copy, no fp32 detour).
 
-Random weights run exactly as fast as real ones (PERFORMANCE.md), so these give the real
+Random weights run exactly as fast as real ones (docs/performance.md), so these give the real
 models' speeds. ObjectClear is built from its published configs (`mic2e_services.published`,
 as make-tiny builds the tiny one); for the others, ``Sam3Config()`` and
 ``FluxTransformer2DModel()`` defaults ARE the full models, and CLIP-L, the FLUX VAE and
-T5-XXL are spelled out below (the facts of MODELS.md).
+T5-XXL are spelled out below (the facts of docs/models.md).
 
 Tokenizers are the offline tiny ones (`mic2e_services.tiny_tokenizers`): what costs time is
 the token COUNT, and the pipelines pad to the real lengths (SAM3 32, CLIP 77, T5 256);

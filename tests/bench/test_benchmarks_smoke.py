@@ -105,7 +105,7 @@ def test_memory_full_profile_refuses_without_cuda_and_bad_runs_are_named(monkeyp
 
 
 def test_full_size_configs_have_the_real_parameter_counts(tmp_path):
-    """Built on the meta device (no memory, no GPU): the sizes MODELS.md gives."""
+    """Built on the meta device (no memory, no GPU): the sizes docs/models.md gives."""
     import torch
 
     from benchmarks import _full_models as fm

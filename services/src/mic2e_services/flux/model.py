@@ -91,7 +91,7 @@ class FluxGenerator(TorchModel):
     docstring for which checkpoint does what."""
 
     STAGE: ClassVar[str] = STAGE
-    # bf16 rather than fp16: FLUX is trained in bf16 and it measured faster (MODELS.md).
+    # bf16 rather than fp16: FLUX is trained in bf16 and it measured faster (docs/models.md).
     HALF = torch.bfloat16
     # The diffusers layout only: the repository's original-format files beside it
     # (flux1-schnell.safetensors, ae.safetensors) are 24 GB nothing here reads.

@@ -72,7 +72,7 @@ class ObjectClearModel(TorchModel):
 
     def default_batch_size(self) -> int:
         # On a GPU, compatible removals share UNet batches: on an H200, 4 batched cost
-        # 15 ms per request-step against 68 ms alone (eager; PERFORMANCE.md). On a CPU
+        # 15 ms per request-step against 68 ms alone (eager; docs/performance.md). On a CPU
         # batching gains nothing, and a small card lacks the activations of a batch.
         if self.device.type == "cuda":
             total = torch.cuda.get_device_properties(self.device).total_memory

@@ -2,7 +2,7 @@
 
 Every file and config key of `jixin0101/ObjectClear` (model_index.json without the two
 extra components, the postfuse module's own config keys, tokenizers as vocab.json +
-merges.txt, fp16 weight variants, ...) with only sizes shrunk to the values in MODELS.md,
+merges.txt, fp16 weight variants, ...) with only sizes shrunk to the values in docs/models.md,
 so `ObjectClearPipeline.from_pretrained` and the reference's loader both read it as they
 read the real weights. It is the checkpoint of `tests/fixtures/parity/objectclear`, the
 reference's outputs on these very weights. Pictures are noise.

@@ -9,7 +9,7 @@ exactly the loading code the real weights go through.
 
 Every published file and config key (config.json as transformers wrote it at the
 conversion, processor_config.json, the CLIP tokenizer's files) with only sizes shrunk, to
-the values in MODELS.md (about 0.6 M parameters; each call well under 0.1 s on a CPU).
+the values in docs/models.md (about 0.6 M parameters; each call well under 0.1 s on a CPU).
 Not written: the original-format ``sam3.pt`` and the model card, which nothing here
 reads. The output is noise, but every tensor shape, file and loading path is the real one.
 """
