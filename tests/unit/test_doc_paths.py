@@ -36,9 +36,10 @@ FILES = tracked()
 TOP = {p.split("/", 1)[0] for p in FILES if "/" in p} - {".ci"} | {".ci"}
 BASENAMES = {p.rsplit("/", 1)[-1] for p in FILES}
 # A path under a top-level folder, or a file name with one of our extensions.
-PATH = re.compile(r"(?<![\w/.:@*$<>{-])((?:%s)/[\w.*/-]*[\w*/]|[\w.-]+\.(?:%s))(?![\w/-])" % (
-    "|".join(re.escape(t) for t in sorted(TOP, key=len, reverse=True)),
-    "|".join(EXTENSIONS)))
+_TOPS = "|".join(re.escape(t) for t in sorted(TOP, key=len, reverse=True))
+_EXTS = "|".join(EXTENSIONS)
+PATH = re.compile(rf"(?<![\w/.:@*$<>{{-])((?:{_TOPS})/[\w.*/-]*[\w*/]|[\w.-]+\.(?:{_EXTS}))"
+                  r"(?![\w/-])")
 
 
 #: Files named on purpose that are not in this repository: a checkpoint's files, the
