@@ -403,17 +403,40 @@ class Client:
             self._thread.join()
 
     def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C in this thread): the coroutine still runs
+            # on the loop thread; cancel it there too, so the call stops on the server.
+            future.cancel()
+            raise
 
     def _iterate(self, events: AsyncIterator[T]) -> Iterator[T]:
+        waiting: list[asyncio.Task[Any]] = []
+
+        async def step() -> T:
+            waiting[:] = [asyncio.current_task()]  # type: ignore[list-item]
+            return await events.__anext__()
+
+        async def finish() -> None:
+            # A wait interrupted in this thread (Ctrl-C) may still be running on the loop:
+            # it must have ended before aclose(), which refuses a generator that runs.
+            # Submitted after `step`, so `waiting` is already set when this runs.
+            for task in waiting:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait([task])
+            await events.aclose()  # leaving early cancels the call
+
         try:
             while True:
                 try:
-                    yield self._run(events.__anext__())
+                    yield self._run(step())
                 except StopAsyncIteration:
                     return
         finally:
-            self._run(events.aclose())  # leaving early cancels the call
+            self._run(finish())
 
 
 def _blocking(name: str) -> Callable[..., Any]:
