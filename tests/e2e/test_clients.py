@@ -170,7 +170,8 @@ async def test_cli_segment_remove_generate_health(stack, image_file, tmp_path):
     assert Image.open(tmp_path / "gen2.png").size == (256, 256)
 
     code, out, err = await mic2e("--server", stack.address, "health")
-    assert code == 0 and "mic2e.v1.EditService" in out and "SERVING" in out
+    # Exit 0 only once every model server behind it is SERVING too (test_cli_newcomer).
+    assert code in (0, 1) and "mic2e.v1.EditService           SERVING" in out
 
     code, out, err = await mic2e("--server", stack.address, "generate", "", "-o",
                                  str(tmp_path / "x.png"))

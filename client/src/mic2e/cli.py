@@ -1,38 +1,80 @@
 """`mic2e`: edit images from the shell through mic2e-inference.
 
     mic2e remove IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1
-                        | --mask FILE...) -o OUT
+                        | --mask FILE...) -o OUT [--mask-out PNG] [--compare FILE]
     mic2e replace IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1
-                         | --mask FILE...) --prompt P -o OUT
-    mic2e fill IMAGE --box X0,Y0,X1,Y1 --prompt P -o OUT
+                         | --mask FILE...) --prompt P -o OUT [--mask-out PNG] [--compare FILE]
+    mic2e fill IMAGE --box X0,Y0,X1,Y1 --prompt P -o OUT [--mask-out PNG] [--compare FILE]
     mic2e segment IMAGE (--text T | --point X,Y[,LABEL]... | --box X0,Y0,X1,Y1) -o DIR
     mic2e generate PROMPT -o OUT
     mic2e health
 
-`-o OUT` is written in the format its extension names (.png, .jpg/.jpeg, .webp), with
-the input's colour profile. `--server HOST:PORT` picks the server (default: the
-orchestrator, localhost:50051); a model server may be called directly (segment ->
-segmentation, remove --mask -> object-clear, generate -> flux). A point's LABEL is 1
-(object, default) or 0 (background).
-Exit codes: 0 ok, 1 the call failed (the status and bad field are printed), 2 bad usage.
+Output: `-o OUT` is written in the format its extension names (.png, .jpg/.jpeg, .webp),
+with the input's colour profile; an existing file is overwritten. `--mask-out` keeps the
+mask that was repainted (a 1-bit PNG), `--compare` the input and the result side by side.
+`segment -o DIR` writes one mask_NNN.png per instance (replacing those of an earlier run)
+and overlay.jpg: the masks coloured over the photo, with their boxes and scores.
+Progress goes to stdout as a bar, the slow steps after it ("writing out.jpg ...") to
+stderr, the results to stdout.
+
+Server: `--server HOST:PORT` picks it (default: the orchestrator, localhost:50051); a
+model server may be called directly (segment -> segmentation, remove --mask ->
+object-clear, generate -> flux). `health` lists every service behind the address. A
+point's LABEL is 1 (object, default) or 0 (background). The connection options and
+--debug go before or after the command.
+
+Exit codes:
+  0    done
+  1    the call failed: the server refused it, no server answered, or the result could
+       not be written (one line on stderr says why and what to do)
+  2    bad usage: an option, or a file named that cannot be read or written
+  3    nothing found: --text matched no instance (try a lower --min-score)
+  130  interrupted (Ctrl-C): the call is cancelled, and so is the server's work
+A traceback means a bug in mic2e (or --debug): please report it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
+import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from mic2e import codecs
+import numpy as np
+
+from mic2e import (
+    _cli_grpc_logs,  # noqa: F401  (first: it configures gRPC before it loads)
+    codecs,
+)
+from mic2e import _cli_pictures as pictures
+from mic2e._cli_errors import (
+    FAILED,
+    INTERRUPTED,
+    SERVICES,
+    USAGE,
+    Mistake,
+    explain,
+    nothing_found,
+)
 from mic2e.channel import tls_credentials
 from mic2e.client import DEFAULT_ADDRESS, Client
 from mic2e.errors import Mic2eError
 from mic2e.types import Point, Progress, Segmented
 
-_SERVICES = ["", "mic2e.v1.EditService", "mic2e.v1.SegmentationService",
-             "mic2e.v1.ObjectClearService", "mic2e.v1.FluxService"]
+_SERVER = ""  # the health service name of the server as a whole
+#: Stages whose last step leaves the slow part of an edit: decoding, the patch.
+_DENOISING = ("object_clear", "inpainting", "generation")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the mistake is what the user reads.
+        self.exit(USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _point(text: str) -> Point:
@@ -55,6 +97,16 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return (x0, y0, x1, y1)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
 def _add_target(p: argparse.ArgumentParser, *, masks: bool) -> None:
     p.add_argument("--text", help="what to find, e.g. 'dog' (all instances)")
     p.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,LABEL]",
@@ -62,26 +114,44 @@ def _add_target(p: argparse.ArgumentParser, *, masks: bool) -> None:
     p.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="a box around the object")
     if masks:
         p.add_argument("--mask", type=Path, action="append", default=[], metavar="FILE",
-                       help="a ready mask image (white = remove); repeatable")
-    p.add_argument("--min-score", type=float, help="with --text: lowest instance score kept")
+                       help="a ready mask image (white = the object); repeatable")
+    p.add_argument("--min-score", type=float, metavar="S",
+                   help="with --text: lowest instance score kept, 0 to 1 (default: the "
+                        "server's, 0.3); lower it when nothing is found")
 
 
 def _add_connection(p: argparse.ArgumentParser, *, after_command: bool = False) -> None:
     """Options of every command. After the command they default to SUPPRESS, so one not
     typed there leaves what was typed before the command (or the default) alone."""
     d = {"default": argparse.SUPPRESS} if after_command else {}
-    p.add_argument("--server", help=f"HOST:PORT to call (default {DEFAULT_ADDRESS})",
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help=f"the server to call (default {DEFAULT_ADDRESS}, the orchestrator)",
                    **(d or {"default": DEFAULT_ADDRESS}))
-    p.add_argument("--timeout", type=float, help="deadline of the call, in seconds", **d)
+    p.add_argument("--timeout", type=_seconds, metavar="S",
+                   help="deadline of the call, in seconds (default: none)", **d)
     p.add_argument("--token", help="bearer token, if the server requires one", **d)
     p.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA", **d)
     p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)", **d)
     p.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)", **d)
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of any failure (for a bug report)",
+                   **(d or {"default": False}))
+
+
+def _add_pictures(p: argparse.ArgumentParser) -> None:
+    """The output options of an edit."""
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output image file (.png, .jpg, .webp); overwritten if it exists")
+    p.add_argument("--mask-out", type=Path, metavar="PNG",
+                   help="also write the mask that was repainted, as a 1-bit PNG")
+    p.add_argument("--compare", type=Path, metavar="FILE",
+                   help="also write the input and the result side by side (.png, .jpg, "
+                        ".webp)")
 
 
 def _add_inpainting(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="what to paint there, e.g. 'a cat'")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
+    _add_pictures(p)
     p.add_argument("--strength", type=float,
                    help="how much to repaint, in (0, 1] (default 1: from scratch)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
@@ -90,18 +160,27 @@ def _add_inpainting(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feather", type=int, help="blend over N pixels (default 8)")
 
 
+#: The end of every command's --help (the whole table is in `mic2e --help`).
+_EXIT_CODES = ("exit codes: 0 done, 1 the call failed, 2 bad usage, 3 nothing found "
+               "(--text matched no instance), 130 interrupted (Ctrl-C)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mic2e", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="mic2e", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_connection(parser)
-    connection = argparse.ArgumentParser(add_help=False)
+    connection = _Parser(add_help=False)
     _add_connection(connection, after_command=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("remove", help="remove objects from an image", parents=[connection])
-    p.add_argument("image", type=Path)
+    def command(name: str, summary: str, *, epilog: str = _EXIT_CODES) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, epilog=epilog,
+                              parents=[connection])
+
+    p = command("remove", "remove objects from an image")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="the photo (PNG, JPEG or WebP)")
     _add_target(p, masks=True)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
+    _add_pictures(p)
     p.add_argument("--dilation", type=int, help="grow the mask by N pixels (default: none)")
     p.add_argument("--label", default="",
                    help="a word for the object in the removal prompt (default: the "
@@ -114,62 +193,168 @@ def build_parser() -> argparse.ArgumentParser:
                         "on a crop around the object, at its full resolution), reference "
                         "(the reference ObjectClear's picture: all of it resampled)")
 
-    p = sub.add_parser("replace", help="repaint objects from a prompt ('the dog' -> 'a cat')",
-                       parents=[connection])
-    p.add_argument("image", type=Path)
+    p = command("replace", "repaint objects from a prompt ('the dog' -> 'a cat')")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="the photo (PNG, JPEG or WebP)")
     _add_target(p, masks=True)
     _add_inpainting(p)
 
-    p = sub.add_parser("fill", help="paint a prompt into a box", parents=[connection])
-    p.add_argument("image", type=Path)
+    p = command("fill", "paint a prompt into a box")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="the photo (PNG, JPEG or WebP)")
     p.add_argument("--box", type=_box, required=True, metavar="X0,Y0,X1,Y1",
                    help="the region to fill")
     _add_inpainting(p)
 
-    p = sub.add_parser("segment", help="find objects; one mask PNG per instance",
-                       parents=[connection])
-    p.add_argument("image", type=Path)
+    p = command("segment", "find objects: a mask PNG per instance and an overlay")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="the photo (PNG, JPEG or WebP)")
     _add_target(p, masks=False)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder (made if missing): mask_NNN.png and overlay.jpg")
 
-    p = sub.add_parser("generate", help="text to image", parents=[connection])
-    p.add_argument("prompt")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output image file")
+    p = command("generate", "text to image")
+    p.add_argument("prompt", metavar="PROMPT", help="what to draw, e.g. 'a red bicycle'")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output image file (.png, .jpg, .webp); overwritten if it exists")
     p.add_argument("--width", type=int, help="default: the server's")
     p.add_argument("--height", type=int, help="default: the server's")
     p.add_argument("--steps", type=int, help="default: the server's")
     p.add_argument("--seed", type=int)
 
-    sub.add_parser("health", help="show the server's health per service", parents=[connection])
+    command("health", "the health of the server and, through the orchestrator, of every "
+                      "model server behind it: one line per service",
+            epilog="exit codes: 0 every service listed is SERVING, 1 one is not (or no "
+                   "server answered), 2 bad usage")
     return parser
 
 
+# -- what the command line names, checked before any call ------------------------------------
+@dataclass
+class _Inputs:
+    """The files a command reads, read once before any call."""
+
+    image: bytes | None = None
+    masks: list[np.ndarray] = field(default_factory=list)
+
+
+def _usage(args: argparse.Namespace, message: str) -> Mistake:
+    return Mistake(message, USAGE, prog=f"mic2e {args.command}")
+
+
+def _read(args: argparse.Namespace, name: str, path: Path, what: str) -> bytes:
+    """`path`'s bytes; a usage mistake naming `name` (the flag, or the path) if it cannot
+    be read, saying what to give instead (`what`)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        why = "no such file"
+    except IsADirectoryError:
+        why = "is a folder, not a file"
+    except PermissionError:
+        why = "not allowed to read it"
+    except OSError as exc:
+        why = f"cannot read it ({exc.strerror or exc})"
+    raise _usage(args, f"{name}: {why}: give {what}")
+
+
+def _check_output(args: argparse.Namespace, flag: str, path: Path | None, *,
+                  png: bool = False) -> None:
+    """Refuse, before any call, an output that cannot be written: a folder, a file in
+    place of its folder, an extension that names no format we write (`png`: PNG only)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise _usage(args, f"{flag} {path}: is a folder: name a file in it, e.g. "
+                           f"{path / 'out.png'}")
+    if png and path.suffix.lower() != ".png":
+        raise _usage(args, f"{flag} {path}: cannot write that: name it .png")
+    try:
+        codecs.format_of(str(path))
+    except codecs.CodecError as exc:
+        raise _usage(args, f"{flag} {path}: {exc}") from None
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise _usage(args, f"{flag} {path}: {parent} is a file, not a folder")
+
+
+def _check(args: argparse.Namespace) -> _Inputs:
+    """Everything the command line names, before any connection: a usage mistake per
+    problem, one line each."""
+    server = args.server
+    scheme = "://" in server or server.startswith(("dns:", "unix:", "ipv4:", "ipv6:"))
+    if not scheme and not re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):\d+", server):
+        raise _usage(args, f"--server {server}: give HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    for flag in ("tls_ca", "tls_cert", "tls_key"):
+        if getattr(args, flag):
+            _read(args, f"--{flag.replace('_', '-')}", Path(getattr(args, flag)),
+                  "a PEM file")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise _usage(args, "a client certificate needs both --tls-cert and --tls-key")
+    text = getattr(args, "text", None)
+    if text is not None and not text.strip():
+        raise _usage(args, "--text is empty; say what to find, e.g. --text dog")
+    if args.command in ("remove", "replace", "segment"):
+        kinds = ["--text", "--point/--box"] + (["--mask"] if args.command != "segment" else [])
+        given = sum(bool(x) for x in (args.text is not None, args.point or args.box,
+                                      getattr(args, "mask", None)))
+        if given != 1:
+            raise _usage(args, f"give exactly one of {', '.join(kinds)}")
+    inputs = _Inputs()
+    if args.command == "segment":
+        if args.output.exists() and not args.output.is_dir():
+            raise _usage(args, f"-o {args.output}: is a file; segment writes a folder of "
+                               f"masks: name a folder (made if missing)")
+    elif args.command != "health":
+        _check_output(args, "-o", args.output)
+        _check_output(args, "--mask-out", getattr(args, "mask_out", None), png=True)
+        _check_output(args, "--compare", getattr(args, "compare", None))
+    if "image" in args:
+        inputs.image = _read(args, str(args.image), args.image,
+                             "the path of an image file (PNG, JPEG or WebP)")
+    for path in getattr(args, "mask", []):
+        data = _read(args, f"--mask {path}", path, "a mask image (white = the object)")
+        try:
+            inputs.masks.append(codecs.decode_mask_png(data))
+        except codecs.CodecError as exc:
+            raise _usage(args, f"--mask {path}: {exc}: give a mask image "
+                               f"(white = the object)") from None
+    return inputs
+
+
+# -- showing a call's progress -----------------------------------------------------------------
 class _Bar:
-    """A rich progress bar fed with `Progress` events (one task per stage)."""
+    """A rich progress bar fed with `Progress` events (one task per stage), shown from
+    the first event on (so a call that fails at once leaves no empty bar behind)."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as RichProgress
-
-        self._progress = RichProgress(TextColumn("{task.description:>13}"), BarColumn(),
-                                      TextColumn("{task.completed}/{task.total}"),
-                                      TimeElapsedColumn(), transient=False)
+        self._progress: Any = None
         self._tasks: dict[str, int] = {}
 
     def __enter__(self) -> _Bar:
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
 
     def update(self, event: Progress) -> None:
+        if self._progress is None:
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._progress = RichProgress(TextColumn("{task.description:>13}"), BarColumn(),
+                                          TextColumn("{task.completed}/{task.total}"),
+                                          TimeElapsedColumn(), transient=False)
+            self._progress.__enter__()
         if event.stage not in self._tasks:
             self._tasks[event.stage] = self._progress.add_task(event.stage,
                                                                total=event.total_steps or 1)
         total = event.total_steps or 1
         done = event.step if event.total_steps else 1
         self._progress.update(self._tasks[event.stage], completed=done, total=total)
+
+
+def _say(line: str) -> None:
+    """A slow step after the progress bar, on stderr (stdout is for results)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _print_instances(instances) -> None:
@@ -182,35 +367,6 @@ def _print_timings(timings: dict[str, float]) -> None:
     print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
 
 
-def _check_text(command: str, args: argparse.Namespace) -> None:
-    if args.text is not None and not args.text.strip():
-        raise SystemExit(f"mic2e {command}: --text is empty; say what to find, e.g. --text dog")
-
-
-def _remove(client: Client, args: argparse.Namespace) -> None:
-    options = {"steps": args.steps, "seed": args.seed, "strategy": args.strategy,
-               "output_format": codecs.format_of(str(args.output))}
-    _check_text("remove", args)
-    targets = sum(bool(x) for x in (args.text is not None, args.point or args.box, args.mask))
-    if targets != 1:
-        raise SystemExit("mic2e remove: give exactly one of --text, --point/--box, --mask")
-    if args.mask and not client.via_orchestrator():
-        events = client.clear(args.image, args.mask, label=args.label,
-                              mask_dilation=args.dilation or 0, **options)
-    else:
-        events = client.remove_objects(
-            args.image, text=args.text, points=args.point, box=args.box, masks=args.mask,
-            min_score=args.min_score, mask_dilation=args.dilation, label=args.label, **options)
-    result = _follow(events)
-    result.save(args.output)
-    x0, y0, x1, y1 = result.repainted_box
-    print(f"wrote {args.output} ({result.image.width}x{result.image.height}; repainted "
-          f"{x1 - x0}x{y1 - y0} at ({x0}, {y0}), every other pixel the input's own)"
-          if args.strategy != "reference" else
-          f"wrote {args.output} ({result.image.width}x{result.image.height})")
-    _print_timings(getattr(result, "timings", None) or result.provenance.timings)
-
-
 def _follow(events: Iterator[Any]) -> Any:
     """A streamed edit's events shown as they come (a progress bar, the instances found);
     its result."""
@@ -219,6 +375,10 @@ def _follow(events: Iterator[Any]) -> Any:
         for event in events:
             if isinstance(event, Progress):
                 bar.update(event)
+                if event.stage in _DENOISING and event.step == event.total_steps:
+                    # The server now decodes the picture, then the client applies it to
+                    # the photo: seconds for a 12 MP photo, after a bar that says done.
+                    _say("finishing the picture ...")
             elif isinstance(event, Segmented):
                 print(f"segmented {len(event.instances)} instance(s)")
                 _print_instances(event.instances)
@@ -228,108 +388,195 @@ def _follow(events: Iterator[Any]) -> Any:
     return result
 
 
-def _replace(client: Client, args: argparse.Namespace) -> None:
+# -- writing ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failure to write `path` (the disk, permissions, a picture too large for its
+    format) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise Mistake(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write(path: Path, data: bytes) -> None:
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _save(path: Path, result: Any) -> None:
+    """Write a result's picture to `path` (`-o`)."""
+    _say(f"writing {path} ...")
+    with _writing(path):
+        result.save(path)
+
+
+def _save_edit(args: argparse.Namespace, inputs: _Inputs, result: Any) -> list[str]:
+    """Write an edit's result and the pictures asked for; what was written, as notes."""
+    _save(args.output, result)
+    notes = []
+    if args.mask_out is not None:
+        _write(args.mask_out, codecs.encode_mask_png(result.mask))
+        notes.append(f"wrote the mask to {args.mask_out}")
+    if args.compare is not None:
+        _say(f"writing {args.compare} ...")
+        before = codecs.decode_image(inputs.image)
+        pair = pictures.side_by_side(before, result.image)
+        _write(args.compare, codecs.encode_image(pair, codecs.format_of(str(args.compare))))
+        notes.append(f"wrote {args.compare} (before | after)")
+    return notes
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _remove(client: Client, args: argparse.Namespace, inputs: _Inputs) -> int:
+    options = {"steps": args.steps, "seed": args.seed, "strategy": args.strategy,
+               "output_format": codecs.format_of(str(args.output))}
+    if inputs.masks and not client.via_orchestrator():
+        events = client.clear(inputs.image, inputs.masks, label=args.label,
+                              mask_dilation=args.dilation or 0, **options)
+    else:
+        events = client.remove_objects(
+            inputs.image, text=args.text, points=args.point, box=args.box,
+            masks=inputs.masks, min_score=args.min_score, mask_dilation=args.dilation,
+            label=args.label, **options)
+    result = _follow(events)
+    notes = _save_edit(args, inputs, result)
+    x0, y0, x1, y1 = result.repainted_box
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height}; repainted "
+          f"{x1 - x0}x{y1 - y0} at ({x0}, {y0}), every other pixel the input's own)"
+          if args.strategy != "reference" else
+          f"wrote {args.output} ({result.image.width}x{result.image.height})")
+    for note in notes:
+        print(note)
+    _print_timings(getattr(result, "timings", None) or result.provenance.timings)
+    return 0
+
+
+def _replace(client: Client, args: argparse.Namespace, inputs: _Inputs) -> int:
     options = {"strength": args.strength, "steps": args.steps, "seed": args.seed,
                "mask_dilation": args.dilation, "feather": args.feather,
                "output_format": codecs.format_of(str(args.output))}
     if args.command == "fill":
-        events = client.fill(args.image, args.box, args.prompt, **options)
+        events = client.fill(inputs.image, args.box, args.prompt, **options)
     else:
-        _check_text("replace", args)
-        targets = sum(bool(x) for x in (args.text is not None, args.point or args.box,
-                                        args.mask))
-        if targets != 1:
-            raise SystemExit("mic2e replace: give exactly one of --text, --point/--box, --mask")
         events = client.replace_objects(
-            args.image, args.prompt, text=args.text, points=args.point, box=args.box,
-            masks=args.mask, min_score=args.min_score, **options)
+            inputs.image, args.prompt, text=args.text, points=args.point, box=args.box,
+            masks=inputs.masks, min_score=args.min_score, **options)
     result = _follow(events)
-    result.save(args.output)
+    notes = _save_edit(args, inputs, result)
     note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
           f"{int(result.mask.sum())} px repainted){note}")
+    for line in notes:
+        print(line)
     _print_timings(result.timings)
+    return 0
 
 
-def _segment(client: Client, args: argparse.Namespace) -> None:
-    _check_text("segment", args)
+def _segment(client: Client, args: argparse.Namespace, inputs: _Inputs) -> int:
     if args.text:
-        result = client.segment_by_text(args.image, args.text, score_threshold=args.min_score)
+        result = client.segment_by_text(inputs.image, args.text,
+                                         score_threshold=args.min_score)
         instances = result.instances
-    elif args.point or args.box:
-        result = client.segment_by_prompt(args.image, points=args.point, box=args.box,
+        if not instances:
+            raise nothing_found(args.text, args.min_score)
+    else:
+        result = client.segment_by_prompt(inputs.image, points=args.point, box=args.box,
                                           return_alternatives=False)
         instances = [result.best]
-    else:
-        raise SystemExit("mic2e segment: give --text, --point or --box")
-    args.output.mkdir(parents=True, exist_ok=True)
     print(f"{len(instances)} instance(s) in {result.width}x{result.height}")
     _print_instances(instances)
+    folder: Path = args.output
+    _say(f"writing {len(instances)} mask(s) and the overlay to {folder} ...")
+    for stale in folder.glob("mask_[0-9][0-9][0-9].png"):  # an earlier run's, one file each
+        if int(stale.stem[5:]) >= len(instances):
+            stale.unlink()
     for i, inst in enumerate(instances):
-        (args.output / f"mask_{i:03d}.png").write_bytes(codecs.encode_mask_png(inst.mask))
-    print(f"wrote {len(instances)} mask(s) to {args.output}")
+        _write(folder / f"mask_{i:03d}.png", codecs.encode_mask_png(inst.mask))
+    drawn = pictures.overlay(codecs.decode_image(inputs.image), instances)
+    _write(folder / "overlay.jpg", codecs.encode_image(drawn, "jpeg"))
+    print(f"wrote {len(instances)} mask(s) to {folder}; see them over the photo in "
+          f"{folder / 'overlay.jpg'}")
     _print_timings(result.provenance.timings)
+    return 0
 
 
-def _generate(client: Client, args: argparse.Namespace) -> None:
-    result = None
+def _generate(client: Client, args: argparse.Namespace, inputs: _Inputs) -> int:
     fmt = codecs.format_of(str(args.output))
-    with _Bar() as bar:
-        for event in client.generate(args.prompt, width=args.width, height=args.height,
-                                     steps=args.steps, seed=args.seed, output_format=fmt):
-            if isinstance(event, Progress):
-                bar.update(event)
-            else:
-                result = event
-    assert result is not None
-    result.save(args.output)
+    result = _follow(client.generate(args.prompt, width=args.width, height=args.height,
+                                     steps=args.steps, seed=args.seed, output_format=fmt))
+    _save(args.output, result)
     note = f" (prompt cut to: {result.truncated_prompt!r})" if result.prompt_truncated else ""
     print(f"wrote {args.output} ({result.image.width}x{result.image.height}, "
           f"seed {result.provenance.seed}){note}")
     _print_timings(result.provenance.timings)
+    return 0
 
 
-def _health(client: Client, args: argparse.Namespace) -> int:
+def _status(client: Client, service: str) -> str | None:
+    """`service`'s health status at the address; None when it does not report it."""
+    try:
+        return client.health(service)
+    except Mic2eError as exc:
+        if exc.code.name == "NOT_FOUND":
+            return None
+        raise
+
+
+def _health(client: Client, args: argparse.Namespace, inputs: _Inputs) -> int:
+    statuses = {name: _status(client, name) for name in [_SERVER, *SERVICES]}
+    orchestrator = statuses["mic2e.v1.EditService"] is not None
     worst = 0
-    for service in _SERVICES:
-        try:
-            status = client.health(service)
-        except Mic2eError as exc:
-            if exc.code.name == "NOT_FOUND":
-                continue
-            status, worst = exc.code.name, 1
+    for name, status in statuses.items():
+        if status is None and not orchestrator:
+            continue  # a model server serves its own service only
+        shown = status or "unknown (this orchestrator does not report it)"
+        print(f"{name or '(server)':<30} {shown}")
         worst = worst or int(status != "SERVING")
-        print(f"{service or '(server)':<30} {status}")
     return worst
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    output = getattr(args, "output", None)
-    if output is not None and args.command != "segment":
-        try:  # before any call: a format we cannot write is a usage error
-            codecs.format_of(str(output))
-        except codecs.CodecError as exc:
-            parser.error(f"-o {output}: {exc}")
+def _served(client: Client) -> list[str] | None:
+    """The mic2e services the address reports (None: it has no health service)."""
     try:
+        return [name for name in SERVICES if _status(client, name) is not None]
+    except Mic2eError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        inputs = _check(args)
         credentials = None
         if args.tls_ca or args.tls_cert:
             credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
         with Client(args.server, timeout=args.timeout, token=args.token,
                     credentials=credentials) as client:
-            if args.command == "health":
-                return _health(client, args)
-            {"remove": _remove, "replace": _replace, "fill": _replace, "segment": _segment,
-             "generate": _generate}[args.command](client, args)
-    except Mic2eError as exc:
-        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
-        for field, why in exc.field_violations:
-            print(f"  field {field}: {why}", file=sys.stderr)
-        if exc.metadata:
-            print(f"  {exc.reason}: {exc.metadata}", file=sys.stderr)
-        return 1
-    return 0
+            try:
+                return {"remove": _remove, "replace": _replace, "fill": _replace,
+                        "segment": _segment, "generate": _generate,
+                        "health": _health}[args.command](client, args, inputs)
+            except Mic2eError as exc:
+                if args.debug:
+                    traceback.print_exc()
+                raise explain(exc, args, lambda: _served(client)) from None
+    except Mistake as mistake:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{mistake.prog}: {mistake.line}", file=sys.stderr)
+        return mistake.code
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("mic2e: cancelled", file=sys.stderr)
+        return INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print("mic2e: this is a bug in mic2e; please report it with the traceback above",
+              file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":
