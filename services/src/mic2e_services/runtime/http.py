@@ -535,9 +535,15 @@ class HttpFront:
             if candidate.is_relative_to(self._static_dir) and candidate.is_file():
                 target = candidate
         if target is None:
+            message = b"not found\n"
+            if path in ("/", "/index.html"):  # the page itself: say how to get it
+                message = (b"The playground page is not built here: run scripts/setup-ts.sh "
+                           b"(it builds client-ts/dist/playground), or point "
+                           b"MIC2E_PLAYGROUND_DIR at a built copy. The RPCs are served "
+                           b"at /<service>/<method> (Connect, gRPC-Web).\n")
             await send({"type": "http.response.start", "status": 404,
                         "headers": [(b"content-type", b"text/plain"), *extra]})
-            await send({"type": "http.response.body", "body": b"not found\n"})
+            await send({"type": "http.response.body", "body": message})
             return
         kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         body = target.read_bytes()
