@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from mic2e import _cli_pictures as pictures
 from mic2e import cli
-from mic2e._cli_errors import connection_problem, explain
+from mic2e._cli_errors import connection_problem, explain, wrong_server
 from mic2e.errors import from_rpc_error
 from mic2e.types import Instance
 from PIL import Image
@@ -275,3 +275,14 @@ def test_side_by_side_puts_both_at_the_same_height():
 ])
 def test_a_connection_failure_is_said_with_what_to_do(message, said):
     assert connection_problem("h:1", message).startswith(said)
+
+
+@pytest.mark.parametrize("served,said", [
+    (["mic2e.v1.ObjectClearService"], "o:1 is an object-clear server (mic2e.v1.ObjectClear"
+                                      "Service), which cannot do `mic2e replace`"),
+    (["mic2e.v1.EditService"], "the orchestrator at o:1 has no call for `mic2e replace`: it "
+                               "is older than this client"),
+    (None, "o:1 serves no mic2e service"),
+])
+def test_a_call_the_server_lacks_names_what_the_server_is(served, said):
+    assert wrong_server("o:1", "replace", served).startswith(said)

@@ -23,7 +23,7 @@ FAILED, USAGE, NOTHING_FOUND, INTERRUPTED = 1, 2, 3, 130
 
 #: Service name -> what it is and the command that calls it directly.
 SERVICES = {
-    "mic2e.v1.EditService": ("the orchestrator", "any command"),
+    "mic2e.v1.EditService": ("the orchestrator", "every command"),
     "mic2e.v1.SegmentationService": ("a segmentation server", "`mic2e segment`"),
     "mic2e.v1.ObjectClearService": ("an object-clear server", "`mic2e remove IMAGE --mask FILE`"),
     "mic2e.v1.FluxService": ("a flux server", "`mic2e generate`"),
@@ -134,6 +134,9 @@ def wrong_server(address: str, command: str, served: Sequence[str] | None) -> st
     if not known:
         return (f"{address} serves no mic2e service (is it another program's port?): pass "
                 f"the orchestrator's address with --server (default {DEFAULT_ADDRESS})")
+    if known[0] == "mic2e.v1.EditService":
+        return (f"the orchestrator at {address} has no call for `mic2e {command}`: it is "
+                f"older than this client; update it (UNIMPLEMENTED)")
     what, fits = SERVICES[known[0]]
     return (f"{address} is {what} ({known[0]}), which cannot do `mic2e {command}`: "
             f"pass the orchestrator's address with --server (default {DEFAULT_ADDRESS}), "
