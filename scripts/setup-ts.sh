@@ -36,3 +36,27 @@ npm run --silent build
 
 echo "==> client-ts: building the playground page (tsc, esbuild -> dist/playground)"
 npm run --silent build:playground
+
+# The package as users install it (client-ts/README.md, "Install"): `npm pack` into
+# dist/mic2e-client-<version>.tgz, and dist/example-project/, a project that installed that
+# tarball as the README says, where tests/e2e/test_typescript_examples.py runs the READMEs'
+# examples (offline: it only copies this project). Both are redone only when what the
+# tarball holds (dist/src, package.json, README.md) changed.
+pack_sha="$( (find dist/src -type f -print0 | sort -z | xargs -0 sha256sum; sha256sum package.json README.md) \
+  | sha256sum | cut -d' ' -f1)"
+project=dist/example-project
+pack_stamp="$project/.mic2e-pack.sha256"
+if [ -f "$pack_stamp" ] && [ "$(cat "$pack_stamp")" = "$pack_sha" ]; then
+  echo "==> client-ts: packed client and example project up to date"
+else
+  echo "==> client-ts: packing the client (npm pack -> dist/) and installing it in $project"
+  rm -f dist/mic2e-client-*.tgz
+  tarball="$PWD/dist/$(npm pack --pack-destination dist --loglevel=error | tail -n 1)"
+  rm -rf "$project"
+  mkdir -p "$project"
+  printf '{\n  "name": "mic2e-example-project",\n  "private": true,\n  "type": "module"\n}\n' \
+    >"$project/package.json"
+  # --prefer-offline: the npm cache that `npm ci` filled serves the dependencies.
+  (cd "$project" && npm install --prefer-offline --no-audit --no-fund --loglevel=error "$tarball")
+  echo "$pack_sha" >"$pack_stamp"
+fi
