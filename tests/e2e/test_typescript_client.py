@@ -29,10 +29,12 @@ SETUP_HINT = "run `bash scripts/setup-ts.sh` (npm ci + build in client-ts)"
 TIMEOUT_S = 180
 
 
-async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Runs a command in client-ts/ without blocking the loop; (exit code, stdout+stderr)."""
+async def run(*args: str, env: dict[str, str] | None = None,
+              cwd: Path = CLIENT_TS) -> tuple[int, str]:
+    """Runs a command (in client-ts/ unless told) without blocking the loop; (exit code,
+    stdout+stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        *args, cwd=CLIENT_TS, env=env, stdin=asyncio.subprocess.DEVNULL,
+        *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
