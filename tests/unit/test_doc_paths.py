@@ -49,6 +49,8 @@ ELSEWHERE = {
     "inference_objectclear.py",  # the reference ObjectClear's script, in its own repo
     "times.json",  # capacity.py's example argument: your measured service times
     "benchmarks/results/gpu-run",  # where gpu-run.sh writes when no $OUT is given
+    # the TypeScript READMEs' examples, saved by the user in their own project
+    "remove.mjs", "remove.ts", "first.mjs", "first.ts",
 }
 
 
