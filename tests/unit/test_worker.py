@@ -182,6 +182,21 @@ async def test_wait_beyond_deadline_refused_at_once():
     await worker.stop()
 
 
+async def test_work_longer_than_its_deadline_is_deadline_exceeded_even_when_idle():
+    # No retry could fit it, so no RESOURCE_EXHAUSTED with a retry hint; and it is no
+    # demand (more replicas would not serve it either). The message says what would do.
+    model = FakeModel(step_s=0.1, max_batch_size=1)
+    worker = await started_worker(model)
+    offered = Offered()
+    worker.add_callback(offered)
+    with pytest.raises(DeadlineExceeded, match=r"at least 1\.0s"):
+        worker.submit(FakeRequest(1, steps=10), deadline=time.monotonic() + 0.3)  # ~1 s
+    assert model.batches == [] and offered.seen == []
+    assert await worker.submit(FakeRequest(2, steps=1),
+                               deadline=time.monotonic() + 30).result() == 4
+    await worker.stop()
+
+
 async def test_cancel_while_queued_drops_the_work():
     model = FakeModel(step_s=0.05, max_batch_size=1)
     worker = await started_worker(model)

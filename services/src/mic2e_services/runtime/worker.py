@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -267,8 +268,9 @@ class ModelWorker:
         `deadline` is a `time.monotonic()` instant. Raises InvalidArgument (naming every
         bad field: only a valid request is costed and queued), Unavailable (not started or
         stopping), DeadlineExceeded (already expired), ResourceExhausted (queue full, or
-        the queued work alone outlasts the deadline) - never queues a request that is
-        bound to fail.
+        the queued work outlasts the deadline: a retry once it drains may fit) - never
+        queues a request that is bound to fail. A request whose own estimate outlasts the
+        deadline is DeadlineExceeded, naming the deadline it needs: no retry could fit it.
         """
         self.model.check(request)
         if not self._accepting:
@@ -279,6 +281,15 @@ class ModelWorker:
                   self._step, self._job_end)
         if job.expired():
             raise DeadlineExceeded("deadline expired before the work started")
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and estimate > left:
+            # Not RESOURCE_EXHAUSTED: even an idle server could not finish it in time, so a
+            # retry after any wait fails the same way. Nor is it demand: more replicas would
+            # not serve it either.
+            raise DeadlineExceeded(
+                f"{self.name} needs about {estimate:.2f}s for this request alone, but its "
+                f"deadline leaves {max(left, 0):.2f}s: give it a deadline of at least "
+                f"{math.ceil(estimate * 10) / 10:.1f}s")
         try:
             self._admit(job, deadline)
         except ResourceExhausted as exc:
