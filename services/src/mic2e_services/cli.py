@@ -7,6 +7,9 @@
     mic2e-server make-tiny DIR
 
 Every flag also has a `MIC2E_*` environment variable (flags win); see the README.
+Exit codes: 0 stopped cleanly (SIGTERM / Ctrl-C, also while loading); 1 the model failed
+to load, or a server of `up` stopped; 2 a usage or settings error (a bad flag or value, a
+missing model folder, a port already in use); 3 the device was lost.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,40 +130,133 @@ def main(argv: list[str] | None = None) -> int:
     return run_server(args.command, vars(args))
 
 
-def run_server(name: str, options: dict[str, Any]) -> int:
+class SettingsError(ValueError):
+    """Settings that cannot be used: the message names the setting (one line)."""
+
+
+def server_settings(name: str, options: dict[str, Any]) -> Any:
+    """Server `name`'s settings from the environment and `options` (its parsed flags)."""
+    from pydantic import ValidationError
+
     module = importlib.import_module(SERVERS[name])
     flags = {k: v for k, v in options.items() if k not in ("command", "print_settings")}
-    settings = load_settings(module.Settings, **flags)
-    if options.get("print_settings"):
-        print(settings.model_dump_json(indent=2))
-        return 0
+    try:
+        return load_settings(module.Settings, **flags)
+    except ValidationError as exc:
+        raise SettingsError(_settings_message(exc, set(options))) from None
+
+
+def _settings_message(exc: Any, flags: set[str]) -> str:
+    """A pydantic ValidationError as one line naming each setting, its environment
+    variable and its flag (`flags`: the settings the command has a flag for)."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        # A secret is never echoed back; other values are, unless the message has them.
+        if "token" not in field and "got" not in message and "input" in error:
+            message += f", got {error['input']!r}"
+        flag = f" / --{field.replace('_', '-')}" if field in flags else ""
+        problems.append(f"{field}: {message} (MIC2E_{field.upper()}{flag})")
+    return "; ".join(problems)
+
+
+def effective_settings(name: str, settings: Any) -> dict[str, Any]:
+    """What `--print-settings` shows: the settings, with what a model server resolves
+    from them at start (dtype, largest batch, public model name) filled in the same way
+    it does - by building its model object, which loads no weight."""
+    shown = json.loads(settings.model_dump_json())  # secrets come out masked
+    if name in MODEL_SERVERS:
+        module = importlib.import_module(SERVERS[name])
+        from mic2e_services.quiet import quiet_model_libraries
+
+        quiet_model_libraries()
+        try:
+            model = module.build_model(settings)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        shown.update(dtype=model.dtype_name, max_batch_size=model.max_batch_size,
+                     model_name=model.model_id)
+    return shown
+
+
+def _usage_error(name: str, message: object) -> int:
+    print(f"mic2e-server {name}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_server(name: str, options: dict[str, Any]) -> int:
+    def stopped(*_: object) -> None:
+        # Nothing serves yet and nothing needs saving: leave at once. Not an exception:
+        # the model libraries' imports catch and ignore those.
+        print(f"mic2e-server {name}: stopped while starting", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    # A SIGTERM while the model libraries import (seconds) is a stop like any other: quiet,
+    # exit 0. The server's own handler replaces this one once it runs.
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        return _run_server(name, options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_server(name: str, options: dict[str, Any]) -> int:
+    from mic2e_services.checkpoints import CheckpointError, check_source
+
+    module = importlib.import_module(SERVERS[name])
+    try:
+        settings = server_settings(name, options)
+        if name in MODEL_SERVERS:
+            check_source(settings.model)  # a missing folder: now, not after the imports
+        if options.get("print_settings"):
+            print(json.dumps(effective_settings(name, settings), indent=2))
+            return 0
+    except (SettingsError, CheckpointError) as exc:
+        return _usage_error(name, exc)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mic2e_services.runtime.memory import return_freed_memory
 
     return_freed_memory()
-    from mic2e_services.runtime.server import serve
+    from mic2e_services.runtime.server import StartupError, check_ports_free, serve
 
-    if name in MODEL_SERVERS:
-        from mic2e_services.quiet import quiet_model_libraries
-
-        quiet_model_libraries()
     try:
+        check_ports_free(settings)  # now, not after the model libraries' import
+        if name in MODEL_SERVERS:
+            from mic2e_services.quiet import quiet_model_libraries
+
+            quiet_model_libraries()
         # Builds the model object (not its weights): a memory mode the device cannot run
         # is refused here, naming the setting, before anything slow happens.
         model = None if name == "orchestrator" else module.build_model(settings)
-    except ValueError as exc:
-        print(f"mic2e-server {name}: error: {exc}", file=sys.stderr)
-        return 2
+    except (StartupError, ValueError) as exc:
+        return _usage_error(name, exc)
+
+    servers = []
 
     async def run() -> int:
         if model is None:
             server, _ = module.create_server(settings)
         else:
             server, _ = module.create_server(settings, model)
+        servers.append(server)
         return await serve(server)
 
-    return asyncio.run(run())
+    try:
+        code = asyncio.run(run())
+    except StartupError as exc:  # a port taken since the check above
+        return _usage_error(name, exc)
+    stopped_loading = servers and not servers[0].ready and servers[0].startup_error is None
+    if model is not None and stopped_loading:
+        # Stopped while the model loaded: its thread is still inside the model libraries,
+        # whose C++ state the interpreter's teardown would destroy under it (an abort,
+        # "terminate called ..."). Nothing is left to clean up: leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,14 +8,18 @@ the grace period, then exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mic2e_services.checkpoints import CheckpointError
 from mic2e_services.runtime.http import (
     HandlerRecorder,
     HttpFront,
@@ -40,6 +44,51 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class StartupError(Exception):
+    """A setting this machine cannot honour, found while the server starts (a port already
+    in use): an operator's ordinary mistake, so its message is the one line to show."""
+
+
+_GRPC_PORT = ("gRPC", "MIC2E_PORT / --port", "stop the server that holds it, or choose "
+              "another port")
+_HTTP_PORT = ("HTTP", "MIC2E_HTTP_PORT / --http-port", "choose another port, 0 takes any "
+              "free one, -1 turns the HTTP port off")
+_METRICS_PORT = ("metrics", "MIC2E_METRICS_PORT / --metrics-port", "every server on one "
+                 "machine needs its own (e.g. --metrics-port 9092), 0 takes any free port, "
+                 "-1 turns /metrics off")
+
+
+def _bind_error(kind: tuple[str, str, str], host: str, port: int,
+                exc: OSError | None = None) -> StartupError:
+    """`kind`: which port (`_GRPC_PORT`, ...): its name, its setting, how to fix a clash."""
+    what, setting, fix = kind
+    if exc is None or exc.errno == errno.EADDRINUSE:
+        return StartupError(f"{what} port {port} on {host} is already in use ({setting}): "
+                            f"{fix}")
+    return StartupError(f"cannot listen on {what} port {port} on {host}: "
+                        f"{exc.strerror or exc} ({setting})")
+
+
+def _check_port_free(host: str, port: int, kind: tuple[str, str, str]) -> None:
+    """Refuse a port in use with our own line, naming its setting (gRPC's own refusal is
+    a generic RuntimeError after a C-level log line)."""
+    if port <= 0:
+        return
+    try:
+        with contextlib.closing(bind_socket(host, port)):
+            pass
+    except OSError as exc:
+        raise _bind_error(kind, host, port, exc) from None
+
+
+def check_ports_free(settings: ServerSettings) -> None:
+    """Every fixed port the server will listen on is free now, or a `StartupError`:
+    checked before the slow part of a start, so a clash is said at once."""
+    _check_port_free(settings.host, settings.port, _GRPC_PORT)
+    _check_port_free(settings.host, settings.http_port, _HTTP_PORT)
+    _check_port_free(settings.host, settings.metrics_port, _METRICS_PORT)
+
+
 def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
     """Channel arguments: message size limits and keepalive."""
     max_bytes = settings.max_message_mb * 1024 * 1024
@@ -58,6 +107,9 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # A call running on an aged connection may finish (up to its own grace): ageing
         # must never cut work a server accepted.
         ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        # A second server on a port in use must fail, not silently share it (gRPC's default
+        # SO_REUSEPORT would split the calls between the two).
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -106,7 +158,15 @@ class Server(WorkerCallback):
         self._loop = asyncio.get_running_loop()
         await self._set_health(NOT_SERVING)
         if self.settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(self.settings.host,
+                                                       self.settings.metrics_port)
+            except OSError as exc:
+                await self.grpc_server.stop(None)  # bound, never started: let it go
+                if self.http is not None:
+                    self.http.socket.close()
+                raise _bind_error(_METRICS_PORT, self.settings.host,
+                                  self.settings.metrics_port, exc) from None
         await self.grpc_server.start()
         if self.http is not None:
             await self.http.start()
@@ -116,9 +176,17 @@ class Server(WorkerCallback):
         try:
             if self.worker is not None:
                 await self.worker.start()
+        except asyncio.CancelledError:
+            log.info("stopped while loading the model")
+            raise
+        except CheckpointError as exc:
+            # An operator's mistake (a missing folder, a model not downloaded): one line.
+            self.startup_error = exc
+            log.error("model failed to load: %s", exc)
+            raise
         except BaseException as exc:
             self.startup_error = exc
-            log.exception("model failed to load; staying NOT_SERVING")
+            log.exception("model failed to load")
             raise
         await self._set_health(SERVING)
         self._ready.set()
@@ -139,8 +207,12 @@ class Server(WorkerCallback):
         await self.health.enter_graceful_shutdown()
         if self.worker is not None:
             self.worker.stop_accepting()
-        if self._bring_up is not None and not self._bring_up.done():
-            self._bring_up.cancel()
+        # Cancelled and waited for (never raising here): a load cut short says so itself.
+        cancelled = [t for t in [self._bring_up] if t is not None and not t.done()]
+        for task in cancelled:
+            task.cancel()
+        if cancelled:
+            await asyncio.wait(cancelled)
         if self.http is not None:
             await asyncio.gather(self.grpc_server.stop(grace), self.http.stop(grace))
         else:
@@ -164,6 +236,14 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
     reflection); `name` labels metrics and traces. Binds `settings.host:settings.port`
     (port 0 picks a free one) and returns the server and the bound port.
     """
+    # Ports first: one in use is a one-line refusal before anything else is built.
+    _check_port_free(settings.host, settings.port, _GRPC_PORT)
+    http_socket = None
+    if settings.http_port >= 0:
+        try:
+            http_socket = bind_socket(settings.host, settings.http_port)
+        except OSError as exc:
+            raise _bind_error(_HTTP_PORT, settings.host, settings.http_port, exc) from None
     metrics = ServerMetrics(name)
     provider = setup_tracing(settings, f"mic2e-{name}")
     if worker is not None:
@@ -187,27 +267,33 @@ def build_server(settings: ServerSettings, *, register: Callable[[grpc.aio.Serve
         enable_reflection([*service_names, health.SERVICE_NAME], grpc_server)
     credentials = server_credentials(settings)
     address = f"{settings.host}:{settings.port}"
-    port = (grpc_server.add_secure_port(address, credentials) if credentials is not None
-            else grpc_server.add_insecure_port(address))
+    try:
+        port = (grpc_server.add_secure_port(address, credentials) if credentials is not None
+                else grpc_server.add_insecure_port(address))
+    except RuntimeError:
+        port = 0  # taken between the check and now
     if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+        if http_socket is not None:
+            http_socket.close()
+        raise _bind_error(_GRPC_PORT, settings.host, settings.port)
     server = Server(grpc_server, port, settings, health_servicer, service_names, worker,
                     metrics, provider)
-    if settings.http_port >= 0:
-        server.http = http_server(settings, recorder, interceptors)
+    if http_socket is not None:
+        server.http = http_server(settings, recorder, interceptors, http_socket)
     return server, port
 
 
 def http_server(settings: ServerSettings, recorder: HandlerRecorder,
-                interceptors: Sequence[grpc.aio.ServerInterceptor]) -> HttpServer:
+                interceptors: Sequence[grpc.aio.ServerInterceptor],
+                sock: socket.socket) -> HttpServer:
     """The HTTP port: the handlers the gRPC port registered, through the same
-    interceptors, over Connect and gRPC-Web (bound now, served from `start`)."""
+    interceptors, over Connect and gRPC-Web (on `sock`, bound; served from `start`)."""
     front = HttpFront(connect_applications(recorder, interceptors),
                       max_message_bytes=settings.max_message_mb * 2**20,
                       cors_origins=[o.strip() for o in settings.http_cors_origins.split(",")
                                     if o.strip()],
                       static_dir=playground_dir(settings))
-    return HttpServer(front, bind_socket(settings.host, settings.http_port),
+    return HttpServer(front, sock,
                       certfile=settings.tls_cert_file, keyfile=settings.tls_key_file,
                       client_ca_file=settings.tls_client_ca_file)
 
@@ -241,12 +327,14 @@ def build_model_server(settings: ModelServerSettings, model: Model, *, name: str
     return server, port
 
 
-async def serve(server: Server) -> int:
-    """Run until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def serve(server: Server, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set, instead of the signals), then stop
+    gracefully; the process exit code."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await server.start()
     print(f"listening on port {server.port}", flush=True)
     if server.http is not None:
@@ -255,8 +343,13 @@ async def serve(server: Server) -> int:
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({server._bring_up, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if server._bring_up in done and server._bring_up.exception() is not None:
-        await server.stop(grace_s=0)
+        await server.stop(grace_s=0)  # `_load` said why
         return 1
+    if not server.ready:
+        # SIGTERM while the model loads: nothing was accepted, so nothing to wait for; the
+        # load itself cannot be interrupted and ends with the process.
+        await server.stop(grace_s=0)
+        return 0
     fatal = asyncio.create_task(server.fatal.wait())
     await asyncio.wait({waiter, fatal}, return_when=asyncio.FIRST_COMPLETED)
     if server.fatal.is_set():
