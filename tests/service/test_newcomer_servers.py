@@ -13,8 +13,9 @@ import socket
 import threading
 import time
 
+import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mic2e_services import checkpoints, cli
 from mic2e_services.errors import DeadlineExceeded, ResourceExhausted
 from mic2e_services.runtime.server import build_server, serve
@@ -152,3 +153,58 @@ def test_print_settings_shows_the_values_the_server_resolves(tiny_sam3, capsys):
     # the name callers see - not the nulls meaning "default".
     assert (shown["dtype"], shown["max_batch_size"], shown["model_name"]) == (
         "float32", 4, "sam3")
+
+
+# -- the orchestrator's health, per model service -------------------------------------------
+
+
+async def health(channel: grpc.aio.Channel, service: str) -> int:
+    try:
+        return (await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5)).status
+    except grpc.aio.AioRpcError:
+        return -1
+
+
+async def until(channel: grpc.aio.Channel, expected: dict[str, int]) -> dict[str, int]:
+    """The health of `expected`'s services once they are as expected (or after 60 s)."""
+    for _ in range(600):
+        seen = {s: await health(channel, s) for s in expected}
+        if seen == expected:
+            break
+        await asyncio.sleep(0.1)
+    return seen
+
+
+async def test_orchestrator_health_says_which_model_servers_it_reaches():
+    from mic2e_services.orchestrator import server as orchestrator
+
+    def stand_in(service: str):  # answers health for `service`, as a model server does
+        return build_server(ServerSettings(host="127.0.0.1", port=0, metrics_port=-1),
+                            register=lambda s: None, service_names=[service])[0]
+
+    segmentation, object_clear = (stand_in(s) for s in MODEL_SERVICES[:2])
+    for server in (segmentation, object_clear):
+        await server.start()
+    # The flux address points at the object-clear server: the wrong kind of server.
+    orch, port = orchestrator.create_server(orchestrator.Settings(
+        host="127.0.0.1", port=0, metrics_port=-1, downstream_health_interval_s=0.1,
+        segmentation_address=f"127.0.0.1:{segmentation.port}",
+        object_clear_address=f"127.0.0.1:{object_clear.port}",
+        flux_address=f"127.0.0.1:{object_clear.port}"))
+    await orch.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            all_up = {"": SERVING, "mic2e.v1.EditService": SERVING,
+                      "mic2e.v1.SegmentationService": SERVING,
+                      "mic2e.v1.ObjectClearService": SERVING,
+                      "mic2e.v1.FluxService": NOT_SERVING}
+            assert await until(channel, all_up) == all_up
+            await object_clear.stop(0)
+            # A model server going away takes only its own entry down: the orchestrator
+            # still answers every call (UNAVAILABLE naming the stage for that model).
+            one_down = {**all_up, "mic2e.v1.ObjectClearService": NOT_SERVING}
+            assert await until(channel, one_down) == one_down
+    finally:
+        await orch.stop(0)
+        await segmentation.stop(0)

@@ -182,6 +182,9 @@ async def test_one_trace_spans_orchestrator_and_model_server(tiny_sam3):
         trace_ids = {edit.context.trace_id, model_rpc[0].context.trace_id,
                      by_name["segmentation.model"].context.trace_id}
         assert len(trace_ids) == 1, "the trace did not cross the two servers"
+        # The orchestrator's own polls of the model servers' health leave no traces.
+        assert not [s for s in spans if s.name == "/grpc.health.v1.Health/Check"
+                    and s.kind == trace.SpanKind.CLIENT]
 
         # Over the HTTP port, a caller's W3C trace context is taken up the same way.
         exporter.clear()

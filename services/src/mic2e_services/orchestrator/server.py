@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mic2e.channel import tls_credentials
-from mic2e.v1 import orchestrator_pb2_grpc
+from mic2e.v1 import flux_pb2, object_clear_pb2, orchestrator_pb2_grpc, segmentation_pb2
 from pydantic import Field, SecretStr
 
-from mic2e_services.orchestrator.downstream import Downstream
+from mic2e_services.orchestrator.downstream import Downstream, DownstreamHealth
 from mic2e_services.orchestrator.servicer import SERVICE_NAME, EditServicer
 from mic2e_services.runtime.server import Server, build_server
 from mic2e_services.runtime.settings import ServerSettings
@@ -36,6 +36,17 @@ class Settings(ServerSettings):
     downstream_tls_key_file: str | None = Field(None, description="its private key")
     downstream_token: SecretStr | None = Field(None, description="bearer token sent to the "
                                                "model servers")
+    downstream_health_interval_s: float = Field(
+        2.0, gt=0, description="how often the model servers' health is asked, for this "
+        "server's health entries per model service")
+
+
+#: The orchestrator's health entry for each model service, named as the service itself
+#: (from the protos: the orchestrator imports no model server package).
+SEGMENTATION_SERVICE, OBJECT_CLEAR_SERVICE, FLUX_SERVICE = (
+    module.DESCRIPTOR.services_by_name[name].full_name for module, name in (
+        (segmentation_pb2, "SegmentationService"), (object_clear_pb2, "ObjectClearService"),
+        (flux_pb2, "FluxService")))
 
 
 def create_server(settings: Settings) -> tuple[Server, int]:
@@ -56,11 +67,11 @@ def create_server(settings: Settings) -> tuple[Server, int]:
                                  if settings.downstream_token else None),
                           interceptors=interceptors)
 
+    segmentation = downstream(settings.segmentation_address)
+    object_clear = downstream(settings.object_clear_address)
     flux = downstream(settings.flux_address)
-    servicer = EditServicer(downstream(settings.segmentation_address),
-                            downstream(settings.object_clear_address), flux,
-                            inpaint=(downstream(settings.inpaint_address)
-                                     if settings.inpaint_address else None),
+    inpaint = downstream(settings.inpaint_address) if settings.inpaint_address else None
+    servicer = EditServicer(segmentation, object_clear, flux, inpaint=inpaint,
                             image_cache_bytes=settings.image_cache_mb * 2**20,
                             max_image_pixels=settings.max_image_pixels)
     server, port = build_server(
@@ -68,4 +79,12 @@ def create_server(settings: Settings) -> tuple[Server, int]:
             servicer, s), service_names=[SERVICE_NAME], name="orchestrator")
     server.metrics.watch_cache("images", servicer.image_cache_bytes)
     server.servicer = servicer
+    # "" and EditService stay SERVING while a model server is down: the orchestrator still
+    # answers every call (those needing that model UNAVAILABLE, naming the stage), and a
+    # readiness probe on it must not take the whole API away while one model scales.
+    watch = DownstreamHealth({SEGMENTATION_SERVICE: [segmentation],
+                              OBJECT_CLEAR_SERVICE: [object_clear],
+                              FLUX_SERVICE: [flux, *([inpaint] if inpaint else [])]},
+                             interval_s=settings.downstream_health_interval_s)
+    server.background.append(lambda: watch.run(server.health.set))
     return server, port

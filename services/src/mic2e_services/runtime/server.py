@@ -13,7 +13,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -141,6 +141,10 @@ class Server(WorkerCallback):
         self.startup_error: BaseException | None = None
         #: Set when the server must exit (device lost); `serve` then exits non-zero.
         self.fatal = asyncio.Event()
+        #: Coroutine functions run beside the server from `start` until `stop` (the
+        #: orchestrator's watch on its model servers' health).
+        self.background: list[Callable[[], Awaitable[None]]] = []
+        self._background_tasks: list[asyncio.Task[None]] = []
         if worker is not None:
             worker.add_callback(self)
 
@@ -170,6 +174,7 @@ class Server(WorkerCallback):
         await self.grpc_server.start()
         if self.http is not None:
             await self.http.start()
+        self._background_tasks = [asyncio.create_task(run()) for run in self.background]
         self._bring_up = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
@@ -208,7 +213,8 @@ class Server(WorkerCallback):
         if self.worker is not None:
             self.worker.stop_accepting()
         # Cancelled and waited for (never raising here): a load cut short says so itself.
-        cancelled = [t for t in [self._bring_up] if t is not None and not t.done()]
+        cancelled = [t for t in [self._bring_up, *self._background_tasks]
+                     if t is not None and not t.done()]
         for task in cancelled:
             task.cancel()
         if cancelled:
