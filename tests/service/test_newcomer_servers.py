@@ -12,11 +12,12 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mic2e_services import checkpoints, cli
+from mic2e_services import checkpoints, cli, stack, tiny
 from mic2e_services.errors import DeadlineExceeded, ResourceExhausted
 from mic2e_services.runtime.server import build_server, serve
 from mic2e_services.runtime.settings import ServerSettings
@@ -153,6 +154,33 @@ def test_print_settings_shows_the_values_the_server_resolves(tiny_sam3, capsys):
     # the name callers see - not the nulls meaning "default".
     assert (shown["dtype"], shown["max_batch_size"], shown["model_name"]) == (
         "float32", 4, "sam3")
+
+
+# -- tiny checkpoints: written once --------------------------------------------------------
+
+
+def test_make_tiny_writes_only_what_is_not_up_to_date(tmp_path, monkeypatch):
+    import mic2e_services.segmentation.tiny as sam3_tiny
+
+    written = []
+
+    def write(folder: Path, seed: int = 0) -> None:
+        written.append(folder.name)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+
+    monkeypatch.setattr(sam3_tiny, "write_tiny", write)
+    tiny.make_tiny(tmp_path, names=["segmentation"])
+    tiny.make_tiny(tmp_path, names=["segmentation"])
+    assert len(written) == 1, "an up-to-date checkpoint was written again"
+    tiny.stamp_file(tmp_path / "sam3").write_text("older code\n")
+    stack.tiny_models(tmp_path, ["segmentation"])  # `up` rewrites one stamped by other code
+    tiny.make_tiny(tmp_path, names=["segmentation"], force=True)
+    assert len(written) == 3
+    # A checkpoint without a stamp (written by the test fixtures) is used as it is by `up`.
+    tiny.stamp_file(tmp_path / "sam3").unlink()
+    stack.tiny_models(tmp_path, ["segmentation"])
+    assert len(written) == 3
 
 
 # -- the orchestrator's health, per model service -------------------------------------------

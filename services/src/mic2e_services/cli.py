@@ -4,7 +4,7 @@
                  [--port N] [--dtype D] [--print-settings]
     mic2e-server orchestrator [--port N] [--segmentation-address HOST:PORT] ...
     mic2e-server up [--tiny-dir DIR] [--device-segmentation cuda:0 ...]
-    mic2e-server make-tiny DIR
+    mic2e-server make-tiny DIR [--force]
 
 Every flag also has a `MIC2E_*` environment variable (flags win); see the README.
 Exit codes: 0 stopped cleanly (SIGTERM / Ctrl-C, also while loading); 1 the model failed
@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-base-port", type=int, default=9090,
                    help="orchestrator /metrics port; the model servers take the next three")
     p = sub.add_parser("make-tiny",
-                       help="write tiny random checkpoints (sam3/, objectclear/, flux/)")
+                       help="write tiny random checkpoints (sam3/, objectclear/, flux/); "
+                            "those already written by this code are kept")
     p.add_argument("directory", type=Path)
+    p.add_argument("--force", action="store_true", help="write them all again")
     return parser
 
 
@@ -120,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny":
         from mic2e_services.tiny import make_tiny
 
-        for name, path in make_tiny(args.directory).items():
+        try:
+            written = make_tiny(args.directory, force=args.force, progress=True)
+        except OSError as exc:
+            print(f"mic2e-server make-tiny: error: {exc}", file=sys.stderr)
+            return 1
+        for name, path in written.items():
             print(f"{name}: {path}")
         return 0
     if args.command == "up":

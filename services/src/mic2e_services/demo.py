@@ -41,6 +41,22 @@ def _timings(t: dict[str, float]) -> str:
     return ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
 
 
+class _Steps:
+    """Says how a streamed call is getting on, at most every 2 s: on CPU a removal's
+    steps take tens of seconds, which must not look like a hang."""
+
+    def __init__(self, name: str, doing: str) -> None:
+        self.name, self.t0, self.said = name, time.monotonic(), time.monotonic()
+        print(f"{name}: {doing} ...", flush=True)
+
+    def __call__(self, event: Progress) -> None:
+        now = time.monotonic()
+        if now - self.said >= 2:
+            self.said = now
+            print(f"{self.name}: {event.stage} step {event.step}/{event.total_steps} "
+                  f"({now - self.t0:.0f} s)", flush=True)
+
+
 def run_demo(out: Path, address: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     image_path = out / "input.png"
@@ -55,9 +71,11 @@ def run_demo(out: Path, address: str) -> None:
         ]:
             t0 = time.monotonic()
             steps = 0
+            say = _Steps(name, "segmenting and removing")
             for event in client.remove_objects(image_path, seed=0, **kwargs):
                 if isinstance(event, Progress):
                     steps += event.stage == "object_clear"
+                    say(event)
                 elif isinstance(event, Segmented):
                     print(f"{name}: segmented {len(event.instances)} instance(s)")
                 else:
@@ -69,9 +87,12 @@ def run_demo(out: Path, address: str) -> None:
                           f"{(time.monotonic() - t0) * 1000:.0f} ms")
         # 2. "replace the ball with a sunflower": segmentation + FLUX inpainting, one call.
         t0 = time.monotonic()
+        say = _Steps("replace_text", "segmenting and inpainting")
         for event in client.replace_objects(image_path, "a sunflower", text="ball",
                                             min_score=0.0, max_instances=1, seed=0):
-            if not isinstance(event, Progress | Segmented):
+            if isinstance(event, Progress):
+                say(event)
+            elif not isinstance(event, Segmented):
                 (out / "replace_text.png").write_bytes(codecs.encode_image(event.image))
                 print(f"replace_text: {event.stages[-1].steps} inpainting steps -> "
                       f"{out / 'replace_text.png'} ({event.image.width}x{event.image.height}, "
@@ -86,8 +107,11 @@ def run_demo(out: Path, address: str) -> None:
         print(f"segment_text: {len(seg.instances)} mask(s) in {seg_dir}; "
               f"{_timings(seg.provenance.timings)}")
         # 4. generation.
+        say = _Steps("generate", "generating")
         for event in client.generate("a red bicycle", width=512, height=512, seed=0):
-            if not isinstance(event, Progress):
+            if isinstance(event, Progress):
+                say(event)
+            else:
                 (out / "generate.png").write_bytes(event.data)
                 print(f"generate: {out / 'generate.png'} (512x512, {event.provenance.steps} "
                       f"steps); {_timings(event.provenance.timings)}")

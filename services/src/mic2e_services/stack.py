@@ -32,15 +32,19 @@ MODEL_SERVERS = tuple(PORT_OFFSETS)
 ORCHESTRATOR = "orchestrator"
 
 
-def tiny_models(tiny_dir: Path, names: Iterable[str] = MODEL_SERVERS) -> dict[str, str]:
-    """The tiny checkpoint of each of `names` under `tiny_dir`, written if missing."""
-    folders = {name: Path(tiny_dir) / TINY_FOLDERS[name] for name in names}
-    missing = [name for name, f in folders.items()
-               if not ((f / "model_index.json").exists() or (f / "config.json").exists())]
-    if missing:
-        from mic2e_services.tiny import make_tiny
+def tiny_models(tiny_dir: Path, names: Iterable[str] = MODEL_SERVERS, *, write: bool = True,
+                progress: bool = False) -> dict[str, str]:
+    """The tiny checkpoint of each of `names` under `tiny_dir`, written if missing or
+    stamped by other code (a folder without a stamp, e.g. a test's, is used as it is);
+    `write` False: only the paths. `progress`: say what is written (on stderr)."""
+    from mic2e_services.tiny import fingerprint, make_tiny, needs_writing
 
-        make_tiny(tiny_dir, names=missing)
+    folders = {name: Path(tiny_dir) / TINY_FOLDERS[name] for name in names}
+    stamp = fingerprint() if write else ""
+    stale = [name for name, folder in folders.items()
+             if write and needs_writing(folder, stamp)]
+    if stale:
+        make_tiny(tiny_dir, names=stale, force=True, progress=progress)
     return {name: str(folder) for name, folder in folders.items()}
 
 
