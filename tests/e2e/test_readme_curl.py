@@ -2,7 +2,9 @@
 
 Each `sh` block marked `<!-- README test: NAME -->` in README.md runs in bash, in a folder
 holding `photo.jpg`, with only the port changed (the README says 8080; the test takes a
-free one). Then `up` must stop cleanly on SIGTERM.
+free one). Before them, `up` has reported each server as it became SERVING, said "ready",
+and a removal through its orchestrator made at once has succeeded the first time. Then
+`up` must stop cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from mic2e import codecs
+from mic2e.v1 import common_pb2, object_clear_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from PIL import Image
 
 from tests.e2e.test_up import free_block
@@ -35,25 +40,51 @@ def test_the_readme_has_the_calls():
         assert "localhost:8080" in block and "curl" in block
 
 
+def small_removal() -> orchestrator_pb2.RemoveObjectsRequest:
+    """A removal of what is in a box: segmentation, then object-clear, one step."""
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (64, 96, 3), np.uint8))
+    return orchestrator_pb2.RemoveObjectsRequest(
+        image=common_pb2.Image(data=codecs.encode_image(picture)),
+        prompt=orchestrator_pb2.PromptTarget(box=common_pb2.Box(x0=20, y0=10, x1=60, y1=40)),
+        clear_options=object_clear_pb2.ClearOptions(steps=1, short_side=256, seed=1))
+
+
 @pytest.fixture(scope="module")
 def up_stack(tiny_sam3, tiny_objectclear, tiny_flux):
-    """`mic2e-server up` on free ports (the tiny checkpoints already written); yields its
-    HTTP port, stops it with SIGTERM and checks that it exits 0."""
-    http_port = free_block(1)
+    """`mic2e-server up` on free ports (the tiny checkpoints already written); checks what
+    it says while starting and that a call right after "ready" succeeds; yields its HTTP
+    port, stops it with SIGTERM and checks that it exits 0."""
+    http_port, base = free_block(1), free_block()
     log = (tiny_sam3.parent / "up.log").open("w+b")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mic2e_services.cli", "up", "--tiny-dir", str(tiny_sam3.parent),
-         "--base-port", str(free_block()), "--metrics-base-port", str(free_block()),
+         "--base-port", str(base), "--metrics-base-port", str(free_block()),
          "--http-port", str(http_port)],
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
     try:
         until = time.monotonic() + 300
-        while b"stack is up" not in Path(log.name).read_bytes():
+        while not re.search(rb"^ready ", Path(log.name).read_bytes(), re.M):
             assert proc.poll() is None, Path(log.name).read_text(errors="replace")
             assert time.monotonic() < until, "`up` did not come up in 300 s"
             time.sleep(0.2)
+        # At once, the first time: the orchestrator is SERVING only once it reaches every
+        # model server, so no channel behind it is still connecting.
+        with grpc.insecure_channel(f"127.0.0.1:{base}") as channel:
+            events = list(orchestrator_pb2_grpc.EditServiceStub(channel).RemoveObjects(
+                small_removal(), timeout=120))
+        assert events[-1].WhichOneof("event") == "result"
         printed = Path(log.name).read_text(errors="replace")
         assert f"http://127.0.0.1:{http_port}/" in printed, printed  # `up` prints its URL
+        # Each server as it became SERVING, then "ready" with the addresses.
+        serving = re.findall(r"^ *([\w-]+): SERVING on (\S+) \(", printed, re.M)
+        assert sorted(serving) == sorted([
+            ("orchestrator", f"127.0.0.1:{base}"), ("segmentation", f"127.0.0.1:{base + 1}"),
+            ("object-clear", f"127.0.0.1:{base + 2}"), ("flux", f"127.0.0.1:{base + 3}")])
+        ready = re.search(r"^ready .*$", printed, re.M).group(0)
+        assert f"orchestrator 127.0.0.1:{base}" in ready and f"flux 127.0.0.1:{base + 3}" \
+            in ready, ready
+        assert printed.index(": SERVING on ") < printed.index(ready)
         yield http_port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

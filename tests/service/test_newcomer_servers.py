@@ -44,6 +44,9 @@ def error_lines(capsys) -> list[str]:
     (["flux"], {"MIC2E_MAX_QUEUE": "many"}, "(MIC2E_MAX_QUEUE / --max-queue)"),
     (["flux", "--model", "/no/such/dir"], {}, "model folder '/no/such/dir' (MIC2E_MODEL / "
                                               "--model) does not exist"),
+    (["up", "--model-flux", "/no/such/dir"], {}, "model folder '/no/such/dir' "
+                                                 "(--model-flux) does not exist"),
+    (["up", "--base-port", "65535"], {}, "--base-port 65535: must be 1..65532"),
 ])
 def test_a_usage_mistake_is_one_line_and_exit_2(argv, env, says, capsys, monkeypatch):
     for name, value in env.items():
@@ -154,6 +157,21 @@ def test_print_settings_shows_the_values_the_server_resolves(tiny_sam3, capsys):
     # the name callers see - not the nulls meaning "default".
     assert (shown["dtype"], shown["max_batch_size"], shown["model_name"]) == (
         "float32", 4, "sam3")
+
+
+def test_up_print_settings_shows_the_four_servers_it_would_start(tiny_root, capsys):
+    before = sorted(p.name for p in tiny_root.iterdir())
+    assert cli.main(["up", "--print-settings", "--tiny-dir", str(tiny_root),
+                     "--base-port", "7000", "--metrics-base-port", "8000"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert list(shown) == ["segmentation", "object-clear", "flux", "orchestrator"]
+    assert {n: (s["port"], s["metrics_port"]) for n, s in shown.items()} == {
+        "orchestrator": (7000, 8000), "segmentation": (7001, 8001),
+        "object-clear": (7002, 8002), "flux": (7003, 8003)}
+    assert shown["orchestrator"]["flux_address"] == "127.0.0.1:7003"
+    assert shown["flux"]["model"] == str(tiny_root / "flux")
+    assert shown["object-clear"]["dtype"] == "float32"
+    assert sorted(p.name for p in tiny_root.iterdir()) == before  # nothing written
 
 
 # -- tiny checkpoints: written once --------------------------------------------------------

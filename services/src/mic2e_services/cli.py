@@ -3,7 +3,7 @@
     mic2e-server segmentation|object-clear|flux [--model PATH_OR_HUB_ID] [--device cpu|cuda:N]
                  [--port N] [--dtype D] [--print-settings]
     mic2e-server orchestrator [--port N] [--segmentation-address HOST:PORT] ...
-    mic2e-server up [--tiny-dir DIR] [--device-segmentation cuda:0 ...]
+    mic2e-server up [--tiny-dir DIR] [--device-segmentation cuda:0 ...] [--print-settings]
     mic2e-server make-tiny DIR [--force]
 
 Every flag also has a `MIC2E_*` environment variable (flags win); see the README.
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "playground page (-1: off)")
     p.add_argument("--metrics-base-port", type=int, default=9090,
                    help="orchestrator /metrics port; the model servers take the next three")
+    p.add_argument("--print-settings", action="store_true",
+                   help="print the effective settings of the four servers as JSON and exit")
     p = sub.add_parser("make-tiny",
                        help="write tiny random checkpoints (sam3/, objectclear/, flux/); "
                             "those already written by this code are kept")
@@ -185,6 +187,13 @@ def effective_settings(name: str, settings: Any) -> dict[str, Any]:
         shown.update(dtype=model.dtype_name, max_batch_size=model.max_batch_size,
                      model_name=model.model_id)
     return shown
+
+
+def command_settings(argv: list[str]) -> dict[str, Any]:
+    """The effective settings of the server a `python -m mic2e_services.cli ...` command
+    line would start (as `up` starts them)."""
+    args = build_parser().parse_args(argv[3:])
+    return effective_settings(args.command, server_settings(args.command, vars(args)))
 
 
 def _usage_error(name: str, message: object) -> int:

@@ -23,7 +23,7 @@ from mic2e import Client, codecs
 from mic2e.types import Point, Progress, Segmented
 from PIL import Image, ImageDraw
 
-from mic2e_services.stack import PORT_OFFSETS, wait_serving
+from mic2e_services.stack import ORCHESTRATOR_READY, wait_serving
 
 
 def sample_image() -> Image.Image:
@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                               # The stack stops when the demo ends: no page to point at.
                               "--http-port", "-1"], env=env)
     try:
-        for offset in (0, *PORT_OFFSETS.values()):
-            wait_serving(f"127.0.0.1:{args.base_port + offset}", 600, stack)
+        # `up` reports each server as it comes up; the orchestrator is ready once it
+        # reaches all three model servers.
+        wait_serving(f"127.0.0.1:{args.base_port}", 600, stack, services=ORCHESTRATOR_READY)
         run_demo(args.out, f"127.0.0.1:{args.base_port}")
         return 0
     finally:

@@ -12,18 +12,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mic2e_services.orchestrator.server import (
+    FLUX_SERVICE,
+    OBJECT_CLEAR_SERVICE,
+    SEGMENTATION_SERVICE,
+)
+from mic2e_services.orchestrator.servicer import SERVICE_NAME as EDIT_SERVICE
 from mic2e_services.tiny import TINY_FOLDERS
 
 #: Model servers in start order, and their offset from the base (orchestrator) port.
@@ -94,14 +101,27 @@ def command(name: str, port: int, *, model: str | None = None, device: str = "cp
     return [*cmd, *extra]
 
 
+#: What the orchestrator must answer SERVING before a stack is ready: itself, and its
+#: entry for each model service, SERVING only once it reaches that model server (so the
+#: first call after "ready" finds every channel connected).
+ORCHESTRATOR_READY = ("", EDIT_SERVICE, SEGMENTATION_SERVICE, OBJECT_CLEAR_SERVICE,
+                      FLUX_SERVICE)
+
+
 @contextlib.contextmanager
 def processes(commands: Mapping[str, list[str]], addresses: Mapping[str, str], *,
               env: Mapping[str, str] | None = None, logs: Mapping[str, Path] | None = None,
-              stopping: Callable[[], bool] = lambda: False, ready_timeout_s: float = 600
+              stopping: Callable[[], bool] = lambda: False, ready_timeout_s: float = 600,
+              ready_services: Mapping[str, Sequence[str]] | None = None,
+              on_serving: Callable[[str, float], None] | None = None,
+              on_waiting: Callable[[list[str], float], None] | None = None,
               ) -> Iterator[dict[str, subprocess.Popen]]:
     """Start every command, wait until each server at `addresses` is SERVING (giving up
     at once when `stopping()`), yield name -> process, stop them all with SIGTERM on exit.
-    `logs`: a file per server for its output (default: this terminal)."""
+    `logs`: a file per server for its output (default: this terminal). `ready_services`:
+    the health services a server must answer SERVING for (default: its overall health "").
+    `on_serving(name, seconds)` as each becomes SERVING, `on_waiting(names, seconds)`
+    now and then while some are not."""
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
            **(env or {})}
     procs: dict[str, subprocess.Popen] = {}
@@ -111,33 +131,93 @@ def processes(commands: Mapping[str, list[str]], addresses: Mapping[str, str], *
                 out = files.enter_context(open(logs[name], "wb")) if logs else None
                 procs[name] = subprocess.Popen(cmd, env=env, stdout=out,
                                                stderr=subprocess.STDOUT if out else None)
-            for name, proc in procs.items():
-                try:
-                    wait_serving(addresses[name], ready_timeout_s, proc, stopping)
-                except (RuntimeError, TimeoutError) as exc:
-                    tail = Path(logs[name]).read_text(errors="replace")[-3000:] if logs else ""
-                    raise RuntimeError(f"{name} did not come up: {exc}\n{tail}") from None
+            try:
+                wait_all_serving({n: addresses[n] for n in procs}, ready_timeout_s, procs,
+                                 stopping, ready_services or {}, on_serving, on_waiting)
+            except NotServing as exc:
+                if not logs:
+                    raise
+                # The server's own account went to its file: show its end.
+                tail = Path(logs[exc.name]).read_text(errors="replace")[-3000:]
+                raise NotServing(exc.name, exc.returncode, ready_timeout_s, tail) from None
             yield procs
         finally:
             stop_processes(procs.values(), timeout_s=40)
 
 
+class NotServing(RuntimeError):
+    """A server that exited (`returncode`) or timed out (None) before it was SERVING."""
+
+    def __init__(self, name: str, returncode: int | None, timeout_s: float,
+                 log_tail: str = "") -> None:
+        what = (f"{name} exited with code {returncode} before it was SERVING"
+                if returncode is not None else f"{name} not SERVING after {timeout_s:.0f} s")
+        super().__init__(f"{what}\n{log_tail}".rstrip())
+        self.name, self.returncode = name, returncode
+
+
+def wait_all_serving(addresses: Mapping[str, str], timeout_s: float,
+                     procs: Mapping[str, subprocess.Popen] | None = None,
+                     stopping: Callable[[], bool] = lambda: False,
+                     services: Mapping[str, Sequence[str]] | None = None,
+                     on_serving: Callable[[str, float], None] | None = None,
+                     on_waiting: Callable[[list[str], float], None] | None = None,
+                     waiting_every_s: float = 15.0) -> None:
+    """Poll every server's grpc.health.v1 together until all are SERVING (each reported
+    to `on_serving` as it gets there); fail early when a process exits or we stop."""
+    started = time.monotonic()
+    channels = {name: grpc.insecure_channel(address) for name, address in addresses.items()}
+    pending = list(addresses)
+    next_report = started + waiting_every_s
+    try:
+        while pending:
+            if stopping():
+                raise RuntimeError("stopped while starting")
+            for name in list(pending):
+                proc = (procs or {}).get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise NotServing(name, proc.returncode, timeout_s)
+                if _serving(channels[name], (services or {}).get(name, ("",))):
+                    pending.remove(name)
+                    if on_serving is not None:
+                        on_serving(name, time.monotonic() - started)
+            now = time.monotonic()
+            if pending and now - started > timeout_s:
+                raise NotServing(pending[0], None, timeout_s)
+            if pending and now >= next_report and on_waiting is not None:
+                on_waiting(list(pending), now - started)
+                next_report = now + waiting_every_s
+            if pending:
+                time.sleep(0.2)
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def _serving(channel: grpc.Channel, services: Sequence[str]) -> bool:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in services:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+        except grpc.RpcError:
+            return False
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            return False
+    return True
+
+
 def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
-    """Poll grpc.health.v1 until SERVING; fail early if the process died (or we stop)."""
-    until = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < until and not stopping():
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server at {address} exited with code {proc.returncode}")
-            with contextlib.suppress(grpc.RpcError):
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.2)
-    raise RuntimeError("stopped while starting") if stopping() else TimeoutError(
-        f"server at {address} not SERVING after {timeout_s:.0f}s")
+                 stopping: Callable[[], bool] = lambda: False,
+                 services: Sequence[str] = ("",)) -> None:
+    """Poll grpc.health.v1 until SERVING (for each of `services`); fail early if the
+    process died (or we stop)."""
+    name = f"server at {address}"
+    try:
+        wait_all_serving({name: address}, timeout_s, None if proc is None else {name: proc},
+                         stopping, {name: services})
+    except NotServing as exc:
+        # A timeout is a TimeoutError, as callers expect.
+        raise (RuntimeError if exc.returncode is not None else TimeoutError)(str(exc)) from None
 
 
 def stop_processes(procs: Iterable[subprocess.Popen], timeout_s: float) -> None:
@@ -157,9 +237,67 @@ class _Stopped(Exception):
     """SIGTERM / Ctrl-C before any server process was started."""
 
 
+def _up_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with `up`'s own flags, found before anything starts."""
+    from mic2e_services.checkpoints import CheckpointError, check_source
+
+    for flag, base in (("--base-port", args.base_port),
+                       ("--metrics-base-port", args.metrics_base_port)):
+        if not 1 <= base <= 65535 - len(PORT_OFFSETS):
+            return (f"{flag} {base}: must be 1..{65535 - len(PORT_OFFSETS)} (the "
+                    "orchestrator's; the model servers take the next three)")
+    if not -1 <= args.http_port <= 65535:
+        return f"--http-port {args.http_port}: must be 0..65535, or -1 for none"
+    for name in MODEL_SERVERS:
+        model = getattr(args, f"model_{name.replace('-', '_')}")
+        if model is not None:
+            try:
+                check_source(model, f"--model-{name}")
+            except CheckpointError as exc:
+                return str(exc)
+    return None
+
+
+def plan(args: argparse.Namespace, tiny: Mapping[str, str]
+         ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """`up`'s four command lines and gRPC addresses (`tiny`: the checkpoints of the model
+    servers given no --model-*)."""
+    ports = {ORCHESTRATOR: args.base_port,
+             **{n: args.base_port + offset for n, offset in PORT_OFFSETS.items()}}
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    metrics = {name: args.metrics_base_port + port - args.base_port
+               for name, port in ports.items()}
+    commands = {n: command(n, ports[n], metrics_port=metrics[n],
+                           model=getattr(args, f"model_{n.replace('-', '_')}") or tiny[n],
+                           device=getattr(args, f"device_{n.replace('-', '_')}"))
+                for n in MODEL_SERVERS}
+    commands[ORCHESTRATOR] = command(ORCHESTRATOR, ports[ORCHESTRATOR],
+                                     metrics_port=metrics[ORCHESTRATOR],
+                                     addresses={n: addresses[n] for n in MODEL_SERVERS},
+                                     extra=["--http-port", str(args.http_port)])
+    return commands, {n: addresses[n] for n in commands}
+
+
 def run_stack(args: argparse.Namespace) -> int:
     """`mic2e-server up`: every server as a child process until Ctrl-C / SIGTERM, which
-    stops them all gracefully - also while they are still starting."""
+    stops them all gracefully - also while they are still starting. Each server is
+    reported as it becomes SERVING, then "ready" once all are (the orchestrator only once
+    it reaches every model server)."""
+    if problem := _up_problem(args):
+        print(f"mic2e-server up: error: {problem}", file=sys.stderr)
+        return 2
+    untold = [n for n in MODEL_SERVERS if getattr(args, f"model_{n.replace('-', '_')}") is None]
+    if args.print_settings:
+        from mic2e_services.cli import SettingsError, command_settings
+
+        commands, _ = plan(args, tiny_models(args.tiny_dir, untold, write=False))
+        try:
+            settings = {n: command_settings(cmd) for n, cmd in commands.items()}
+        except SettingsError as exc:
+            print(f"mic2e-server up: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(settings, indent=2))
+        return 0
     stopping = False
     children = False
 
@@ -173,39 +311,49 @@ def run_stack(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    models = {n: getattr(args, f"model_{n.replace('-', '_')}") for n in MODEL_SERVERS}
     try:
-        tiny = tiny_models(args.tiny_dir, [n for n, m in models.items() if m is None])
+        tiny = tiny_models(args.tiny_dir, untold, progress=True)
     except _Stopped:
         return 0
-    ports = {ORCHESTRATOR: args.base_port,
-             **{n: args.base_port + offset for n, offset in PORT_OFFSETS.items()}}
-    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    metrics = {name: args.metrics_base_port + port - args.base_port
-               for name, port in ports.items()}
-    commands = {n: command(n, ports[n], model=models[n] or tiny[n], metrics_port=metrics[n],
-                           device=getattr(args, f"device_{n.replace('-', '_')}"))
-                for n in MODEL_SERVERS}
-    commands[ORCHESTRATOR] = command(ORCHESTRATOR, ports[ORCHESTRATOR],
-                                     metrics_port=metrics[ORCHESTRATOR],
-                                     addresses={n: addresses[n] for n in MODEL_SERVERS},
-                                     extra=["--http-port", str(args.http_port)])
+    commands, addresses = plan(args, tiny)
+    print(f"starting {', '.join(MODEL_SERVERS)} and the orchestrator; each is reported as "
+          "it becomes SERVING (loading the models can take a minute)", flush=True)
+
+    def serving(name: str, seconds: float) -> None:
+        print(f"{name:>13}: SERVING on {addresses[name]} ({seconds:.1f} s)", flush=True)
+
+    def waiting(names: list[str], seconds: float) -> None:
+        print(f"{'':>13}  still starting: {', '.join(names)} ({seconds:.0f} s)", flush=True)
+
     children = True
+    started = time.monotonic()
     try:
-        with processes(commands, addresses, stopping=lambda: stopping) as procs:
-            for name in procs:
-                print(f"{name:>13}: SERVING on {addresses[name]}", flush=True)
+        with processes(commands, addresses, stopping=lambda: stopping,
+                       ready_services={ORCHESTRATOR: ORCHESTRATOR_READY},
+                       on_serving=serving, on_waiting=waiting) as procs:
             if args.http_port >= 0:
                 print(f"{'HTTP':>13}: http://127.0.0.1:{args.http_port}/ (the playground; "
                       "Connect and gRPC-Web)", flush=True)
-            print("stack is up; Ctrl-C stops it", flush=True)
+            where = ", ".join(f"{n} {addresses[n]}" for n in (ORCHESTRATOR, *MODEL_SERVERS))
+            if args.http_port >= 0:
+                where += f", HTTP http://127.0.0.1:{args.http_port}/"
+            hint = "" if args.base_port == 50051 else f"--server {addresses[ORCHESTRATOR]} "
+            print(f"ready in {time.monotonic() - started:.1f} s: {where}; try `mic2e {hint}"
+                  "health`; Ctrl-C stops the stack", flush=True)
             while not stopping:
                 if dead := [n for n, p in procs.items() if p.poll() is not None]:
-                    print(f"server(s) exited: {', '.join(dead)}", file=sys.stderr)
+                    print(f"mic2e-server up: server(s) exited: {', '.join(dead)}",
+                          file=sys.stderr)
                     return 1
                 time.sleep(0.2)
-    except RuntimeError as exc:
+    except NotServing as exc:
         if not stopping:
-            print(f"mic2e-server up: {exc}", file=sys.stderr)
+            said = " (its error is above)" if exc.returncode is not None else ""
+            if exc.returncode == 2:  # a setting: `up` chose its ports
+                said += "; `up` takes its ports from --base-port and --metrics-base-port"
+            print(f"mic2e-server up: {exc}{said}; stopped the others", file=sys.stderr)
             return 1
+    except RuntimeError:
+        if not stopping:
+            raise
     return 0
