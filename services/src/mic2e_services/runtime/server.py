@@ -304,12 +304,13 @@ def http_server(settings: ServerSettings, recorder: HandlerRecorder,
                       client_ca_file=settings.tls_client_ca_file)
 
 
-def playground_dir(settings: ServerSettings) -> Path | None:
-    """The built playground page: the setting, else this checkout's build, if any."""
+def playground_dir(settings: ServerSettings) -> Path:
+    """Where the built playground page is: the setting, else this checkout's build (looked
+    up per request, so a page built after the server started is served; until then / says
+    how to build it)."""
     if settings.playground_dir:
         return Path(settings.playground_dir)
-    built = Path(__file__).resolve().parents[4] / "client-ts" / "dist" / "playground"
-    return built if (built / "index.html").is_file() else None
+    return Path(__file__).resolve().parents[4] / "client-ts" / "dist" / "playground"
 
 
 def build_model_server(settings: ModelServerSettings, model: Model, *, name: str,
