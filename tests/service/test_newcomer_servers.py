@@ -94,7 +94,7 @@ def fake_server(model: FakeModel):
 async def test_a_model_that_cannot_load_exits_1_with_one_line(caplog):
     model = FakeModel()
     model.load_error = checkpoints.CheckpointError("model folder '/x' does not exist")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="mic2e_services"):
         assert await serve(fake_server(model), asyncio.Event()) == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
@@ -108,7 +108,7 @@ async def test_sigterm_while_the_model_loads_is_a_quiet_stop(caplog):
     server = fake_server(model)
     stop = asyncio.Event()
     try:
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger="mic2e_services"):
             running = asyncio.create_task(serve(server, stop))
             while not model.threads["load"]:  # loading has begun
                 await asyncio.sleep(0.01)
