@@ -101,8 +101,11 @@ def processes(tiny_sam3, tiny_objectclear, tiny_flux, tmp_path_factory):
     logs = {name: logs_dir / f"{name}.log" for name in names}
     env = {"TRANSFORMERS_VERBOSITY": "info", "DIFFUSERS_VERBOSITY": "info",
            "MIC2E_LOG_LEVEL": "INFO"}
-    with launcher.processes(commands, addresses, env=env, logs=logs,
-                            ready_timeout_s=240) as procs:
+    # Ready once the orchestrator reaches every model server: its first calls must not
+    # find a channel still connecting.
+    with launcher.processes(commands, addresses, env=env, logs=logs, ready_timeout_s=240,
+                            ready_services={"orchestrator": launcher.ORCHESTRATOR_READY}
+                            ) as procs:
         yield Processes(procs, addresses, metrics, logs)
 
 
