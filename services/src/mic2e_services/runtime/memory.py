@@ -11,6 +11,13 @@ megabytes there, every time in another heap. Two things hand it back:
 - `trim_soon()`: after a large request, `malloc_trim` releases the heaps' free pages, at
   most once per half second, on a thread of its own.
 Where the C library is not glibc both do nothing.
+
+What this costs, and what is kept instead: memory the system hands out again arrives
+zero-filled, page by page, so each new mapping costs time when first written. Pictures are
+the one large allocation of every call, so Pillow keeps up to `PILLOW_BLOCKS` of its
+16 MiB blocks for the next picture (64 MiB: a 12 MP photo, at four bytes a pixel), a fixed
+amount whatever callers send. Without them a 12 MP JPEG decode took 85 ms instead of 62 ms
+on the dev machine, in every call.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import threading
 import time
 from typing import Any
 
+from PIL import Image
+
 __all__ = ["return_freed_memory", "trim_soon"]
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,8 @@ _M_MMAP_THRESHOLD = -3  # <malloc.h>
 _MMAP_THRESHOLD_BYTES = 1 << 20
 #: How long a trim waits for the call's buffers to be freed, and how often it may run.
 _TRIM_DELAY_S = 0.5
+#: Pillow's blocks kept for reuse (16 MiB each; see the module docstring).
+PILLOW_BLOCKS = 4
 
 _glibc: Any = None
 _lock = threading.Lock()
@@ -55,10 +66,12 @@ def _libc() -> Any:
 
 
 def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold for this process; False where there is no glibc."""
+    """Fix glibc's mmap threshold for this process, and keep `PILLOW_BLOCKS` of Pillow's
+    blocks for reuse; False where there is no glibc."""
     libc = _libc()
     if libc is None:
         return False
+    Image.core.set_blocks_max(PILLOW_BLOCKS)
     if libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) != 1:
         log.warning("could not set malloc's mmap threshold; freed memory may be kept")
         return False
