@@ -25,7 +25,8 @@ level 1: the old encoder (Pillow's default, level 6) is accounted for in the sam
 encoding the returned whole picture at level 6 and at level 1 here and adding the CPU
 difference; its bytes are that level-6 PNG on each of the two result hops. The floor is
 one JPEG decode of the input plus one PNG level-1 encode of the edited region (the
-repainted box of the new path's result), measured here in the same run.
+repainted box of the new path's result), measured here right after each removal on
+the new path (under the same load as it), median.
 
     uv run python -m benchmarks.photo_path                       # tiny stack, 4 sizes
     uv run python -m benchmarks.photo_path --old-code e2e69b4 --record
@@ -609,6 +610,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "width": width, "height": height, "megapixels": width * height / 1e6,
                 "jpeg_bytes": len(jpeg), "mask_fraction": float(mask.mean())}
+            floors: list[tuple[float, float]] = []  # (decode, encode) after each removal
             for op, spec in ops.items():
                 samples: dict[str, list[dict[str, Any]]] = {p: [] for p in spec["paths"]}
                 fn = getattr(calls, op)
@@ -629,6 +631,8 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                             continue
                         if i >= args.warmup:
                             samples[path].append(got)
+                            if op == "remove" and path == "new":
+                                floors.append(_floor_sample(data, got, calls, codecs))
                 entry[op] = {}
                 # The new path first: today's and the old code's model work is the same
                 # (the whole image at the working size, the same steps), and their
@@ -644,7 +648,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                         override = None if ms is None else ms / 1000
                 entry[op] = {p: entry[op][p] for p in spec["paths"]}
             if "remove" in entry:
-                entry.update(_floor_and_today(entry, jpeg, calls, args, codecs))
+                entry.update(_floor_and_today(entry, floors, calls, args))
                 entry["client_parts_ms"] = _client_parts(jpeg, mask, calls, args, codecs)
             results[key] = entry
     finally:
@@ -653,22 +657,36 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             "goals": goals(results, args.goal_size)}
 
 
-def _floor_and_today(entry: dict[str, Any], jpeg: bytes, calls: Calls,
-                     args: argparse.Namespace, codecs: Any) -> dict[str, Any]:
-    """The floor and the old encoder's cost, measured here on this size's results; the
-    ratios of each removal path against them."""
+def _floor_sample(data: bytes, got: dict[str, Any], calls: Calls, codecs: Any
+                  ) -> tuple[float, float]:
+    """The floor's two parts, CPU seconds in this process, measured right after the
+    removal of `data` (so under the same load as it): one decode of the photo sent, one
+    PNG level-1 encode of its result's repainted box."""
+    box = got.get("repainted_box")
+    image = calls.last_images.get("new")
+    decode_s = _cpu_s(lambda: codecs.decode_image(data), 1)
+    region = image.crop(tuple(box)) if image is not None and box else None
+    encode_s = _cpu_s(lambda: png(region, PNG_LEVEL), 1) if region is not None else math.nan
+    return decode_s, encode_s
+
+
+def _floor_and_today(entry: dict[str, Any], floors: list[tuple[float, float]],
+                     calls: Calls, args: argparse.Namespace) -> dict[str, Any]:
+    """The floor (medians of its samples, one after each removal on the new path) and
+    the old encoder's cost, measured here on this size's results; the ratios of each
+    removal path against them."""
     remove = entry["remove"]
     out: dict[str, Any] = {}
     floor = None
     new_image = calls.last_images.get("new")
     box = remove.get("new", {}).get("repainted_box")
-    if new_image is not None and box:
+    if floors and not any(math.isnan(e) for _, e in floors) and new_image is not None:
+        decode_s = statistics.median(d for d, _ in floors)
+        encode_s = statistics.median(e for _, e in floors)
+        floor = statistics.median(d + e for d, e in floors)
         region = new_image.crop(tuple(box))
-        decode_s = _cpu_s(lambda: codecs.decode_image(jpeg), args.floor_repeats)
-        encode_s = _cpu_s(lambda: png(region, PNG_LEVEL), args.floor_repeats)
-        floor = decode_s + encode_s
         out["floor"] = {"decode_ms": _ms(decode_s), "encode_region_ms": _ms(encode_s),
-                        "total_ms": _ms(floor), "region_box": box,
+                        "total_ms": _ms(floor), "n": len(floors), "region_box": box,
                         "region_pixels": region.width * region.height,
                         "region_png_bytes": len(png(region, PNG_LEVEL))}
     today_cpu = today_bytes = None
@@ -833,7 +851,8 @@ METHOD = {
              "server, per direction; result_wire_bytes = the response bytes of the hops the "
              "result travels (model server -> orchestrator -> client)",
     "floor": "one JPEG decode of the input (mic2e.codecs.decode_image) plus one PNG zlib "
-             "level-1 encode of the new path's repainted box, CPU in this process, same run",
+             "level-1 encode of the new path's repainted box, CPU in this process, measured "
+             "right after each removal on the new path (the same load), median",
     "today": "strategy reference, the whole picture, on today's servers (PNG level 1), plus "
              "the old encoder (level 6) accounted for: see remove.today.derived",
     "photos": "detailed procedural JPEG, quality 90; every request's bytes are new (a JPEG "
