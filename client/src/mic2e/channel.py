@@ -23,6 +23,12 @@ def channel_options(max_message_mb: int = 64) -> list[tuple[str, object]]:
     """Channel arguments for a mic2e channel."""
     max_bytes = max_message_mb * 1024 * 1024
     return [
+        # Reconnect within two seconds to a server that was down or not yet up. gRPC's
+        # own backoff grows to two minutes: a channel made before its server listened
+        # (an orchestrator started with its model servers, `mic2e-server up` polling
+        # health) would otherwise answer UNAVAILABLE long after the server came up.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 2000),
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.service_config", json.dumps(SERVICE_CONFIG)),

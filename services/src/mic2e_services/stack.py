@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mic2e.channel import sync_channel
 
 from mic2e_services.orchestrator.server import (
     FLUX_SERVICE,
@@ -166,7 +167,7 @@ def wait_all_serving(addresses: Mapping[str, str], timeout_s: float,
     """Poll every server's grpc.health.v1 together until all are SERVING (each reported
     to `on_serving` as it gets there); fail early when a process exits or we stop."""
     started = time.monotonic()
-    channels = {name: grpc.insecure_channel(address) for name, address in addresses.items()}
+    channels = {name: sync_channel(address) for name, address in addresses.items()}
     pending = list(addresses)
     next_report = started + waiting_every_s
     try:

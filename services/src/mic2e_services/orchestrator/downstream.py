@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mic2e.channel import channel_options, target
+from mic2e.channel import aio_channel
 from mic2e.image_refs import ImageReferences
 from mic2e.v1 import common_pb2
 
@@ -34,12 +34,6 @@ log = logging.getLogger(__name__)
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-#: Reconnect within two seconds to a model server that was down or not yet up. gRPC's
-#: own backoff grows to two minutes, and the health watch tries the channel from the
-#: orchestrator's start: a model server that came up would stay unreached (every call
-#: UNAVAILABLE, "Connection refused") until the backoff ran out.
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500),
-                     ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def rename_fields(status_details: bytes, rename: Callable[[str], str]) -> bytes:
@@ -83,15 +77,10 @@ class Downstream:
                  token: str | None = None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
         self.address = address
-        # mic2e.channel's channel with the reconnect options above (its `aio_channel`
-        # takes no extra options).
-        kwargs: dict[str, Any] = dict(
-            options=[*channel_options(max_message_mb), *RECONNECT_OPTIONS],
+        self.channel = aio_channel(
+            address, credentials=credentials, max_message_mb=max_message_mb,
             interceptors=[_UntracedHealth(i) if isinstance(
-                i, grpc.aio.UnaryUnaryClientInterceptor) else i for i in interceptors] or None)
-        self.channel = (grpc.aio.secure_channel(target(address), credentials, **kwargs)
-                        if credentials is not None
-                        else grpc.aio.insecure_channel(target(address), **kwargs))
+                i, grpc.aio.UnaryUnaryClientInterceptor) else i for i in interceptors])
         self._health = health_pb2_grpc.HealthStub(self.channel)
         #: Call metadata for every downstream call (the bearer token, if any).
         self.metadata: tuple[tuple[str, str], ...] = (
