@@ -16,14 +16,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from mic2e import Client, codecs
 from mic2e.types import Point, Progress, Segmented
 from PIL import Image, ImageDraw
-
-from mic2e_services.stack import ORCHESTRATOR_READY, wait_serving
 
 
 def sample_image() -> Image.Image:
@@ -121,6 +120,15 @@ def run_demo(out: Path, address: str) -> None:
           "--device-segmentation cuda:0 ...` (see the README).")
 
 
+def _echo(stack: subprocess.Popen, ready: threading.Event) -> None:
+    """`up`'s lines, as they come, to this terminal; `ready` once it says so."""
+    assert stack.stdout is not None
+    for line in stack.stdout:
+        print(line, end="", flush=True)
+        if line.startswith("ready "):
+            ready.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,11 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     stack = subprocess.Popen([sys.executable, "-m", "mic2e_services.cli", "up", "--tiny-dir",
                               str(args.tiny_dir), "--base-port", str(args.base_port),
                               # The stack stops when the demo ends: no page to point at.
-                              "--http-port", "-1"], env=env)
+                              "--http-port", "-1"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, bufsize=1)
+    ready = threading.Event()
+    echo = threading.Thread(target=_echo, args=(stack, ready), daemon=True)
+    echo.start()
     try:
-        # `up` reports each server as it comes up; the orchestrator is ready once it
-        # reaches all three model servers.
-        wait_serving(f"127.0.0.1:{args.base_port}", 600, stack, services=ORCHESTRATOR_READY)
+        # The demo begins where a newcomer would: once `up` has said "ready" (it has
+        # reported every server SERVING, and the orchestrator reaches all three).
+        until = time.monotonic() + 600
+        while not ready.wait(0.2):
+            if stack.poll() is not None:
+                echo.join(5)
+                raise SystemExit(f"demo: `mic2e-server up` exited with code "
+                                 f"{stack.returncode} before it was ready (its output is above)")
+            if time.monotonic() > until:
+                raise SystemExit("demo: `mic2e-server up` was not ready after 600 s")
         run_demo(args.out, f"127.0.0.1:{args.base_port}")
         return 0
     finally:
