@@ -343,9 +343,10 @@ async def serve(server: Server, stop: asyncio.Event | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     await server.start()
-    print(f"listening on port {server.port}", flush=True)
-    if server.http is not None:
-        print(f"HTTP (Connect, gRPC-Web) on port {server.http.port}", flush=True)
+    names = ", ".join(server.service_names)
+    http = "" if server.http is None else f", HTTP (Connect, gRPC-Web) on {server.http.port}"
+    log.info("%s: listening on port %d%s%s", names, server.port, http,
+             "; NOT_SERVING until the model is loaded" if server.worker is not None else "")
     assert server._bring_up is not None
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({server._bring_up, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -363,7 +364,7 @@ async def serve(server: Server, stop: asyncio.Event | None = None) -> int:
         log.critical("device lost: exiting so the supervisor restarts this server")
         await server.stop(grace_s=0)
         return 3
-    log.info("stopping: letting in-flight calls finish (grace %.0fs)",
+    log.info("%s: stopping, letting in-flight calls finish (grace %.0fs)", names,
              server.settings.grace_period_s)
     await server.stop()
     return 0
