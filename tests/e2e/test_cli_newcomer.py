@@ -9,10 +9,15 @@ for Ctrl-C, which needs a process of its own to interrupt."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+import threading
 
 import numpy as np
 import pytest
 from mic2e import codecs
+from mic2e_services.runtime.worker import WorkerCallback
 from PIL import Image
 
 from tests.unit.test_cli import one_line, run
@@ -135,3 +140,66 @@ async def test_remove_keeps_its_mask_and_a_before_after(stack, files, tmp_path, 
     assert pixels.shape[0] == H and pixels.shape[1] > 2 * W
     assert np.array_equal(pixels[:, :W], files["pixels"])  # before
     assert np.array_equal(pixels[:, -W:], after)  # after
+
+
+class _HoldFirstStep(WorkerCallback):
+    """Holds the device thread in the first denoising step until released, so a signal
+    lands while the removal surely runs; records the job when it ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stepped, self.release = threading.Event(), threading.Event()
+        self.steps = 0
+        self.ended: asyncio.Future = loop.create_future()
+
+    def on_step(self, worker, seconds: float) -> None:
+        self.steps += 1
+        self.stepped.set()
+        self.release.wait(120)
+
+    def on_job_end(self, worker, job) -> None:
+        if not self.ended.done():
+            self.ended.set_result(job)
+
+
+async def test_ctrl_c_during_a_removal_is_one_line_exit_130_and_stops_the_server(
+        stack, files, tmp_path):
+    worker = stack.object_clear.worker
+    hold = _HoldFirstStep(asyncio.get_running_loop())
+    worker.add_callback(hold)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            # faulthandler: should it not exit, SIGABRT shows where it waits.
+            sys.executable, "-X", "faulthandler", "-m", "mic2e.cli", "--server",
+            stack.address, "remove", files["photo"], "--mask", files["mask"], "--steps", "100",
+            "-o",
+            str(tmp_path / "out.png"), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "100"})
+        assert await asyncio.to_thread(hold.stepped.wait, 120), "the removal never started"
+        proc.send_signal(signal.SIGINT)
+        exited = asyncio.ensure_future(proc.communicate())
+        # The step stays held while the CLI exits; should a loaded machine make the exit
+        # wait on the server, the step is let go after a while rather than never.
+        await asyncio.wait({exited}, timeout=20)
+        hold.release.set()
+        done, _ = await asyncio.wait({exited}, timeout=60)
+        if not done:
+            alive = proc.returncode is None
+            try:
+                proc.send_signal(signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+            out, err = await asyncio.wait_for(exited, 30)
+            raise AssertionError(f"no exit 80 s after SIGINT (alive: {alive}): "
+                                 f"{err.decode()[-6000:]}")
+        out, err = exited.result()
+    finally:
+        hold.release.set()
+    try:
+        job = await asyncio.wait_for(hold.ended, 120)
+    finally:
+        worker.callbacks.remove(hold)
+    assert proc.returncode == 130
+    assert one_line(err.decode()) == "mic2e: cancelled"
+    assert "Traceback" not in out.decode()
+    assert not (tmp_path / "out.png").exists()
+    assert job.cancelled() and hold.steps < 100  # the server stopped the work, too

@@ -3,7 +3,7 @@
 Each `sh` block marked `<!-- README test: NAME -->` in README.md runs in bash, in a folder
 holding `photo.jpg`, with only the port changed (the README says 8080; the test takes a
 free one). Before them, `up` has reported each server as it became SERVING, said "ready",
-and a removal through its orchestrator made at once has succeeded the first time. Then
+and `mic2e remove` run at once has succeeded the first time. Then
 `up` must stop cleanly on SIGTERM.
 """
 
@@ -17,11 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from mic2e import codecs
-from mic2e.v1 import common_pb2, object_clear_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from PIL import Image
 
 from tests.e2e.test_up import free_block
@@ -40,14 +37,12 @@ def test_the_readme_has_the_calls():
         assert "localhost:8080" in block and "curl" in block
 
 
-def small_removal() -> orchestrator_pb2.RemoveObjectsRequest:
-    """A removal of what is in a box: segmentation, then object-clear, one step."""
+def small_photo(folder: Path) -> Path:
+    """A 96x64 photo to remove something from."""
     rng = np.random.default_rng(0)
-    picture = Image.fromarray(rng.integers(0, 255, (64, 96, 3), np.uint8))
-    return orchestrator_pb2.RemoveObjectsRequest(
-        image=common_pb2.Image(data=codecs.encode_image(picture)),
-        prompt=orchestrator_pb2.PromptTarget(box=common_pb2.Box(x0=20, y0=10, x1=60, y1=40)),
-        clear_options=object_clear_pb2.ClearOptions(steps=1, short_side=256, seed=1))
+    path = folder / "small.png"
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), np.uint8)).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +65,14 @@ def up_stack(tiny_sam3, tiny_objectclear, tiny_flux):
             time.sleep(0.2)
         # At once, the first time: the orchestrator is SERVING only once it reaches every
         # model server, so no channel behind it is still connecting.
-        with grpc.insecure_channel(f"127.0.0.1:{base}") as channel:
-            events = list(orchestrator_pb2_grpc.EditServiceStub(channel).RemoveObjects(
-                small_removal(), timeout=120))
-        assert events[-1].WhichOneof("event") == "result"
+        # The README's next step, as a newcomer takes it: `mic2e remove` at once.
+        removed = subprocess.run(
+            [sys.executable, "-m", "mic2e.cli", "--server", f"127.0.0.1:{base}", "remove",
+             str(small_photo(tiny_sam3.parent)), "--box", "20,10,60,40", "--steps", "1",
+             "-o", str(tiny_sam3.parent / "removed.png")],
+            capture_output=True, text=True, timeout=120)
+        assert removed.returncode == 0, (removed.stdout, removed.stderr)
+        assert Image.open(tiny_sam3.parent / "removed.png").size == (96, 64)
         printed = Path(log.name).read_text(errors="replace")
         assert f"http://127.0.0.1:{http_port}/" in printed, printed  # `up` prints its URL
         # Each server as it became SERVING, then "ready" with the addresses.
