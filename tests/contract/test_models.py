@@ -21,12 +21,12 @@ from mic2e.v1 import (  # noqa: E402
     segmentation_pb2,
     segmentation_pb2_grpc,
 )
+from mic2e_services.api.flux import GenerateQuery  # noqa: E402
+from mic2e_services.api.object_clear import ClearQuery  # noqa: E402
+from mic2e_services.api.segmentation import TextQuery  # noqa: E402
 from mic2e_services.flux import server as flux_server  # noqa: E402
-from mic2e_services.flux.types import GenerateQuery  # noqa: E402
 from mic2e_services.object_clear import server as oc_server  # noqa: E402
-from mic2e_services.object_clear.types import ClearQuery  # noqa: E402
 from mic2e_services.segmentation import server as seg_server  # noqa: E402
-from mic2e_services.segmentation.types import TextQuery  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.contract.contract import ModelContract  # noqa: E402

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mic2e_services.api.flux import inpaint_working_size
 from mic2e_services.flux.model import FluxGenerator, _working_mask
-from mic2e_services.flux.types import inpaint_working_size
 from mic2e_services.regions import feathered as _feathered
 
 from tests.masks import within
@@ -90,7 +90,7 @@ def test_the_work_before_the_first_step_stops_when_the_caller_leaves(tiny_flux, 
     """A caller who leaves while a large photo is being prepared (mask growth, resizing)
     frees the server before any denoising: the pipeline never runs."""
     from mic2e_services import errors
-    from mic2e_services.flux.types import InpaintQuery
+    from mic2e_services.api.flux import InpaintQuery
     from PIL import Image
 
     model = FluxGenerator(str(tiny_flux))

@@ -18,7 +18,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import numpy as np  # noqa: E402
-from mic2e_services import errors  # noqa: E402
+from mic2e_services import errors, masks  # noqa: E402
 from mic2e_services.object_clear import fusion  # noqa: E402
 from mic2e_services.object_clear.model import (  # noqa: E402
     STAGE,
@@ -334,7 +334,7 @@ def test_fusion_keeps_far_background_and_generated_object():
     hard, soft = fusion.fusion_masks(amap, (h, w))
     inside = hard[0, 0] > 0.5
     assert torch.equal(fused[0][:, inside], generated[0][:, inside])
-    far = ~fusion.dilate_mask(inside, 32)
+    far = ~masks.dilate_mask(inside, 32)
     assert far.sum() > 0.5 * h * w
     error = (fused[0][:, far].float() - original[0][:, far].float()).abs()
     # The colour fix keeps the original's detail: far closer than the generated pixels.
@@ -377,16 +377,16 @@ def test_ellipse_kernel_matches_opencv_shape():
 def test_mask_dilation_is_a_disk_both_ways():
     mask = torch.zeros(80, 90, dtype=torch.bool)
     mask[40, 45] = True
-    small = fusion.dilate_mask(mask, 3)
-    assert torch.equal(small[37:44, 42:49].float(), fusion.disk_kernel(3))
-    assert small.sum() == fusion.disk_kernel(3).sum()
+    small = masks.dilate_mask(mask, 3)
+    assert torch.equal(small[37:44, 42:49].float(), masks.disk_kernel(3))
+    assert small.sum() == masks.disk_kernel(3).sum()
     # Radius above the direct-convolution limit goes through the FFT: same result.
     blob = torch.zeros(1, 1, 80, 90, dtype=torch.bool)
     blob[..., 30:45, 20:70] = True
     blob[..., 5, 5] = True
-    direct = fusion.binary_dilate(blob, fusion.disk_kernel(20)) > 0.5
-    assert torch.equal(fusion.dilate_mask(blob, 20), direct)
-    assert torch.equal(fusion.dilate_mask(mask, 0), mask)
+    direct = masks.binary_dilate(blob, masks.disk_kernel(20)) > 0.5
+    assert torch.equal(masks.dilate_mask(blob, 20), direct)
+    assert torch.equal(masks.dilate_mask(mask, 0), mask)
 
 
 def test_model_cpu_offload_reaches_every_component_through_its_hook(tiny_dir):
@@ -522,7 +522,7 @@ def test_crop_runs_the_model_on_the_object_and_its_surroundings(model, monkeypat
     ((10, 10, 20, 20), (300, 200), (0, 0, 300, 200)),  # a small image: all of it
 ])
 def test_crop_frame(box, size, expected):
-    from mic2e_services.object_clear.types import crop_frame
+    from mic2e_services.api.object_clear import crop_frame
 
     assert crop_frame(box, *size, 512) == expected
 

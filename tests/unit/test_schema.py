@@ -1,5 +1,5 @@
-"""The fields' one declaration (`mic2e_services.schema`, each service's `types.py`): its
-checks, and the API documentation held to it."""
+"""The fields' one declaration (`mic2e_services.schema`, in the API layer
+`mic2e_services.api`): its checks, and the API documentation held to it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from mic2e_services.flux import types as flux
-from mic2e_services.object_clear import types as oc
+from mic2e_services.api import flux as flux
+from mic2e_services.api import object_clear as oc
+from mic2e_services.api import segmentation as seg
 from mic2e_services.schema import MASKS, Field, Request
-from mic2e_services.segmentation import types as seg
 
 PROTOS = Path(__file__).resolve().parents[2] / "protos" / "mic2e" / "v1"
 REQUESTS = [oc.CLEAR, flux.GENERATE, flux.INPAINT, seg.SEGMENT_BY_TEXT,

@@ -1,10 +1,11 @@
 """One declaration per request field: its API path, default and allowed values.
 
-Each service's `types.py` declares its fields here once. Everything else reads them: the
-model's input checks (every bad field at once, before a request is costed or queued),
-the servicers' conversions (what an unset field becomes), the servers' profile settings
-(their ranges), the orchestrator (its own field names in errors) and the docs (a test
-holds the proto comments to them). No torch, no protobuf.
+Each service's module of the API layer (`mic2e_services.api`) declares its fields here
+once. Everything else reads them: the model's input checks (every bad field at once,
+before a request is costed or queued), the servicers' conversions (what an unset field
+becomes), the servers' profile settings (their ranges), the orchestrator (its own field
+names in errors) and the docs (a test holds the proto comments to them). No torch, no
+protobuf.
 
 Why a typed module and not protovalidate rules in the protos: the ranges here are checked
 in the servers either way, and defaults are server-side (a profile changes them), which

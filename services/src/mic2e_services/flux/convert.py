@@ -6,7 +6,7 @@ from typing import Any
 
 from mic2e.v1 import common_pb2, flux_pb2
 
-from mic2e_services.flux.types import (
+from mic2e_services.api.flux import (
     INPAINT_OPTIONS,
     GenerateOutput,
     GenerateQuery,

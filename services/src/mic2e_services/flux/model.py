@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mic2e_services import errors
-from mic2e_services.flux.types import (
+from mic2e_services.api.flux import (
     MAX_SEQUENCE_LENGTH,
     STEPS,
     GenerateOutput,
@@ -45,8 +45,8 @@ from mic2e_services.flux.types import (
     steps_run,
     violations,
 )
+from mic2e_services.masks import dilated_array
 from mic2e_services.model_base import TorchModel
-from mic2e_services.object_clear.fusion import dilated_array
 from mic2e_services.regions import composite, feathered
 from mic2e_services.runtime.model_api import StepContext
 

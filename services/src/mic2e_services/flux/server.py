@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 from mic2e.v1 import flux_pb2_grpc
 from pydantic import Field
 
+from mic2e_services.api.flux import HEIGHT, STEPS, WIDTH
 from mic2e_services.flux.servicer import SERVICE_NAME, FluxServicer
-from mic2e_services.flux.types import HEIGHT, STEPS, WIDTH
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings

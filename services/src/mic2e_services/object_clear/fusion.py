@@ -1,4 +1,4 @@
-"""Attention-Guided Fusion in pixel space, and mask dilation, in pure torch.
+"""Attention-Guided Fusion in pixel space, in pure torch.
 
 Everything runs on the device of its inputs (the GPU in production): no NumPy, OpenCV or
 SciPy, no host syncs. The reference ObjectClear does the fusion with OpenCV and SciPy on
@@ -16,25 +16,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mic2e_services.masks import binary_dilate
+
 __all__ = [
     "attention_guided_fusion",
-    "binary_dilate",
-    "dilate_mask",
-    "disk_kernel",
     "ellipse_kernel",
     "fusion_masks",
     "gaussian_blur",
     "wavelet_color_fix",
     "wavelet_decompose",
 ]
-
-#: Radius up to which `dilate_mask` convolves directly; above it an FFT is cheaper.
-_DIRECT_DILATION_MAX_RADIUS = 16
-
 
 def ellipse_kernel(size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
     """The (size, size) elliptic structuring element, as OpenCV's MORPH_ELLIPSE draws it.
@@ -54,80 +48,6 @@ def ellipse_kernel(size: int, *, device: torch.device | str | None = None) -> to
         dx = round(c * math.sqrt((r * r - dy * dy) / (r * r)))
         kernel[row, max(c - dx, 0) : min(c + dx + 1, size)] = 1.0
     return kernel.to(device)
-
-
-def disk_kernel(radius: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-    """The (2r+1, 2r+1) disk of pixels whose centres lie within `radius` of the centre."""
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    return ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius * radius).float()
-
-
-def binary_dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Binary dilation of (B, 1, H, W) `mask` (nonzero = set) by an odd-sized 0/1 kernel.
-
-    Pixels outside the image count as unset (OpenCV's default for dilation). Returns a
-    float 0/1 mask of the same shape.
-    """
-    kh, kw = kernel.shape
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"kernel size must be odd, got {tuple(kernel.shape)}")
-    weight = kernel.to(device=mask.device, dtype=torch.float32)[None, None]
-    hits = F.conv2d((mask > 0).float(), weight, padding=(kh // 2, kw // 2))
-    # Counts are small integers, exact in float32: > 0.5 means "any kernel pixel hit".
-    return (hits > 0.5).float()
-
-
-def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grow a boolean mask by `radius` pixels (a disk), on the mask's device.
-
-    Accepts (H, W) or (B, 1, H, W); returns a bool tensor of the same shape. Small radii
-    convolve directly; large ones (up to a few hundred pixels on multi-megapixel images)
-    go through an FFT in float64, whose rounding error stays far below the 0.5 threshold.
-    """
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    squeeze = mask.ndim == 2
-    m = (mask[None, None] if squeeze else mask) > 0
-    if radius > 0:
-        kernel = disk_kernel(radius, device=m.device)
-        if radius <= _DIRECT_DILATION_MAX_RADIUS:
-            m = binary_dilate(m, kernel) > 0.5
-        else:
-            m = _fft_dilate(m, kernel)
-    return m[0, 0] if squeeze else m
-
-
-def dilated_array(mask: np.ndarray, radius: int, device: torch.device | str) -> np.ndarray:
-    """A numpy mask grown by `radius` pixels (a disk), computed on `device`: a new bool
-    array, the input untouched. Only the mask's box grown by `radius` is dilated, so the
-    cost follows the mask, not the image (a small object in a 12 MP photo)."""
-    mask = np.ascontiguousarray(mask, dtype=bool)
-    out = mask.copy()
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if radius <= 0 or rows.size == 0:
-        return out
-    h, w = mask.shape
-    y0, y1 = max(0, rows[0] - radius), min(h, rows[-1] + 1 + radius)
-    x0, x1 = max(0, cols[0] - radius), min(w, cols[-1] + 1 + radius)
-    part = torch.from_numpy(mask[y0:y1, x0:x1].copy()).to(device)
-    out[y0:y1, x0:x1] = dilate_mask(part, radius).cpu().numpy()
-    return out
-
-
-def _fft_dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Dilation as an FFT convolution (cost independent of the kernel size)."""
-    _, _, h, w = mask.shape
-    kh, kw = kernel.shape
-    # Linear (not circular) convolution: pad to the full output size.
-    fh, fw = h + kh - 1, w + kw - 1
-    spectrum = torch.fft.rfft2(mask.double(), s=(fh, fw)) * torch.fft.rfft2(
-        kernel.double(), s=(fh, fw)
-    )
-    full = torch.fft.irfft2(spectrum, s=(fh, fw))
-    same = full[..., kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
-    return same > 0.5
 
 
 def gaussian_blur(x: torch.Tensor, ksize: int = 9, sigma: float = 2.0) -> torch.Tensor:

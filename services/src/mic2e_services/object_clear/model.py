@@ -1,7 +1,7 @@
 """The resident ObjectClear model behind the object-clear server (a `TorchModel`).
 
 Plain dataclasses in and out (`ClearQuery` -> `ClearOutput`); no grpc, no protos. The
-fields' defaults and ranges are declared once in `types.py`; cancellation raises
+fields' defaults and ranges are declared once in `api/object_clear.py`; cancellation raises
 `errors.Cancelled` at the next denoising step.
 """
 
@@ -18,12 +18,7 @@ import torch
 from PIL import Image
 
 from mic2e_services import errors
-from mic2e_services.edits import Edit
-from mic2e_services.model_base import TorchModel
-from mic2e_services.object_clear import pipeline as pipeline_module
-from mic2e_services.object_clear.fusion import dilated_array
-from mic2e_services.object_clear.pipeline import ObjectClearPipeline, prompt_for
-from mic2e_services.object_clear.types import (
+from mic2e_services.api.object_clear import (
     REFERENCE_SHORT_SIDE,
     SHORT_SIDE,
     Box,
@@ -32,6 +27,11 @@ from mic2e_services.object_clear.types import (
     grown_box,
     violations,
 )
+from mic2e_services.edits import Edit
+from mic2e_services.masks import dilated_array
+from mic2e_services.model_base import TorchModel
+from mic2e_services.object_clear import pipeline as pipeline_module
+from mic2e_services.object_clear.pipeline import ObjectClearPipeline, prompt_for
 from mic2e_services.regions import composite, feathered
 from mic2e_services.runtime.model_api import QuietContext, StepContext
 

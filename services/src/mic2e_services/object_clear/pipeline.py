@@ -54,15 +54,15 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from mic2e_services.checkpoints import resolve_checkpoint
-from mic2e_services.errors import Cancelled
-from mic2e_services.object_clear.fusion import attention_guided_fusion, fusion_masks
-from mic2e_services.object_clear.types import (
+from mic2e_services.api.object_clear import (
     GUIDANCE_SCALE,
     REFERENCE_SHORT_SIDE,
     STEPS,
     working_size,
 )
+from mic2e_services.checkpoints import resolve_checkpoint
+from mic2e_services.errors import Cancelled
+from mic2e_services.object_clear.fusion import attention_guided_fusion, fusion_masks
 
 __all__ = [
     "CAPTURE_LAYER",

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 from mic2e.v1 import object_clear_pb2_grpc
 from pydantic import Field
 
+from mic2e_services.api.object_clear import CROP_MARGIN, GUIDANCE_SCALE, SHORT_SIDE, STEPS
 from mic2e_services.object_clear.servicer import SERVICE_NAME, ObjectClearServicer
-from mic2e_services.object_clear.types import CROP_MARGIN, GUIDANCE_SCALE, SHORT_SIDE, STEPS
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings

@@ -18,13 +18,13 @@ from mic2e.v1 import (
 )
 from PIL import Image
 
+from mic2e_services.api import flux as fx
+from mic2e_services.api import object_clear as oc
+from mic2e_services.api import segmentation as seg
+from mic2e_services.api.messages import clear_options
 from mic2e_services.errors import FieldViolation, InvalidArgument
-from mic2e_services.flux import types as fx
-from mic2e_services.object_clear import convert as clear_convert
-from mic2e_services.object_clear import types as oc
 from mic2e_services.runtime import convert
 from mic2e_services.schema import MASKS, raise_if
-from mic2e_services.segmentation import types as seg
 
 #: RemoveObjects' fields that stand for a model server's, by that server's field path
 #: (declared once in each service's types): how errors name what the caller sent.
@@ -45,7 +45,7 @@ def check(req: orchestrator_pb2.RemoveObjectsRequest) -> None:
     image (the model servers check the rest), named as the caller sent it; nothing has
     run yet."""
     bad = _target_violations(req)
-    options = {**clear_convert.options(req.clear_options), "label": req.label,
+    options = {**clear_options(req.clear_options), "label": req.label,
                "mask_dilation": mask_dilation(req)}
     bad += _named(oc.CLEAR.check(SimpleNamespace(**options)), _REMOVAL)
     raise_if(bad)

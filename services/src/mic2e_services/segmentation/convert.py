@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from mic2e.v1 import common_pb2, segmentation_pb2
 
-from mic2e_services.errors import InvalidArgument
-from mic2e_services.runtime import convert
-from mic2e_services.runtime.images import StoredImage
-from mic2e_services.schema import raise_if
-from mic2e_services.segmentation.types import (
+from mic2e_services.api.segmentation import (
     POINTS,
     SCORE_THRESHOLD,
     PromptQuery,
@@ -16,6 +12,10 @@ from mic2e_services.segmentation.types import (
     Segment,
     TextQuery,
 )
+from mic2e_services.errors import InvalidArgument
+from mic2e_services.runtime import convert
+from mic2e_services.runtime.images import StoredImage
+from mic2e_services.schema import raise_if
 
 
 def text_query(req: segmentation_pb2.SegmentByTextRequest, image: StoredImage) -> TextQuery:

@@ -33,9 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from mic2e_services import errors
-from mic2e_services.model_base import TorchModel
-from mic2e_services.runtime.model_api import QuietContext
-from mic2e_services.segmentation.types import (
+from mic2e_services.api.segmentation import (
     PromptQuery,
     PromptResult,
     Query,
@@ -44,6 +42,8 @@ from mic2e_services.segmentation.types import (
     TextResult,
     violations,
 )
+from mic2e_services.model_base import TorchModel
+from mic2e_services.runtime.model_api import QuietContext
 from mic2e_services.torch_device import translate_error
 
 __all__ = ["PromptQuery", "PromptResult", "Sam3Segmenter", "Segment", "TextQuery",

@@ -7,11 +7,11 @@ from typing import Any, ClassVar
 from mic2e.v1 import segmentation_pb2_grpc
 from pydantic import Field
 
+from mic2e_services.api.segmentation import MODEL_INPUT_SIDE
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings
 from mic2e_services.segmentation.servicer import SERVICE_NAME, SegmentationServicer
-from mic2e_services.segmentation.types import MODEL_INPUT_SIDE
 
 
 class Settings(ModelServerSettings):
