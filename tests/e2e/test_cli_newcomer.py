@@ -142,6 +142,15 @@ async def test_remove_keeps_its_mask_and_a_before_after(stack, files, tmp_path, 
     assert np.array_equal(pixels[:, -W:], after)  # after
 
 
+#: `python -m mic2e.cli`, with SIGINT as a terminal leaves it: a test run started in the
+#: background (`cmd &` in a script, nohup) ignores SIGINT, and an ignored or blocked
+#: signal stays so in every child, so the CLI would never see the Ctrl-C.
+AS_A_TERMINAL_STARTS_IT = (
+    "import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('mic2e.cli', run_name='__main__', alter_sys=True)")
+
+
 class _HoldFirstStep(WorkerCallback):
     """Holds the device thread in the first denoising step until released, so a signal
     lands while the removal surely runs; records the job when it ends."""
@@ -169,7 +178,7 @@ async def test_ctrl_c_during_a_removal_is_one_line_exit_130_and_stops_the_server
     try:
         proc = await asyncio.create_subprocess_exec(
             # faulthandler: should it not exit, SIGABRT shows where it waits.
-            sys.executable, "-X", "faulthandler", "-m", "mic2e.cli", "--server",
+            sys.executable, "-X", "faulthandler", "-c", AS_A_TERMINAL_STARTS_IT, "--server",
             stack.address, "remove", files["photo"], "--mask", files["mask"], "--steps", "100",
             "-o",
             str(tmp_path / "out.png"), stdout=asyncio.subprocess.PIPE,
