@@ -219,8 +219,10 @@ def subprocesses(*, models: Sequence[str] = MODEL_SERVERS, orchestrator: bool = 
                 ORCHESTRATOR, ports[ORCHESTRATOR], addresses={m: addresses[m] for m in models},
                 extra=["--grace-period-s", "5", *extra_args.get(ORCHESTRATOR, ())])
         logs = {name: log_dir / f"{name}.log" for name in names}
+        # The orchestrator is ready once it reaches the model servers started here.
+        ready = {ORCHESTRATOR: stack.orchestrator_ready(models)} if orchestrator else {}
         with stack.processes(commands, addresses, env=quiet_env(), logs=logs,
-                             ready_timeout_s=ready_timeout_s) as procs:
+                             ready_timeout_s=ready_timeout_s, ready_services=ready) as procs:
             yield Endpoints("subprocess", addresses, {n: p.pid for n, p in procs.items()},
                             root, logs)
 

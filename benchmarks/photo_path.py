@@ -293,8 +293,11 @@ def local_stack(args: argparse.Namespace) -> Iterator[Stack]:
                                                addresses=downstream)
         addresses = {n: f"127.0.0.1:{ports[n]}" for n in commands}
         logs = {n: work / f"{n}.log" for n in commands}
-        procs = es.enter_context(stack.processes(commands, addresses, env=env, logs=logs,
-                                                 ready_timeout_s=900))
+        # Ready once the orchestrator reaches the model servers (through the proxies), not
+        # merely once it listens: the first measured calls must not meet a reconnect.
+        procs = es.enter_context(stack.processes(
+            commands, addresses, env=env, logs=logs, ready_timeout_s=900,
+            ready_services={ORCHESTRATOR: stack.orchestrator_ready(needed)}))
         pids = {n: p.pid for n, p in procs.items()}
         label = (f"tiny checkpoints on CPU, one process per server ({', '.join(needed)}, "
                  "orchestrator; OMP_NUM_THREADS=1), byte-counting proxies on every hop")

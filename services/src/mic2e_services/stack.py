@@ -105,8 +105,16 @@ def command(name: str, port: int, *, model: str | None = None, device: str = "cp
 #: What the orchestrator must answer SERVING before a stack is ready: itself, and its
 #: entry for each model service, SERVING only once it reaches that model server (so the
 #: first call after "ready" finds every channel connected).
-ORCHESTRATOR_READY = ("", EDIT_SERVICE, SEGMENTATION_SERVICE, OBJECT_CLEAR_SERVICE,
-                      FLUX_SERVICE)
+MODEL_SERVICES = {"segmentation": SEGMENTATION_SERVICE, "object-clear": OBJECT_CLEAR_SERVICE,
+                  "flux": FLUX_SERVICE}
+
+
+def orchestrator_ready(models: Iterable[str] = MODEL_SERVERS) -> tuple[str, ...]:
+    """The orchestrator's health services that say it is ready for calls needing `models`."""
+    return ("", EDIT_SERVICE, *(MODEL_SERVICES[m] for m in models))
+
+
+ORCHESTRATOR_READY = orchestrator_ready()
 
 
 @contextlib.contextmanager
