@@ -208,52 +208,46 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
     async def RemoveObjects(self, request: orchestrator_pb2.RemoveObjectsRequest,
                             context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[orchestrator_pb2.RemoveObjectsResponse]:
-        t0 = time.monotonic()
-        Event = orchestrator_pb2.RemoveObjectsResponse
-        rename = oc.caller_field(request.WhichOneof("target") or "")
-
-        # 1. Check the request and take the image (bytes or a reference we hold).
-        oc.check(request)
-        sha, data = self._image(request.image)
-        done = _Stage()
-
-        # 2. Segment, unless the caller brought masks; stream the instances at once.
-        if request.WhichOneof("target") == "masks":
-            masks = list(request.masks.masks)
-        else:
-            async for event in self._segmentation_stage(request, data, sha, context, rename,
-                                                        t0, done):
-                yield _event(Event, event)
-            masks = oc.found_masks(done.instances)
-
-        # 3. Remove: pass the per-step progress through, keep the result.
-        async for progress in self._model_stage(
-                self.object_clear, "object_clear", data, sha, lambda img: self._clear.Clear(
+        async for event in self._masked_edit(
+                request, context, oc.check, orchestrator_pb2.RemoveObjectsResponse,
+                orchestrator_pb2.RemoveObjectsResult, request.clear_options,
+                self.object_clear, "object_clear",
+                lambda img, masks: self._clear.Clear(
                     oc.clear_request(request, img, masks),
-                    timeout=context.time_remaining(), metadata=self.object_clear.metadata),
-                rename, done, t0):
-            yield Event(progress=progress)
-        result = done.result
-
-        # 4. One result with every stage's provenance and timing: the picture as the
-        #    caller asked (the patch, or the whole picture built here).
-        picture = await self._picture(result, data, request.clear_options, done)
-        yield Event(result=orchestrator_pb2.RemoveObjectsResult(
-            mask=result.mask, instances=done.instances,
-            stages=[*done.stages, result.provenance], timings=done.stage_timings(),
-            **picture))
+                    timeout=context.time_remaining(), metadata=self.object_clear.metadata)):
+            yield event
 
     @stream_rpc
     async def ReplaceObjects(self, request: orchestrator_pb2.ReplaceObjectsRequest,
                              context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[orchestrator_pb2.ReplaceObjectsResponse]:
+        async for event in self._masked_edit(
+                request, context, oc.check_replace, orchestrator_pb2.ReplaceObjectsResponse,
+                orchestrator_pb2.ReplaceObjectsResult, request.inpaint_options,
+                self.inpaint, "inpainting",
+                lambda img, masks: self._inpaint.Inpaint(
+                    oc.inpaint_request(request, img, masks),
+                    timeout=context.time_remaining(), metadata=self.inpaint.metadata),
+                replace=True, extra=lambda r: {"prompt_truncated": r.prompt_truncated,
+                                               "truncated_prompt": r.truncated_prompt}):
+            yield event
+
+    async def _masked_edit(self, request: Any, context: grpc.aio.ServicerContext,
+                           check: Callable[[Any], None], Event: Any, Result: Any,
+                           options: Any, server: Downstream, stage: str,
+                           call: Callable[[common_pb2.Image, list[common_pb2.Mask]], Any],
+                           replace: bool = False,
+                           extra: Callable[[Any], dict[str, Any]] = lambda r: {}
+                           ) -> AsyncIterator[Any]:
+        """The one composed flow of RemoveObjects and ReplaceObjects (`replace`): the
+        region (masks, a box, or segmentation), then the edit on `server` (`call`), then
+        one result (`Result`, with `extra` fields taken from the model server's)."""
         t0 = time.monotonic()
-        Event = orchestrator_pb2.ReplaceObjectsResponse
         target = request.WhichOneof("target") or ""
-        rename = oc.caller_field(target, replace=True)
+        rename = oc.caller_field(target, replace=replace)
 
         # 1. Check the request and take the image (bytes or a reference we hold).
-        oc.check_replace(request)
+        check(request)
         sha, data = self._image(request.image)
         done = _Stage()
 
@@ -268,24 +262,19 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                 yield _event(Event, event)
             masks = oc.found_masks(done.instances)
 
-        # 3. Repaint it on the FLUX server: pass the per-step progress through.
-        async for progress in self._model_stage(
-                self.inpaint, "inpainting", data, sha, lambda img: self._inpaint.Inpaint(
-                    oc.inpaint_request(request, img, masks),
-                    timeout=context.time_remaining(), metadata=self.inpaint.metadata),
-                rename, done, t0):
+        # 3. The edit: pass the per-step progress through, keep the result.
+        async for progress in self._model_stage(server, stage, data, sha,
+                                                lambda img: call(img, masks), rename, done, t0):
             yield Event(progress=progress)
         result = done.result
 
         # 4. One result with every stage's provenance and timing: the picture as the
         #    caller asked (the patch, or the whole picture built here).
-        picture = await self._picture(result, data, request.inpaint_options, done)
-        yield Event(result=orchestrator_pb2.ReplaceObjectsResult(
+        picture = await self._picture(result, data, options, done)
+        yield Event(result=Result(
             mask=result.mask, instances=done.instances,
             stages=[*done.stages, result.provenance], timings=done.stage_timings(),
-            prompt_truncated=result.prompt_truncated,
-            truncated_prompt=result.truncated_prompt, **picture))
-
+            **extra(result), **picture))
 
     async def _picture(self, result: Any, data: bytes, options: Any, done: _Stage
                        ) -> dict[str, Any]:
