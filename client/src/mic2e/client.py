@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -373,10 +380,44 @@ class AsyncClient:
 
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _blocking(method: Callable[Concatenate[AsyncClient, P], Awaitable[R]]
+              ) -> Callable[Concatenate[Client, P], R]:
+    """`Client.<name>`: `AsyncClient.<name>` run to completion, with its signature."""
+    @functools.wraps(method)
+    def call(self: Client, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._run(method(self._client, *args, **kwargs))
+    return call
+
+
+def _streaming(method: Callable[Concatenate[AsyncClient, P], AsyncIterator[R]]
+               ) -> Callable[Concatenate[Client, P], Iterator[R]]:
+    """`Client.<name>`: `AsyncClient.<name>`'s events as a plain iterator."""
+    @functools.wraps(method)
+    def call(self: Client, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
+        return self._iterate(method(self._client, *args, **kwargs))
+    return call
+
+
 class Client:
     """Blocking client: the same methods as `AsyncClient`, which it runs on a private
     event-loop thread (its streamed calls are plain iterators). Use as a context manager
     or call `close()`. Arguments as `AsyncClient`'s."""
+
+    # The methods, with AsyncClient's signatures and documentation (editors show both).
+    health = _blocking(AsyncClient.health)
+    via_orchestrator = _blocking(AsyncClient.via_orchestrator)
+    segment_by_text = _blocking(AsyncClient.segment_by_text)
+    segment_by_prompt = _blocking(AsyncClient.segment_by_prompt)
+    generate = _streaming(AsyncClient.generate)
+    clear = _streaming(AsyncClient.clear)
+    remove_objects = _streaming(AsyncClient.remove_objects)
+    inpaint = _streaming(AsyncClient.inpaint)
+    replace_objects = _streaming(AsyncClient.replace_objects)
+    fill = _streaming(AsyncClient.fill)
 
     def __init__(self, address: str = DEFAULT_ADDRESS, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -437,20 +478,3 @@ class Client:
                     return
         finally:
             self._run(finish())
-
-
-def _blocking(name: str) -> Callable[..., Any]:
-    """`Client.<name>`: `AsyncClient.<name>` run to completion, or iterated."""
-    method = getattr(AsyncClient, name)
-    if inspect.isasyncgenfunction(method):
-        def call(self: Client, *args: Any, **kwargs: Any) -> Any:
-            return self._iterate(getattr(self._client, name)(*args, **kwargs))
-    else:
-        def call(self: Client, *args: Any, **kwargs: Any) -> Any:
-            return self._run(getattr(self._client, name)(*args, **kwargs))
-    return functools.wraps(method)(call)
-
-
-for _name in ("health", "via_orchestrator", "segment_by_text", "segment_by_prompt",
-              "generate", "clear", "remove_objects", "inpaint", "replace_objects", "fill"):
-    setattr(Client, _name, _blocking(_name))
