@@ -76,3 +76,32 @@ def test_compile_settings_become_one_spec_for_the_model(monkeypatch):
     assert SegSettings().compile_spec().mode == "reduce-overhead"  # CUDA graphs by default
     with pytest.raises(ValueError, match="compile_mode"):
         FluxSettings(compile_mode="fastest")
+
+
+def test_every_default_written_once_is_what_its_users_get():
+    """The limits and sizes with a default in more than one place read one constant: the
+    settings, the constructors, the Python channel and the TypeScript client agree."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from mic2e import channel
+    from mic2e_services.orchestrator.servicer import EditServicer
+    from mic2e_services.runtime import settings as s
+    from mic2e_services.runtime.images import ImageStore
+    from mic2e_services.runtime.worker import ModelWorker
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    served = FluxSettings()
+    assert served.max_message_mb == channel.MAX_MESSAGE_MB == default(
+        channel.aio_channel, "max_message_mb")
+    assert default(ModelWorker, "max_queue") == served.max_queue == s.MAX_QUEUE
+    assert default(ModelWorker, "max_wait_s") * 1000 == served.max_wait_ms == s.MAX_WAIT_MS
+    assert default(ImageStore, "max_bytes") == served.image_cache_mb * 2**20
+    assert default(EditServicer, "image_cache_bytes") == \
+        OrchestratorSettings().image_cache_mb * 2**20
+    ts = (Path(__file__).resolve().parents[2] / "client-ts/src/index.ts").read_text()
+    limit = re.search(r"DEFAULT_MAX_MESSAGE_BYTES = (\d+) \* 1024 \* 1024;", ts)
+    assert limit and int(limit.group(1)) == channel.MAX_MESSAGE_MB

@@ -19,7 +19,12 @@ import grpc
 SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}]}
 
 
-def channel_options(max_message_mb: int = 64) -> list[tuple[str, object]]:
+#: The largest message a mic2e channel sends or takes, in MiB: the servers' default too
+#: (`MIC2E_MAX_MESSAGE_MB`), and the TypeScript client's (a test holds them together).
+MAX_MESSAGE_MB = 64
+
+
+def channel_options(max_message_mb: int = MAX_MESSAGE_MB) -> list[tuple[str, object]]:
     """Channel arguments for a mic2e channel."""
     max_bytes = max_message_mb * 1024 * 1024
     return [
@@ -63,7 +68,7 @@ def target(address: str) -> str:
 
 
 def aio_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,
-                max_message_mb: int = 64,
+                max_message_mb: int = MAX_MESSAGE_MB,
                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
     """An asyncio channel with the mic2e options (and optional client interceptors)."""
     opts = channel_options(max_message_mb)
@@ -75,7 +80,7 @@ def aio_channel(address: str, *, credentials: grpc.ChannelCredentials | None = N
 
 
 def sync_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,
-                 max_message_mb: int = 64) -> grpc.Channel:
+                 max_message_mb: int = MAX_MESSAGE_MB) -> grpc.Channel:
     """A blocking channel with the mic2e options."""
     opts = channel_options(max_message_mb)
     if credentials is not None:

@@ -30,6 +30,9 @@ SEGMENT_BY_PROMPT = Request("SegmentByPromptRequest", {"points": POINTS})
 #: SAM3's input side (its processor resizes every picture to 1008x1008): a JPEG decoded at
 #: a reduced scale that keeps both sides at least this loses nothing the model sees.
 MODEL_INPUT_SIDE = 1008
+#: Vision features of recent images kept on the device for re-queries, MiB (the server's
+#: MIC2E_FEATURE_CACHE_MB default; sized with the 1.7 GB model for a 4 GB card).
+FEATURE_CACHE_MB = 512
 #: Where a mask probability counts as the object (not an API field: SAM3's own).
 MASK_THRESHOLD = 0.5
 

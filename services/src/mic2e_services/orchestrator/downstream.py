@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mic2e.channel import aio_channel
+from mic2e.channel import MAX_MESSAGE_MB, aio_channel
 from mic2e.image_refs import ImageReferences
 from mic2e.v1 import common_pb2
 
@@ -72,7 +72,8 @@ def downstream_error(exc: grpc.aio.AioRpcError, stage: str, address: str,
 class Downstream:
     """One model server (or a DNS name with several replicas behind it)."""
 
-    def __init__(self, address: str, *, max_message_mb: int = 64, known_images: int = 256,
+    def __init__(self, address: str, *, max_message_mb: int = MAX_MESSAGE_MB,
+                 known_images: int = 256,
                  credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:

@@ -7,7 +7,7 @@ from mic2e.v1 import flux_pb2, object_clear_pb2, orchestrator_pb2_grpc, segmenta
 from pydantic import Field, SecretStr
 
 from mic2e_services.orchestrator.downstream import Downstream, DownstreamHealth
-from mic2e_services.orchestrator.servicer import SERVICE_NAME, EditServicer
+from mic2e_services.orchestrator.servicer import IMAGE_CACHE_MB, SERVICE_NAME, EditServicer
 from mic2e_services.runtime.server import Server, build_server
 from mic2e_services.runtime.settings import ServerSettings
 from mic2e_services.runtime.tracing import client_interceptors, setup_tracing
@@ -27,8 +27,9 @@ class Settings(ServerSettings):
     inpaint_address: str | None = Field(None, description="flux server(s) for Inpaint and "
                                         "ReplaceObjects, e.g. ones holding FLUX.1-Fill-dev; "
                                         "default: the flux server(s)")
-    image_cache_mb: int = Field(256, ge=1, description="images received (encoded), kept for "
-                                "SHA-256 references: at most this many MiB")
+    image_cache_mb: int = Field(IMAGE_CACHE_MB, ge=1,
+                                description="images received (encoded), kept for SHA-256 "
+                                "references: at most this many MiB")
     downstream_tls_ca_file: str | None = Field(None, description="call the model servers "
                                                "over TLS, trusting this CA")
     downstream_tls_cert_file: str | None = Field(None, description="client certificate for "

@@ -38,12 +38,16 @@ from mic2e_services.runtime.status import rpc, stream_rpc
 SERVICE_NAME = "mic2e.v1.EditService"
 
 
+#: Encoded images kept for SHA-256 references, MiB (MIC2E_IMAGE_CACHE_MB's default here).
+IMAGE_CACHE_MB = 256
+
+
 class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
     """See the module docstring and orchestrator.proto."""
 
     def __init__(self, segmentation: Downstream, object_clear: Downstream, flux: Downstream,
                  *, inpaint: Downstream | None = None,
-                 image_cache_bytes: int = 256 * 2**20,
+                 image_cache_bytes: int = IMAGE_CACHE_MB * 2**20,
                  max_image_pixels: int = codecs.DEFAULT_MAX_PIXELS) -> None:
         self.segmentation = segmentation
         self.object_clear = object_clear

@@ -19,6 +19,7 @@ from mic2e import codecs
 from PIL import Image
 
 from mic2e_services.errors import InvalidArgument, NotFound
+from mic2e_services.runtime.settings import IMAGE_CACHE_MB
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -87,7 +88,7 @@ class ImageStore:
     """Decodes incoming images and remembers the recent ones a server accepted work for
     (an LRU bounded in bytes of decoded pixels), so a client may refer to them."""
 
-    def __init__(self, max_bytes: int = 512 * 2**20,
+    def __init__(self, max_bytes: int = IMAGE_CACHE_MB * 2**20,
                  max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
                  decode_at_least: tuple[int, int] | None = None) -> None:
         self.max_pixels = max_pixels

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, TypeVar
 
+from mic2e import codecs
+from mic2e.channel import MAX_MESSAGE_MB
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mic2e_services.runtime.model_api import CompileSpec
 
 S = TypeVar("S", bound="ServerSettings")
+
+
+#: Defaults written once: the settings below and every constructor with a default read
+#: these (the worker's queue and batch wait, the image store's size).
+MAX_QUEUE = 64
+MAX_WAIT_MS = 5.0
+IMAGE_CACHE_MB = 512
 
 
 class ServerSettings(BaseSettings):
@@ -24,8 +33,10 @@ class ServerSettings(BaseSettings):
 
     host: str = Field("[::]", description="address to bind")
     port: int = Field(0, description="port to bind (0: any free port)")
-    max_message_mb: int = Field(64, ge=1, le=2048, description="largest message, in MiB")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused "
+    max_message_mb: int = Field(MAX_MESSAGE_MB, ge=1, le=2048,
+                                description="largest message, in MiB")
+    max_image_pixels: int = Field(codecs.DEFAULT_MAX_PIXELS, ge=1,
+                                  description="larger images are refused "
                                   "before decoding (the orchestrator decodes one only to "
                                   "build a whole picture from a patch)")
     keepalive_time_s: float = Field(30.0, gt=0, description="ping idle connections this often")
@@ -40,7 +51,8 @@ class ServerSettings(BaseSettings):
         3600.0, gt=0, description="how long a call already running on an aged connection may "
         "go on: long enough for the longest call a server admits, so ageing never cuts "
         "accepted work (SIGTERM has its own grace_period_s)")
-    image_cache_mb: int = Field(512, ge=1, description="images received, kept for SHA-256 "
+    image_cache_mb: int = Field(IMAGE_CACHE_MB, ge=1,
+                                description="images received, kept for SHA-256 "
                                 "references: at most this many MiB (decoded pixels on a model "
                                 "server, encoded bytes on the orchestrator)")
     reflection: bool = Field(True, description="serve gRPC server reflection")
@@ -94,10 +106,10 @@ class ModelServerSettings(ServerSettings):
     device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
     dtype: str | None = Field(None, description="compute dtype; default: half on GPU, "
                               "float32 on CPU")
-    max_queue: int = Field(64, ge=1, description="requests waiting beyond this are refused")
+    max_queue: int = Field(MAX_QUEUE, ge=1, description="requests waiting beyond this are refused")
     max_batch_size: int | None = Field(None, ge=1, description="largest batch; default: the "
                                        "model's own")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company")
+    max_wait_ms: float = Field(MAX_WAIT_MS, ge=0, description="how long a batch waits for company")
     profile: Literal["quality", "fast", "low-memory"] = Field(
         "quality", description="named trade-off; fills every setting below that is not set "
         "on its own (see the README's profile table)")

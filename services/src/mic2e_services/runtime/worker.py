@@ -32,6 +32,7 @@ from mic2e_services.errors import (
     Unavailable,
 )
 from mic2e_services.runtime.model_api import Model
+from mic2e_services.runtime.settings import MAX_QUEUE, MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,9 @@ class Job:
 class ModelWorker:
     """Runs one `Model` on one thread; see the module docstring."""
 
-    def __init__(self, model: Model, *, max_queue: int = 64, max_batch_size: int | None = None,
-                 max_wait_s: float = 0.005, name: str = "model",
+    def __init__(self, model: Model, *, max_queue: int = MAX_QUEUE,
+                 max_batch_size: int | None = None, max_wait_s: float = MAX_WAIT_MS / 1000,
+                 name: str = "model",
                  callbacks: Sequence[WorkerCallback] = ()) -> None:
         self.model = model
         self.name = name

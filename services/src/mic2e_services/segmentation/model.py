@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from mic2e_services import errors
 from mic2e_services.api.segmentation import (
+    FEATURE_CACHE_MB,
     PromptQuery,
     PromptResult,
     Query,
@@ -105,7 +106,7 @@ class Sam3Segmenter(TorchModel):
                        "(to save more, MIC2E_QUANTIZATION=int8)")
     DEFAULT_BATCH = 4
 
-    def __init__(self, model_id: str, *, feature_cache_bytes: int = 512 * 2**20,
+    def __init__(self, model_id: str, *, feature_cache_bytes: int = FEATURE_CACHE_MB * 2**20,
                  **kwargs: Any) -> None:
         if feature_cache_bytes < 0:
             raise ValueError("feature_cache_bytes must be >= 0")

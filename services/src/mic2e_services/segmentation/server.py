@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from mic2e.v1 import segmentation_pb2_grpc
 from pydantic import Field
 
-from mic2e_services.api.segmentation import MODEL_INPUT_SIDE
+from mic2e_services.api.segmentation import FEATURE_CACHE_MB, MODEL_INPUT_SIDE
 from mic2e_services.runtime.model_api import Model
 from mic2e_services.runtime.server import Server, build_model_server
 from mic2e_services.runtime.settings import ModelServerSettings
@@ -19,8 +19,9 @@ class Settings(ModelServerSettings):
 
     port: int = 50052
     model: str = Field("facebook/sam3", description="hub id or local folder of SAM3")
-    feature_cache_mb: int = Field(512, ge=0, description="vision features of recent images, "
-                                  "kept on the device for re-queries: at most this many MiB "
+    feature_cache_mb: int = Field(FEATURE_CACHE_MB, ge=0,
+                                  description="vision features of recent images, kept on "
+                                  "the device for re-queries: at most this many MiB "
                                   "(about 80 MiB an image at full size)")
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
