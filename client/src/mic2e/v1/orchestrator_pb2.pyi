@@ -151,8 +151,8 @@ class RemoveObjectsRequest(_message.Message):
 
     @_builtins.property
     def clear_options(self) -> _object_clear_pb2.ClearOptions:
-        """Removal options (steps, guidance, seed, ...). Its `mask_dilation` is ignored in favour
-        of the field above.
+        """Removal options (steps, guidance, seed, ...). Deprecated here: its `mask_dilation`,
+        which is ignored; set `mask_dilation` above.
         """
 
     def __init__(

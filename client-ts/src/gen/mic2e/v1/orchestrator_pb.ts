@@ -161,8 +161,8 @@ export type RemoveObjectsRequest = Message<"mic2e.v1.RemoveObjectsRequest"> & {
   maskDilation?: number | undefined;
 
   /**
-   * Removal options (steps, guidance, seed, ...). Its `mask_dilation` is ignored in favour
-   * of the field above.
+   * Removal options (steps, guidance, seed, ...). Deprecated here: its `mask_dilation`,
+   * which is ignored; set `mask_dilation` above.
    *
    * @generated from field: mic2e.v1.ClearOptions clear_options = 6;
    */
