@@ -85,9 +85,9 @@ def composite(image: Image.Image, painted: Image.Image, alpha: np.ndarray, box: 
     top = np.asarray(_rgb(painted).resize(
         (x1 - x0, y1 - y0), resample,
         box=((x0 - fx0) * sx, (y0 - fy0) * sy, (x1 - fx0) * sx, (y1 - fy0) * sy)))
-    # Blended by Pillow with the weights in 8 bits (one pass in C, a third of the time
-    # of the same blend in float32 numpy; at most 1 level apart): 0 keeps the image's
-    # byte and 255 takes the painted one exactly.
+    # Blended by Pillow with the weights in 8 bits (one pass in C instead of four float32
+    # numpy passes over the box; at most 1 level from the float blend): 0 keeps the
+    # image's byte and 255 takes the painted one exactly.
     weights = Image.fromarray(np.rint(np.clip(alpha, 0.0, 1.0) * 255).astype(np.uint8))
     mixed = Image.composite(Image.fromarray(top), _rgb(image).crop(box), weights)
     return Edit.of(image, box, np.asarray(mixed), alpha > 0)
