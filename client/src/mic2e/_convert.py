@@ -141,10 +141,8 @@ def picture(result: object, sent: bytes | None) -> dict:
     patch = result.patch  # type: ignore[attr-defined]
     if sent is None:
         raise codecs.CodecError("got a patch, but this call sent no image bytes to apply it to")
-    with Image.open(io.BytesIO(patch.image.data)) as img:
-        overlay = img.convert("RGBA")
-    whole = codecs.apply_patch(codecs.decode_image(sent), overlay, patch.x, patch.y,
-                               in_place=True)
+    whole = codecs.apply_patch(codecs.decode_image(sent), codecs.decode_patch(patch.image.data),
+                               patch.x, patch.y, in_place=True)
     return {**out, "image": whole, "data": None,
             "patch": Patch(patch.x, patch.y, patch.image.data)}
 

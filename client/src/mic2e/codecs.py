@@ -241,6 +241,13 @@ def patch_image(pixels: np.ndarray, changed: np.ndarray) -> Image.Image:
     return out
 
 
+def decode_patch(data: bytes) -> Image.Image:
+    """A patch's encoded bytes -> its RGBA image (as `apply_patch` takes it)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return img if img.mode == "RGBA" else img.convert("RGBA")
+
+
 def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int, *,
                 in_place: bool = False) -> Image.Image:
     """`base` (RGB) with the opaque pixels of the RGBA `patch` copied to (x, y); every
@@ -252,8 +259,9 @@ def apply_patch(base: Image.Image, patch: Image.Image, x: int, y: int, *,
         raise CodecError(f"a {patch.width}x{patch.height} patch at ({x}, {y}) does not fit a "
                          f"{base.width}x{base.height} image")
     out = base if in_place else base.copy()
-    # Alpha is 0 or 255, so paste copies exactly (no blending arithmetic on the pixels).
-    out.paste(patch.convert("RGB"), (x, y), patch.getchannel("A"))
+    # Alpha is 0 or 255, so paste copies exactly (no blending arithmetic on the pixels);
+    # the RGBA patch is its own mask (no RGB and alpha copies of it).
+    out.paste(patch, (x, y), patch)
     return out
 
 
@@ -301,7 +309,14 @@ def _unfiltered_1bit_png(data: bytes, w: int, h: int) -> np.ndarray | None:
     rows = np.frombuffer(raw, np.uint8).reshape(h, stride)
     if rows[:, 0].any():
         return None
-    return np.unpackbits(rows[:, 1:], axis=1, count=w).view(bool)
+    # Only the rows the mask touches are unpacked; the rest stay calloc's zero pages,
+    # never written (an object's mask is a band of a 12 MP photo's 12 MB).
+    touched = np.flatnonzero(rows[:, 1:].any(axis=1))
+    mask = np.zeros((h, w), bool)
+    if touched.size:
+        y0, y1 = touched[0], touched[-1] + 1
+        mask[y0:y1] = np.unpackbits(rows[y0:y1, 1:], axis=1, count=w).view(bool)
+    return mask
 
 
 def decode_mask_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,

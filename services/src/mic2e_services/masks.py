@@ -59,12 +59,16 @@ def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 def dilated_array(mask: np.ndarray, radius: int, device: torch.device | str) -> np.ndarray:
     """A numpy mask grown by `radius` pixels (a disk), computed on `device`: a new bool
-    array, the input untouched. Only the mask's box grown by `radius` is dilated, so the
-    cost follows the mask, not the image (a small object in a 12 MP photo)."""
+    array, the input untouched (radius 0: the mask itself, as a contiguous bool array -
+    a copy of a 12 MP mask is 12 MB to write for nothing). Only the mask's box grown by
+    `radius` is dilated, so the cost follows the mask, not the image (a small object in
+    a 12 MP photo)."""
     mask = np.ascontiguousarray(mask, dtype=bool)
-    out = mask.copy()
+    if radius <= 0:
+        return mask
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if radius <= 0 or rows.size == 0:
+    out = mask.copy()
+    if rows.size == 0:
         return out
     h, w = mask.shape
     y0, y1 = max(0, rows[0] - radius), min(h, rows[-1] + 1 + radius)

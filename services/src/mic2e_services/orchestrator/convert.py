@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from mic2e import codecs
 from mic2e.v1 import (
     common_pb2,
@@ -16,7 +16,6 @@ from mic2e.v1 import (
     orchestrator_pb2,
     segmentation_pb2,
 )
-from PIL import Image
 
 from mic2e_services.api import flux as fx
 from mic2e_services.api import object_clear as oc
@@ -105,12 +104,24 @@ def caller_path(field: str, paths: dict[str, str]) -> str:
     return field
 
 
+_M = TypeVar("_M", bound=Message)
+
+
+def _with_image(out: _M, image: common_pb2.Image | None) -> _M:
+    """`out` with `image` copied in. Not as a constructor argument: protobuf merges a
+    message given there by serializing and parsing it, two copies of a 3 MB photo
+    where CopyFrom makes one."""
+    if image is not None:
+        out.image.CopyFrom(image)  # type: ignore[attr-defined]
+    return out
+
+
 def text_request(req: orchestrator_pb2.RemoveObjectsRequest
                  | orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image
                  ) -> segmentation_pb2.SegmentByTextRequest:
-    out = segmentation_pb2.SegmentByTextRequest(
-        image=image, text=req.text.text, max_instances=req.text.max_instances,
-        mask_format=common_pb2.MASK_FORMAT_RLE)  # compact, and cheap to pass on
+    out = _with_image(segmentation_pb2.SegmentByTextRequest(
+        text=req.text.text, max_instances=req.text.max_instances,
+        mask_format=common_pb2.MASK_FORMAT_RLE), image)  # RLE: compact, cheap to pass on
     if req.text.HasField("min_score"):
         out.score_threshold = req.text.min_score
     return out
@@ -119,8 +130,8 @@ def text_request(req: orchestrator_pb2.RemoveObjectsRequest
 def prompt_request(req: orchestrator_pb2.RemoveObjectsRequest
                    | orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image
                    ) -> segmentation_pb2.SegmentByPromptRequest:
-    out = segmentation_pb2.SegmentByPromptRequest(
-        image=image, points=req.prompt.points, mask_format=common_pb2.MASK_FORMAT_RLE)
+    out = _with_image(segmentation_pb2.SegmentByPromptRequest(
+        points=req.prompt.points, mask_format=common_pb2.MASK_FORMAT_RLE), image)
     if req.prompt.HasField("box"):
         out.box.CopyFrom(req.prompt.box)
     return out
@@ -137,8 +148,8 @@ def clear_request(req: orchestrator_pb2.RemoveObjectsRequest, image: common_pb2.
     options.mask_dilation = mask_dilation(req)
     options.output_patch = (req.clear_options.output_patch or req.clear_options.strategy
                             != object_clear_pb2.CLEAR_STRATEGY_REFERENCE)
-    return object_clear_pb2.ClearRequest(image=image, masks=masks, label=req.label,
-                                         options=options)
+    return _with_image(object_clear_pb2.ClearRequest(masks=masks, label=req.label,
+                                                     options=options), image)
 
 
 def inpaint_request(req: orchestrator_pb2.ReplaceObjectsRequest, image: common_pb2.Image,
@@ -147,8 +158,8 @@ def inpaint_request(req: orchestrator_pb2.ReplaceObjectsRequest, image: common_p
     options = flux_pb2.InpaintOptions()
     options.CopyFrom(req.inpaint_options)
     options.output_patch = True
-    return flux_pb2.InpaintRequest(image=image, masks=masks, prompt=req.replacement,
-                                   options=options)
+    return _with_image(flux_pb2.InpaintRequest(masks=masks, prompt=req.replacement,
+                                               options=options), image)
 
 
 def edit_fields(result: object_clear_pb2.ClearResult | flux_pb2.InpaintResult, data: bytes,
@@ -176,9 +187,8 @@ def whole_picture(data: bytes, patch: common_pb2.ImagePatch, fmt: int, *,
         base = codecs.decode_image(data, max_pixels=max_pixels)
     except codecs.CodecError as exc:  # the model server decoded the same bytes
         raise InvalidArgument("image.data", str(exc)) from None
-    with Image.open(io.BytesIO(patch.image.data)) as img:
-        overlay = img.convert("RGBA")
-    whole = codecs.apply_patch(base, overlay, patch.x, patch.y, in_place=True)
+    whole = codecs.apply_patch(base, codecs.decode_patch(patch.image.data), patch.x, patch.y,
+                               in_place=True)
     return convert.encoded_image(whole, convert.image_format(fmt, "output_format"),
                                  base.info.get("icc_profile"))
 
