@@ -48,7 +48,7 @@ def image_bytes(image: ImageInput) -> bytes:
 
 def mask_proto(mask: MaskInput) -> common_pb2.Mask:
     if isinstance(mask, Image.Image):
-        arr = np.asarray(mask.convert("L")) > 127
+        arr = np.asarray(mask if mask.mode == "L" else mask.convert("L")) > 127
     elif isinstance(mask, np.ndarray):
         arr = mask.astype(bool)
     else:

@@ -68,6 +68,7 @@ __all__ = ["AsyncClient", "Client", "DEFAULT_ADDRESS"]
 DEFAULT_ADDRESS = "localhost:50051"
 _EDIT_SERVICE = "mic2e.v1.EditService"
 T = TypeVar("T")
+M = TypeVar("M", orchestrator_pb2.RemoveObjectsRequest, orchestrator_pb2.ReplaceObjectsRequest)
 
 
 def _error(exc: grpc.RpcError) -> Mic2eError:
@@ -155,6 +156,13 @@ def _replace_request(image: common_pb2.Image, replacement: str, text: str | None
         image=image, replacement=replacement,
         inpaint_options=_inpaint_options(dict(options), patches))
     _set_target(req, text, points, box, masks, fill_box, min_score, max_instances)
+    return req
+
+
+def _with_image(req: M, image: common_pb2.Image) -> M:
+    """`req` (built and checked once: its masks are encoded once) with this attempt's
+    image, the bytes or a reference to them."""
+    req.image.CopyFrom(image)  # type: ignore[attr-defined]
     return req
 
 
@@ -340,12 +348,11 @@ class AsyncClient:
         `Progress`, `Segmented` (not for masks / fill_box), per-step `Progress`, then one
         `ReplaceResult`. `options` as `inpaint`'s."""
         data = cv.image_bytes(image)
-        build = lambda img: _replace_request(img, replacement, text, points, box,  # noqa: E731
-                                             masks, fill_box, min_score, max_instances,
-                                             options, self.image_patches)
-        build(common_pb2.Image())
+        req = _replace_request(common_pb2.Image(), replacement, text, points, box, masks,
+                               fill_box, min_score, max_instances, options, self.image_patches)
         async for event in self._stream(data, lambda img: self._edit.ReplaceObjects(
-                build(img), **self._kw(timeout)), lambda m: cv.replace_event(m, data)):
+                _with_image(req, img), **self._kw(timeout)),
+                lambda m: cv.replace_event(m, data)):
             yield event
 
     async def fill(self, image: cv.ImageInput, box: BoxT, prompt: str, *,
@@ -370,12 +377,10 @@ class AsyncClient:
         model on a crop around the object; "reference": the reference's picture),
         output_format, repainted_mask."""
         data = cv.image_bytes(image)
-        build = lambda img: _remove_request(img, text, points, box, masks, min_score,  # noqa: E731
-                                            max_instances, mask_dilation, label, options,
-                                            self.image_patches)
-        build(common_pb2.Image())
+        req = _remove_request(common_pb2.Image(), text, points, box, masks, min_score,
+                              max_instances, mask_dilation, label, options, self.image_patches)
         async for event in self._stream(data, lambda img: self._edit.RemoveObjects(
-                build(img), **self._kw(timeout)), lambda m: cv.remove_event(m, data)):
+                _with_image(req, img), **self._kw(timeout)), lambda m: cv.remove_event(m, data)):
             yield event
 
 
