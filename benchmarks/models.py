@@ -249,7 +249,9 @@ class _Served:
     def __init__(self, model: Any, max_batch_size: int) -> None:
         self._model = model
         self.max_batch_size = max_batch_size
-        self.translate_error = getattr(model, "translate_error", None)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the Model protocol
+        return getattr(self._model, name)
 
     def load(self) -> None:
         pass
@@ -278,8 +280,8 @@ def worker_throughput(ctx: Ctx, name: str, model: Any,
     max_batch = model.max_batch_size  # the model's own, or --max-batch
 
     async def run() -> dict[str, Any]:
-        worker = ModelWorker(_Served(model, max_batch), max_queue=4096,
-                             max_batch_size=max_batch, max_wait_s=0.005, name=name)
+        worker = ModelWorker(_Served(model, max_batch), max_queue=4096, max_wait_s=0.005,
+                             name=name)
         await worker.start()
         out: dict[str, Any] = {"max_batch_size": max_batch}
         try:

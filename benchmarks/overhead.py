@@ -153,7 +153,7 @@ class Paths:
     async def direct(self, target: str, data: bytes) -> dict[str, Any]:
         """What the orchestrator does, done by the client: same requests, same image handling."""
         from mic2e import codecs
-        from mic2e_services.orchestrator import convert as oc
+        from mic2e_services.orchestrator import convert as msgs
 
         sha = codecs.sha256_hex(data)
         caller = self.request(target, None)
@@ -162,7 +162,8 @@ class Paths:
         if target == "text":
             seg = await self._unary_with_refs(
                 "segmentation", sha, data,
-                lambda img: self.seg.SegmentByText(oc.text_request(caller, img), metadata=self.md))
+                lambda img: self.seg.SegmentByText(msgs.text_request(caller, img),
+                                                   metadata=self.md))
             if not seg.instances:
                 raise RuntimeError("NO_INSTANCES: segmentation found nothing")
             masks = [inst.mask for inst in seg.instances]
@@ -172,11 +173,11 @@ class Paths:
         t1 = time.perf_counter()
         result = await self._stream_with_refs(
             "object-clear", sha, data,
-            lambda img: self.clear.Clear(oc.clear_request(caller, img, masks),
+            lambda img: self.clear.Clear(msgs.clear_request(caller, img, masks),
                                          metadata=self.md),
             "Clear")
         # The whole picture from the patch, as the orchestrator builds it for this caller.
-        await asyncio.to_thread(oc.edit_fields, result, data, patch=False,
+        await asyncio.to_thread(msgs.edit_fields, result, data, patch=False,
                                 fmt=caller.clear_options.output_format,
                                 max_pixels=codecs.DEFAULT_MAX_PIXELS)
         timings["object_clear"] = time.perf_counter() - t1

@@ -25,6 +25,8 @@ class FakeRequest:
 class FakeModel:
     """Doubles numbers in `steps` sleeps of `step_s`; records every batch it ran."""
 
+    model_id, revision, dtype_name, device_name = "fake", "fake-1", "float32", "cpu"
+
     def __init__(self, *, step_s: float = 0.01, max_batch_size: int = 4,
                  load_gate: threading.Event | None = None) -> None:
         self.step_s = step_s
@@ -60,6 +62,15 @@ class FakeModel:
 
     def estimate_seconds(self, request: FakeRequest) -> float:
         return request.steps * self.step_s
+
+    def translate_error(self, exc: BaseException) -> BaseException | None:
+        return None
+
+    def memory_stats(self) -> dict[str, float]:
+        return {}
+
+    def cache_bytes(self) -> int | None:
+        return None
 
     def __call__(self, requests: Sequence[FakeRequest], contexts: Sequence[Any]) -> list[Any]:
         if self.crash is not None:

@@ -7,7 +7,9 @@ loopback where the contract is a status code:
 - it loads its tiny checkpoint through the ordinary loading path;
 - a request with bad fields gets INVALID_ARGUMENT naming all of them, and is never costed
   or queued;
-- cancelling stops it within one step;
+- cancelling stops it within one step; a request cancelled before its batch starts gets
+  no device time, and one cancelled while its batch runs gets CANCELLED while its
+  batch-mate's result is what it gets alone;
 - a request batched with others gets what it gets alone;
 - out of memory is RESOURCE_EXHAUSTED, and the next request succeeds;
 - called before `load()` it answers UNAVAILABLE;
@@ -62,6 +64,9 @@ class ModelContract:
     def heavy_module(self, model: Any) -> Any:
         """A torch module every request runs (where out of memory is injected)."""
         raise NotImplementedError
+
+    def forget(self, model: Any) -> None:
+        """Drop what the model keeps between calls (a cache would hide device work)."""
 
     # -- fixtures ----------------------------------------------------------------------
 
@@ -128,6 +133,56 @@ class ModelContract:
         assert isinstance(result, errors.Cancelled), result
         assert len(context.events) <= cancel_after + 1
         assert self.steps == 1 or len(context.events) < self.steps
+
+    def rows_run(self, model: Any, monkeypatch: pytest.MonkeyPatch, queries: list[Any],
+                 contexts: list[Any]) -> tuple[list, list[int]]:
+        """The results of a batch, and the batch size of each call of the heavy module
+        while it ran (how much device work it spent)."""
+        module = self.heavy_module(model)
+        original, rows = module.forward, []
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            tensor = next(a for a in (*args, *kwargs.values()) if hasattr(a, "shape"))
+            rows.append(int(tensor.shape[0]))
+            return original(*args, **kwargs)
+
+        self.forget(model)
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "forward", forward)
+            try:
+                results = self.run(model, queries, contexts)
+            except errors.Cancelled as exc:
+                results = [exc] * len(queries)
+        return results, rows
+
+    def test_a_request_cancelled_before_its_batch_gets_no_device_time(
+            self, model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        alone, rows_alone = self.rows_run(model, monkeypatch, [self.query(0)], [Recorder()])
+        results, rows = self.rows_run(model, monkeypatch, [self.query(1), self.query(0)],
+                                      [Recorder(cancel_after=0), Recorder()])
+        assert isinstance(results[0], errors.Cancelled), results[0]
+        assert self.same(alone[0], results[1])
+        # The same device work as the live request alone: the cancelled one never ran.
+        assert rows == rows_alone and rows
+
+    def test_requests_all_cancelled_before_their_batch_run_nothing(
+            self, model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        queries = [self.query(0), self.query(1)]
+        contexts = [Recorder(cancel_after=0), Recorder(cancel_after=0)]
+        results, rows = self.rows_run(model, monkeypatch, queries, contexts)
+        assert all(isinstance(r, errors.Cancelled) for r in results), results
+        assert rows == [] and all(c.events == [] for c in contexts)
+
+    def test_a_request_cancelled_during_its_batch_is_cancelled_its_mate_is_not(
+            self, model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        alone, _ = self.rows_run(model, monkeypatch, [self.query(0)], [Recorder()])
+        leaving, staying = Recorder(cancel_after=1), Recorder()
+        results, rows = self.rows_run(model, monkeypatch, [self.query(1), self.query(0)],
+                                      [leaving, staying])
+        assert isinstance(results[0], errors.Cancelled), results[0]
+        assert self.same(alone[0], results[1])
+        # The one who left heard no more steps; the one who stayed heard every step.
+        assert len(leaving.events) == 1 and len(staying.events) == self.steps
 
     def test_a_batched_request_gets_what_it_gets_alone(self, model: Any) -> None:
         alone, other = self.query(0), self.query(1)

@@ -138,4 +138,7 @@ class TestSam3(ModelContract):
     def heavy_module(self, model):
         return model._detector.vision_encoder.backbone
 
+    def forget(self, model) -> None:
+        model.clear_cache()  # image features: a second call would skip the backbone
+
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mic2e import codecs
 from mic2e.v1 import common_pb2
-from mic2e_services.orchestrator import convert as oc
+from mic2e_services.orchestrator import convert as msgs
 from mic2e_services.schema import MASKS
 from PIL import Image
 
@@ -27,7 +27,7 @@ def test_the_union_of_rle_masks_is_their_pixels_or(seed):
     h, w = 23, 31
     masks = [rng.random((h, w)) < p for p in (0.0, 0.05, 0.3, 0.9)]
     masks.append(np.ones((h, w), bool) if seed == 0 else masks[2])  # all on; a duplicate
-    merged = oc.union([rle(m) for m in masks])
+    merged = msgs.union([rle(m) for m in masks])
     assert (merged.width, merged.height) == (w, h)
     np.testing.assert_array_equal(decoded(merged), np.logical_or.reduce(masks))
 
@@ -40,8 +40,8 @@ def test_past_the_mask_limit_segmentation_finds_one_union():
         m[i % h, i: i + 3] = True
         found.append(m)
     instances = [common_pb2.Instance(mask=rle(m)) for m in found]
-    assert len(oc.found_masks(instances[:MASKS.max_items])) == MASKS.max_items
-    (merged,) = oc.found_masks(instances)
+    assert len(msgs.found_masks(instances[:MASKS.max_items])) == MASKS.max_items
+    (merged,) = msgs.found_masks(instances)
     np.testing.assert_array_equal(decoded(merged), np.logical_or.reduce(found))
 
 
@@ -49,7 +49,7 @@ def test_past_the_mask_limit_segmentation_finds_one_union():
                                  (0, 5, 16, 6)])
 def test_a_box_becomes_every_pixel_it_touches(box):
     data = codecs.encode_image(Image.new("RGB", (16, 12)))
-    mask = decoded(oc.box_mask(common_pb2.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]),
+    mask = decoded(msgs.box_mask(common_pb2.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]),
                                data))
     expected = np.zeros((12, 16), bool)
     x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])),

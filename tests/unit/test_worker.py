@@ -74,7 +74,8 @@ async def test_stop_while_loading_wins_over_the_end_of_loading():
 
 async def test_an_invalid_request_is_refused_before_it_is_costed_or_queued():
     model = FakeModel(step_s=0.05)
-    worker = await started_worker(model, max_batch_size=1)
+    model.max_batch_size = 1
+    worker = await started_worker(model)
     busy = worker.submit(FakeRequest(1, steps=20))  # long work ahead of it
     before = worker.stats()
     with pytest.raises(InvalidArgument) as info:

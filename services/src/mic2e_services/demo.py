@@ -24,6 +24,8 @@ from mic2e import Client, codecs
 from mic2e.types import Point, Progress, Segmented
 from PIL import Image, ImageDraw
 
+from mic2e_services.api import object_clear as oc
+
 
 def sample_image() -> Image.Image:
     """A 640x480 scene: sky, grass, a red ball with its shadow, a blue box."""
@@ -73,7 +75,7 @@ def run_demo(out: Path, address: str) -> None:
             say = _Steps(name, "segmenting and removing")
             for event in client.remove_objects(image_path, seed=0, **kwargs):
                 if isinstance(event, Progress):
-                    steps += event.stage == "object_clear"
+                    steps += event.stage == oc.STAGE
                     say(event)
                 elif isinstance(event, Segmented):
                     print(f"{name}: segmented {len(event.instances)} instance(s)")

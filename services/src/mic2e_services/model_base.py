@@ -12,7 +12,14 @@ owns the rest, the same way for all of them:
 - "not loaded" -> `errors.Unavailable`; device failures (out of memory, a dead CUDA
   context) -> domain errors, in `translate_error` only;
 - input checks that report every bad field at once (`check`), which the worker runs before
-  a request is costed or queued.
+  a request is costed or queued;
+- cancellation: a request whose caller left before its batch started never reaches `run`;
+  one who leaves while it runs stops hearing progress (`Steps`) and gets `errors.Cancelled`
+  instead of the result its batch-mates paid for; once every caller has left, the batch
+  stops at its next step;
+- seeds (`seeds`: the caller's, or one drawn here that the result reports), the stage name
+  of progress events (`STAGE`, declared in the API layer) and a clock for timing device
+  work (`clock`, warm-up calibration).
 
 Model code: imports torch, never grpc.
 """
@@ -20,6 +27,8 @@ Model code: imports torch, never grpc.
 from __future__ import annotations
 
 import abc
+import secrets
+import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,7 +50,36 @@ from mic2e_services.torch_device import (
     translate_error,
 )
 
-__all__ = ["TorchModel"]
+__all__ = ["RANDOM_SEED_LIMIT", "Steps", "TorchModel"]
+
+#: Seeds the server draws for a request without one stay below this, so every client
+#: language can show them exactly (a caller's may be any 64-bit value).
+RANDOM_SEED_LIMIT = 2**32
+
+
+class Steps:
+    """Progress of a batch's steps, and its cancellation: each request hears of every step
+    until its caller leaves; once every caller has left, the next step raises
+    `errors.Cancelled` (nothing more is computed, not even a decode)."""
+
+    def __init__(self, stage: str, total: int, contexts: Sequence[StepContext]) -> None:
+        self.stage, self.total, self.contexts = stage, total, contexts
+        self.stopped = [False] * len(contexts)
+
+    def __call__(self, index: int) -> None:
+        """Step `index` (from 0) is done."""
+        for j, context in enumerate(self.contexts):
+            if not self.stopped[j]:
+                context.progress(self.stage, index + 1, self.total)
+                self.stopped[j] = context.cancelled()
+        if all(self.stopped):
+            raise errors.Cancelled(f"cancelled after step {index + 1} of {self.total}")
+
+    def callback(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """The same, as a diffusers `callback_on_step_end`."""
+        self(index)
+        return tensors
 
 
 class TorchModel(abc.ABC):
@@ -188,6 +226,10 @@ class TorchModel(abc.ABC):
         """Device allocator figures for the metrics endpoint."""
         return memory_stats(self.device)
 
+    def cache_bytes(self) -> int | None:
+        """Device bytes of a model's own cache; None: it keeps none."""
+        return None
+
     # -- requests ------------------------------------------------------------------------
 
     def check(self, request: Any) -> None:
@@ -216,12 +258,55 @@ class TorchModel(abc.ABC):
         self._require_loaded()
         if len(requests) != len(contexts):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
-        return self.run(requests, contexts)
+        stage = self.stage_of(requests[0])
+        # 1. Work whose caller already left gets no device time.
+        live = [i for i, context in enumerate(contexts) if not context.cancelled()]
+        if not live:
+            raise errors.Cancelled(f"cancelled before {stage} started")
+        outputs = self.run([requests[i] for i in live], [contexts[i] for i in live])
+        if len(outputs) != len(live):
+            raise RuntimeError(f"{type(self).__name__}.run returned {len(outputs)} results "
+                               f"for {len(live)} requests")
+        # 2. One result per request, in order; a caller who left while the batch ran gets
+        #    Cancelled, not the result its batch-mates kept going.
+        results: list[Any] = [errors.Cancelled(f"cancelled before {stage} started")] * len(
+            requests)
+        for i, output in zip(live, outputs, strict=True):
+            cancelled = contexts[i].cancelled() and not isinstance(output, BaseException)
+            results[i] = errors.Cancelled(f"cancelled during {stage}") if cancelled else output
+        return results
 
     @abc.abstractmethod
     def run(self, requests: Sequence[Any], contexts: Sequence[StepContext]) -> list[Any]:
-        """See `__call__`. A model that sees every context cancelled raises
-        `errors.Cancelled` at its next step; a cancelled batch-mate gets its own."""
+        """See `__call__`: the requests whose callers were still waiting when the batch
+        started. Report steps through `Steps` (which stops the batch once every caller has
+        left); work before the first step checks `all_cancelled` between its parts."""
+
+    def stage_of(self, request: Any) -> str:
+        """The stage name of `request`'s progress events (one per model but FLUX's)."""
+        return self.STAGE
+
+    def steps(self, request: Any, total: int, contexts: Sequence[StepContext]) -> Steps:
+        """Progress and cancellation of a batch of `total` steps, like `request`."""
+        return Steps(self.stage_of(request), total, contexts)
+
+    @staticmethod
+    def all_cancelled(contexts: Sequence[StepContext]) -> bool:
+        return all(context.cancelled() for context in contexts)
+
+    @staticmethod
+    def seeds(requests: Sequence[Any]) -> list[int]:
+        """Each request's seed, or a fresh one the output reports: every picture can be
+        made again from its result."""
+        return [r.seed if r.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
+                for r in requests]
+
+    def clock(self) -> float:
+        """Seconds, once the device's queued work is done (launches return early): for
+        timing device work at warm-up, never on a served request's path."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _require_loaded(self) -> None:
         if not self.loaded:

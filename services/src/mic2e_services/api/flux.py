@@ -17,6 +17,9 @@ from mic2e_services.errors import FieldViolation
 from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
 
+#: Stage names of its progress events and timings (the servicer's and the orchestrator's).
+STAGE = "generation"
+INPAINT_STAGE = "inpainting"
 #: T5 tokens FLUX.1-schnell reads (the pipeline's max_sequence_length, </s> included);
 #: a longer prompt is cut, and the result says so.
 MAX_SEQUENCE_LENGTH = 256

@@ -17,6 +17,8 @@ from mic2e_services.errors import FieldViolation
 from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
 
+#: Stage name of its progress events and timings (the servicer's and the orchestrator's).
+STAGE = "object_clear"
 #: The reference script's working short side: larger images are scaled down to it.
 REFERENCE_SHORT_SIDE = 512
 #: Longest working side accepted: keeps extreme aspect ratios from exhausting the device.

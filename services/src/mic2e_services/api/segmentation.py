@@ -17,6 +17,9 @@ import PIL.Image
 from mic2e_services.errors import FieldViolation
 from mic2e_services.schema import Field, Request
 
+#: Stage name of its progress events and timings (the servicer's and the orchestrator's).
+STAGE = "segmentation"
+
 # SAM3 reads at most 32 text tokens; random tiny weights score ~0.25, so tests pass their
 # own threshold.
 TEXT = Field("text", str, required=True, max_chars=200)

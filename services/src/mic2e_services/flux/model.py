@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +33,9 @@ from PIL import Image
 
 from mic2e_services import errors
 from mic2e_services.api.flux import (
+    INPAINT_STAGE,
     MAX_SEQUENCE_LENGTH,
+    STAGE,
     STEPS,
     GenerateOutput,
     GenerateQuery,
@@ -55,16 +56,12 @@ __all__ = ["INPAINT_STAGE", "STAGE", "FluxGenerator", "GenerateOutput", "Generat
 
 log = logging.getLogger(__name__)
 
-#: Randomly drawn seeds stay below 2**32 so every client language can show them exactly.
-RANDOM_SEED_LIMIT = 2**32
 #: The warm-up request; estimates scale from its measured step time.
 _WARMUP_SIZE = 512
 _WARMUP_STEPS = 3
 #: Per-step seconds at the warm-up size assumed before `warmup` measured it.
 _DEFAULT_STEP_S = {"cpu": 0.5, "cuda": 0.08}
 
-STAGE = "generation"
-INPAINT_STAGE = "inpainting"
 #: A fill checkpoint's own defaults (FLUX.1-Fill-dev's model card: 50 steps, guidance 30).
 _FILL_STEPS, _FILL_GUIDANCE = 50, 30.0
 #: A guidance-distilled text-to-image checkpoint (FLUX.1-dev) used for inpainting.
@@ -147,10 +144,7 @@ class FluxGenerator(TorchModel):
         stamps: list[float] = []
 
         def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            # A host sync is acceptable here only: warm-up is not a served request.
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            stamps.append(time.perf_counter())
+            stamps.append(self.clock())
             return {}
 
         if self.fill:  # no text-to-image path: time an inpainting instead
@@ -166,11 +160,9 @@ class FluxGenerator(TorchModel):
         # imports), which would otherwise inflate the estimate many times over.
         run(lambda pipe, i, t, kwargs: {})
         stamps.clear()
-        start = time.perf_counter()
+        start = self.clock()
         run(on_step)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        total = time.perf_counter() - start
+        total = self.clock() - start
         # Later steps only: the first one carries one-off costs (kernel selection, caches).
         self._step_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
         self._fixed_s = max(0.0, total - self._step_s * _WARMUP_STEPS)
@@ -248,19 +240,16 @@ class FluxGenerator(TorchModel):
             work = self._fixed_s + self._step_s * request.steps
         return work * width * height / (_WARMUP_SIZE * _WARMUP_SIZE)
 
-    def run(self, requests: Sequence[GenerateQuery | InpaintQuery],
+    def stage_of(self, request: GenerateQuery | InpaintQuery) -> str:
+        return INPAINT_STAGE if isinstance(request, InpaintQuery) else STAGE
+
+    def run(self, batch: Sequence[GenerateQuery | InpaintQuery],
             contexts: Sequence[StepContext]) -> list[Any]:
         """A batch of one kind: Generate queries, or Inpaint queries (see `batch_key`)."""
-        inpaint = isinstance(requests[0], InpaintQuery)
-        stage, what = (INPAINT_STAGE, "inpainting") if inpaint else (STAGE, "generation")
+        inpaint = isinstance(batch[0], InpaintQuery)
 
-        # 1. Work whose caller already left gets no device time; draw the missing seeds
-        #    now, so every picture is reproducible from its output.
-        live = [i for i, context in enumerate(contexts) if not context.cancelled()]
-        if not live:
-            raise errors.Cancelled(f"cancelled before {what} started")
-        batch = [requests[i] for i in live]
-        seeds = [_seed_of(q) for q in batch]
+        # 1. The missing seeds, drawn now: every picture is reproducible from its output.
+        seeds = self.seeds(batch)
         if inpaint:
             steps, _ = self._inpaint_settings(batch[0])
             total = steps_run(steps, batch[0].strength)
@@ -268,7 +257,7 @@ class FluxGenerator(TorchModel):
             total = batch[0].steps
 
         # 2. Per-step progress and cancellation.
-        on_step, stopped = _stepper(stage, total, [contexts[i] for i in live])
+        steps_done = self.steps(batch[0], total, contexts)
 
         # 3. One pipeline call, one seeded generator per request (inpainting: at the
         #    working size, on the grown masks; the work before the first step stops too
@@ -277,43 +266,40 @@ class FluxGenerator(TorchModel):
             started = time.perf_counter()
 
             def check() -> None:
-                if all(contexts[i].cancelled() for i in live):
-                    raise errors.Cancelled(f"cancelled before {what} started")
+                if self.all_cancelled(contexts):
+                    raise errors.Cancelled("cancelled before inpainting started")
 
             masks = []
             for q in batch:
                 check()
                 masks.append(dilated_array(q.mask, q.mask_dilation, self.device))
             grown_s, resized = time.perf_counter() - started, {"prepare": 0.0}
-            pictures = self._inpaint(batch, seeds, on_step, masks, check, resized)
+            pictures = self._inpaint(batch, seeds, steps_done.callback, masks, check, resized)
             # Mask growth and resizing, not the pipeline call between them and the end.
             prepare_s = (grown_s + resized["prepare"]) / len(batch)
         else:
-            pictures = self._generate(batch, seeds, on_step)
+            pictures = self._generate(batch, seeds, steps_done.callback)
 
         # 4. Report what the model saw (T5 reads MAX_SEQUENCE_LENGTH tokens, no more);
         #    an inpainting back at its input's size, the input's own pixels outside the
-        #    feathered mask.
-        results: list[Any] = [errors.Cancelled(f"cancelled before {what} started")] * len(
-            requests)
-        for j, i in enumerate(live):
-            if stopped[j]:
-                results[i] = errors.Cancelled(f"cancelled during {what}")
-                continue
-            truncated, seen = self._t5_truncation(batch[j].prompt)
+        #    feathered mask. (A request stopped on the way gets Cancelled from the base.)
+        results: list[Any] = []
+        for j, query in enumerate(batch):
+            truncated, seen = self._t5_truncation(query.prompt)
             facts = {"seed": seeds[j], "steps": total, "prompt_truncated": truncated,
                      "truncated_prompt": seen if truncated else ""}
-            if inpaint:
-                query = batch[j]
+            if steps_done.stopped[j]:
+                results.append(errors.Cancelled(f"cancelled during {steps_done.stage}"))
+            elif inpaint:
                 started = time.perf_counter()
                 alpha, box = feathered(masks[j], query.feather)
                 edit = composite(query.image, pictures[j], alpha, box)
-                results[i] = InpaintOutput(
+                results.append(InpaintOutput(
                     edit=edit, mask=masks[j], timings={
                         "prepare": prepare_s, "composite": time.perf_counter() - started},
-                    **facts)
+                    **facts))
             else:
-                results[i] = GenerateOutput(image=pictures[j], **facts)
+                results.append(GenerateOutput(image=pictures[j], **facts))
         return results
 
     def _inpaint_settings(self, query: InpaintQuery) -> tuple[int, float | None]:
@@ -411,33 +397,6 @@ class FluxGenerator(TorchModel):
         # Truncation keeps MAX_SEQUENCE_LENGTH - 1 pieces and then appends </s>.
         kept = ids[: MAX_SEQUENCE_LENGTH - 1]
         return True, tokenizer.decode(kept, skip_special_tokens=True)
-
-
-def _stepper(stage: str, total: int, contexts: Sequence[StepContext]
-             ) -> tuple[Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]], list[bool]]:
-    """The pipeline's step callback for a batch, and which of its requests stopped: each
-    request reports its progress until cancelled; the batch stops at the end of a step
-    only when every request is cancelled."""
-    stopped = [False] * len(contexts)
-
-    def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        for j, context in enumerate(contexts):
-            if stopped[j]:
-                continue
-            context.progress(stage, i + 1, total)
-            stopped[j] = context.cancelled()
-        if all(stopped):
-            # The flag alone would skip the remaining steps but still decode; raising
-            # also skips the VAE.
-            pipe._interrupt = True
-            raise errors.Cancelled(f"cancelled after step {i + 1} of {total}")
-        return {}
-
-    return on_step, stopped
-
-
-def _seed_of(request: GenerateQuery | InpaintQuery) -> int:
-    return request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
 
 
 def _working_mask(mask: np.ndarray, width: int, height: int, device: torch.device

@@ -8,7 +8,8 @@ from typing import Any
 import grpc
 from mic2e.v1 import flux_pb2, flux_pb2_grpc
 
-from mic2e_services.flux import convert as fx
+from mic2e_services.api.flux import INPAINT_STAGE, STAGE
+from mic2e_services.flux import convert as msgs
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.calls import stream_job
 from mic2e_services.runtime.images import ImageStore
@@ -35,10 +36,10 @@ class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
                        ) -> AsyncIterator[flux_pb2.GenerateResponse]:
         fmt = convert.image_format(request.output_format, "output_format")
         async for message in stream_job(
-                self.worker, fx.generate_query(request, self.defaults), context,
-                server="flux", stage="generation",
+                self.worker, msgs.generate_query(request, self.defaults), context,
+                server="flux", stage=STAGE,
                 progress=lambda p: flux_pb2.GenerateResponse(progress=p),
-                result=lambda out, provenance: fx.result(out, fmt, provenance)):
+                result=lambda out, provenance: msgs.result(out, fmt, provenance)):
             yield message
 
     @stream_rpc
@@ -48,11 +49,11 @@ class FluxServicer(flux_pb2_grpc.FluxServiceServicer):
         fmt = convert.image_format(request.options.output_format, "options.output_format")
         convert.check_mask_count(request.masks)  # before the image is decoded
         image = await convert.image_from_proto(self.images, request.image)
-        query = fx.inpaint_query(request, image, max_pixels=self.images.max_pixels)
+        query = msgs.inpaint_query(request, image, max_pixels=self.images.max_pixels)
         async for message in stream_job(
-                self.worker, query, context, server="flux", stage="inpainting",
+                self.worker, query, context, server="flux", stage=INPAINT_STAGE,
                 progress=lambda p: flux_pb2.InpaintResponse(progress=p),
-                result=lambda out, provenance: fx.inpaint_result(
+                result=lambda out, provenance: msgs.inpaint_result(
                     out, fmt, provenance, request=request, image=image),
                 keep=lambda: self.images.keep(image)):
             yield message

@@ -7,7 +7,6 @@ fields' defaults and ranges are declared once in `api/object_clear.py`; cancella
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from mic2e_services import errors
 from mic2e_services.api.object_clear import (
     REFERENCE_SHORT_SIDE,
     SHORT_SIDE,
+    STAGE,
     Box,
     ClearOutput,
     ClearQuery,
@@ -37,8 +37,6 @@ from mic2e_services.runtime.model_api import QuietContext, StepContext
 
 __all__ = ["STAGE", "ClearOutput", "ClearQuery", "ObjectClearModel"]
 
-#: Stage name of the progress events.
-STAGE = "object_clear"
 #: Largest batch of compatible removals on a GPU with at least BATCH_MIN_MEMORY bytes
 #: (MIC2E_MAX_BATCH_SIZE wins): 8 removals are 16 UNet rows with guidance, several GB of
 #: activations at 512 px on top of the ~7.5 GB model.
@@ -109,9 +107,9 @@ class ObjectClearModel(TorchModel):
         mask[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
 
         def run(steps: int) -> float:
-            start = time.perf_counter()
+            start = self.clock()
             self._run_checked([ClearQuery(image, mask, steps=steps, short_side=side, seed=0)])
-            return time.perf_counter() - start  # returns on the host: includes the sync
+            return self.clock() - start
 
         # Untimed first: one-off costs. Compiled with CUDA graphs, a shape's graph is
         # run once to warm, recorded on its next call and only replayed after that, so
@@ -172,12 +170,8 @@ class ObjectClearModel(TorchModel):
         first = queries[0]
         reference = first.strategy == "reference"
 
-        def stop_if_cancelled(what: str) -> None:
-            if all(context.cancelled() for context in contexts):
-                raise errors.Cancelled(f"cancelled {what}")
-
         # 1. Seeds: the caller's, or a fresh one that the output reports
-        seeds = [q.seed if q.seed is not None else secrets.randbelow(2**32) for q in queries]
+        seeds = self.seeds(queries)
         # CPU generators: the numbers for a seed are the same on every device and dtype.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
@@ -188,7 +182,8 @@ class ObjectClearModel(TorchModel):
         started = time.perf_counter()
         masks, frames, images, model_masks = [], [], [], []
         for q in queries:
-            stop_if_cancelled("before object removal")
+            if self.all_cancelled(contexts):
+                raise errors.Cancelled("cancelled before object removal")
             mask = dilated_array(q.mask, q.mask_dilation, self.device)
             frame = q.frame()
             image, model_mask = q.image, mask
@@ -200,34 +195,25 @@ class ObjectClearModel(TorchModel):
             images.append(image)
             model_masks.append(model_mask)
         prepare_s = time.perf_counter() - started
+        if self.all_cancelled(contexts):
+            raise errors.Cancelled("cancelled before object removal")
 
-        # 3. Denoise with progress and cancellation at every step
-        def on_step_end(pipe: ObjectClearPipeline, index: int, t: object, tensors: dict
-                        ) -> dict:
-            for context in contexts:
-                context.progress(STAGE, index + 1, first.steps)
-            if all(context.cancelled() for context in contexts):
-                pipe._interrupt = True
-            return tensors
-
-        stop_if_cancelled("before object removal")
-        # Images already at their working size (sides multiples of 16) stay as they are
-        # under a short side larger than both.
+        # 3. Denoise with progress and cancellation at every step. Images already at their
+        #    working size (sides multiples of 16) stay as they are under a short side
+        #    larger than both.
         short_side = first.short_side if reference else max(first.working_size()) + 1
         output = self.pipeline(
             images, model_masks, [prompt_for(q.label) for q in queries],
             short_side=short_side, num_inference_steps=first.steps,
             guidance_scale=float(first.guidance_scale), fusion=first.fusion,
-            generator=generators, callback_on_step_end=on_step_end, resize_back=reference)
+            generator=generators, callback_on_step_end=self.steps(first, first.steps,
+                                                                  contexts).callback,
+            resize_back=reference)
 
         # 4. One result each at the input's own size: the reference's resized picture, or
         #    the repainted region over the input's own pixels
-        results: list[ClearOutput | BaseException] = []
-        for k, (q, context, mask, seed) in enumerate(
-                zip(queries, contexts, masks, seeds, strict=True)):
-            if context.cancelled():  # cancelled while batch-mates kept the run going
-                results.append(errors.Cancelled("cancelled during object removal"))
-                continue
+        results: list[ClearOutput] = []
+        for k, (q, mask, seed) in enumerate(zip(queries, masks, seeds, strict=True)):
             started = time.perf_counter()
             if reference:
                 edit = Edit.whole(q.image, output.images[k])

@@ -8,7 +8,8 @@ from typing import Any
 import grpc
 from mic2e.v1 import object_clear_pb2, object_clear_pb2_grpc
 
-from mic2e_services.object_clear import convert as oc
+from mic2e_services.api.object_clear import STAGE
+from mic2e_services.object_clear import convert as msgs
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.calls import stream_job
 from mic2e_services.runtime.images import ImageStore
@@ -35,12 +36,12 @@ class ObjectClearServicer(object_clear_pb2_grpc.ObjectClearServiceServicer):
         fmt = convert.image_format(request.options.output_format, "options.output_format")
         convert.check_mask_count(request.masks)  # before the image is decoded
         image = await convert.image_from_proto(self.images, request.image)
-        query = oc.clear_query(request, image, max_pixels=self.images.max_pixels,
+        query = msgs.clear_query(request, image, max_pixels=self.images.max_pixels,
                                defaults=self.defaults)
         async for message in stream_job(
-                self.worker, query, context, server="object-clear", stage="object_clear",
+                self.worker, query, context, server="object-clear", stage=STAGE,
                 progress=lambda p: object_clear_pb2.ClearResponse(progress=p),
-                result=lambda out, provenance: oc.result(out, fmt, provenance,
+                result=lambda out, provenance: msgs.result(out, fmt, provenance,
                                                          request=request, image=image),
                 keep=lambda: self.images.keep(image)):
             yield message

@@ -28,8 +28,11 @@ from mic2e.v1 import (
     segmentation_pb2_grpc,
 )
 
+from mic2e_services.api import flux as fx
+from mic2e_services.api import object_clear as oc
+from mic2e_services.api import segmentation as seg
 from mic2e_services.errors import DownstreamError, InvalidArgument, NotFound
-from mic2e_services.orchestrator import convert as oc
+from mic2e_services.orchestrator import convert as msgs
 from mic2e_services.orchestrator.downstream import Downstream
 from mic2e_services.runtime import convert
 from mic2e_services.runtime.images import LRU, check_reference
@@ -105,7 +108,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
             return method(forwarded, timeout=context.time_remaining(),
                           metadata=self.segmentation.metadata)
 
-        response = await self.segmentation.unary("segmentation", data, call, sha=sha)
+        response = await self.segmentation.unary(seg.STAGE, data, call, sha=sha)
         self._keep(sha, data)
         return response
 
@@ -126,7 +129,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                        context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[flux_pb2.GenerateResponse]:
         async for msg in self.flux.stream(
-                "generation", None,
+                fx.STAGE, None,
                 lambda _: self._flux.Generate(request, timeout=context.time_remaining(),
                                               metadata=self.flux.metadata)):
             yield msg
@@ -145,7 +148,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                                          metadata=self.inpaint.metadata)
 
         kept = False
-        async for msg in self.inpaint.stream("inpainting", data, call, sha=sha):
+        async for msg in self.inpaint.stream(fx.INPAINT_STAGE, data, call, sha=sha):
             if not kept:  # the server accepted the work: its image may be referred to
                 self._keep(sha, data)
                 kept = True
@@ -161,28 +164,28 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         """Segment a text or prompt target: Progress, the SegmentationResult (as soon as
         it is known), Progress; what it found goes into `done`. NOT_FOUND when a text
         target finds nothing."""
-        yield common_pb2.Progress(stage="segmentation", step=0, total_steps=1,
+        yield common_pb2.Progress(stage=seg.STAGE, step=0, total_steps=1,
                                   elapsed=convert.duration(time.monotonic() - t0))
         t_seg = time.monotonic()
         if request.WhichOneof("target") == "text":
-            seg = await self.segmentation.unary(
-                "segmentation", data, lambda img: self._seg.SegmentByText(
-                    oc.text_request(request, img), timeout=context.time_remaining(),
+            found = await self.segmentation.unary(
+                seg.STAGE, data, lambda img: self._seg.SegmentByText(
+                    msgs.text_request(request, img), timeout=context.time_remaining(),
                     metadata=self.segmentation.metadata), rename, sha=sha)
-            done.instances = list(seg.instances)
+            done.instances = list(found.instances)
         else:
-            seg = await self.segmentation.unary(
-                "segmentation", data, lambda img: self._seg.SegmentByPrompt(
-                    oc.prompt_request(request, img), timeout=context.time_remaining(),
+            found = await self.segmentation.unary(
+                seg.STAGE, data, lambda img: self._seg.SegmentByPrompt(
+                    msgs.prompt_request(request, img), timeout=context.time_remaining(),
                     metadata=self.segmentation.metadata), rename, sha=sha)
-            done.instances = [seg.best]
+            done.instances = [found.best]
         self._keep(sha, data)
-        done.timings.append(("segmentation", time.monotonic() - t_seg))
-        done.stages.append(seg.provenance)
-        yield common_pb2.Progress(stage="segmentation", step=1, total_steps=1,
+        done.timings.append((seg.STAGE, time.monotonic() - t_seg))
+        done.stages.append(found.provenance)
+        yield common_pb2.Progress(stage=seg.STAGE, step=1, total_steps=1,
                                   elapsed=convert.duration(time.monotonic() - t0))
         yield orchestrator_pb2.SegmentationResult(instances=done.instances,
-                                                  provenance=seg.provenance)
+                                                  provenance=found.provenance)
         if not done.instances:
             raise NotFound(f"no instance of {request.text.text!r} found",
                            reason="NO_INSTANCES", metadata={"text": request.text.text})
@@ -214,11 +217,11 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                             context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[orchestrator_pb2.RemoveObjectsResponse]:
         async for event in self._masked_edit(
-                request, context, oc.check, orchestrator_pb2.RemoveObjectsResponse,
+                request, context, msgs.check, orchestrator_pb2.RemoveObjectsResponse,
                 orchestrator_pb2.RemoveObjectsResult, request.clear_options,
-                self.object_clear, "object_clear",
+                self.object_clear, oc.STAGE,
                 lambda img, masks: self._clear.Clear(
-                    oc.clear_request(request, img, masks),
+                    msgs.clear_request(request, img, masks),
                     timeout=context.time_remaining(), metadata=self.object_clear.metadata)):
             yield event
 
@@ -227,11 +230,11 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
                              context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[orchestrator_pb2.ReplaceObjectsResponse]:
         async for event in self._masked_edit(
-                request, context, oc.check_replace, orchestrator_pb2.ReplaceObjectsResponse,
+                request, context, msgs.check_replace, orchestrator_pb2.ReplaceObjectsResponse,
                 orchestrator_pb2.ReplaceObjectsResult, request.inpaint_options,
-                self.inpaint, "inpainting",
+                self.inpaint, fx.INPAINT_STAGE,
                 lambda img, masks: self._inpaint.Inpaint(
-                    oc.inpaint_request(request, img, masks),
+                    msgs.inpaint_request(request, img, masks),
                     timeout=context.time_remaining(), metadata=self.inpaint.metadata),
                 replace=True, extra=lambda r: {"prompt_truncated": r.prompt_truncated,
                                                "truncated_prompt": r.truncated_prompt}):
@@ -249,7 +252,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         one result (`Result`, with `extra` fields taken from the model server's)."""
         t0 = time.monotonic()
         target = request.WhichOneof("target") or ""
-        rename = oc.caller_field(target, replace=replace)
+        rename = msgs.caller_field(target, replace=replace)
 
         # 1. Check the request and take the image (bytes or a reference we hold).
         check(request)
@@ -260,12 +263,12 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         if target == "masks":
             masks = list(request.masks.masks)
         elif target == "box":
-            masks = [oc.box_mask(request.box, data)]
+            masks = [msgs.box_mask(request.box, data)]
         else:
             async for event in self._segmentation_stage(request, data, sha, context, rename,
                                                         t0, done):
                 yield _event(Event, event)
-            masks = oc.found_masks(done.instances)
+            masks = msgs.found_masks(done.instances)
 
         # 3. The edit: pass the per-step progress through, keep the result.
         async for progress in self._model_stage(server, stage, data, sha,
@@ -287,7 +290,7 @@ class EditServicer(orchestrator_pb2_grpc.EditServiceServicer):
         it took to build a whole picture is reported as the stage "whole_picture"."""
         started = time.monotonic()
         fields = await asyncio.to_thread(
-            oc.edit_fields, result, data, patch=options.output_patch,
+            msgs.edit_fields, result, data, patch=options.output_patch,
             fmt=options.output_format, max_pixels=self.max_image_pixels)
         if not options.output_patch:
             done.timings.insert(-1, ("whole_picture", time.monotonic() - started))

@@ -91,14 +91,12 @@ class ServerMetrics:
         self.queue_depth.labels(s).set_function(lambda: worker.stats().queued)
         self.queued_seconds.labels(s).set_function(lambda: worker.stats().queued_seconds)
         worker.add_callback(_WorkerMetrics(self))
-        features = getattr(worker.model, "cache_bytes", None)
-        if features is not None:
-            self.watch_cache("features", features)
-        probe = getattr(worker.model, "memory_stats", None)
-        if probe is not None:
-            for kind in ("allocated", "reserved", "peak"):
-                self.device_memory.labels(s, kind).set_function(
-                    lambda kind=kind: probe().get(kind, 0))
+        model = worker.model
+        if model.cache_bytes() is not None:
+            self.watch_cache("features", lambda: model.cache_bytes() or 0)
+        for kind in ("allocated", "reserved", "peak"):
+            self.device_memory.labels(s, kind).set_function(
+                lambda kind=kind: model.memory_stats().get(kind, 0))
 
     def watch_images(self, store: ImageStore) -> None:
         """Expose the image store's own tallies (it counts; metrics only read them)."""

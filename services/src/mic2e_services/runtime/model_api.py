@@ -52,11 +52,19 @@ class QuietContext:
 
 @runtime_checkable
 class Model(Protocol):
-    """A resident model. The worker calls `load`, then `warmup`, then `__call__` repeatedly;
-    torch models share `model_base.TorchModel`, which implements all of this."""
+    """A resident model: everything the runtime (worker, metrics, provenance) reads of it.
+    The worker calls `load`, then `warmup`, then `__call__` repeatedly; torch models share
+    `model_base.TorchModel`, which implements all of this."""
 
-    #: Largest batch `__call__` accepts (1 disables batching).
+    #: Largest batch `__call__` accepts (1 disables batching); the model's one setting,
+    #: which the worker batches up to.
     max_batch_size: int
+    #: What results report (`Provenance`): the public model name, the checkpoint's
+    #: revision, the dtype and the device it runs on.
+    model_id: str
+    revision: str
+    dtype_name: str
+    device_name: str
 
     def load(self) -> None:
         """Load weights onto the device. Slow; runs before the server reports SERVING."""
@@ -84,6 +92,15 @@ class Model(Protocol):
         `errors.ResourceExhausted`, a dead device -> `errors.DeviceLost`), else None."""
         ...
 
+    def memory_stats(self) -> dict[str, float]:
+        """Device allocator figures ("allocated", "reserved", "peak" bytes), for metrics."""
+        ...
+
+    def cache_bytes(self) -> int | None:
+        """Device bytes of the model's own cache (SAM3's image features); None: it has
+        none, and no metric is exported for it."""
+        ...
+
     def __call__(
         self, requests: Sequence[Any], contexts: Sequence[StepContext]
     ) -> list[Any]:
@@ -91,7 +108,9 @@ class Model(Protocol):
         `max_batch_size`); return one result per request, in order.
 
         A result may be an exception instance (e.g. `errors.Cancelled`) to fail only that
-        request. Raising fails the whole batch. A model that sees every context cancelled
-        raises `errors.Cancelled` at its next step.
+        request. Raising fails the whole batch. A request whose context is cancelled before
+        the batch starts gets no device time; one cancelled while it runs gets
+        `errors.Cancelled`; once every context is cancelled the model raises
+        `errors.Cancelled` at its next step.
         """
         ...

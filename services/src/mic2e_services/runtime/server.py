@@ -324,7 +324,6 @@ def build_model_server(settings: ModelServerSettings, model: Model, *, name: str
     store = ImageStore(settings.image_cache_mb * 2**20, settings.max_image_pixels,
                        decode_at_least)
     worker = ModelWorker(model, max_queue=settings.max_queue,
-                         max_batch_size=settings.max_batch_size,
                          max_wait_s=settings.max_wait_ms / 1000, name=name)
     servicer = make_servicer(worker, store)
     server, port = build_server(settings, register=lambda s: add_servicer(servicer, s),

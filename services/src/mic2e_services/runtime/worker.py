@@ -169,13 +169,14 @@ class ModelWorker:
     """Runs one `Model` on one thread; see the module docstring."""
 
     def __init__(self, model: Model, *, max_queue: int = MAX_QUEUE,
-                 max_batch_size: int | None = None, max_wait_s: float = MAX_WAIT_MS / 1000,
+                 max_wait_s: float = MAX_WAIT_MS / 1000,
                  name: str = "model",
                  callbacks: Sequence[WorkerCallback] = ()) -> None:
         self.model = model
         self.name = name
         self.max_queue = max_queue
-        self.max_batch_size = max(1, max_batch_size or getattr(model, "max_batch_size", 1))
+        #: The model's own (`Model.max_batch_size`: one owner of the setting).
+        self.max_batch_size = max(1, model.max_batch_size)
         self.max_wait_s = max_wait_s
         self.callbacks = list(callbacks)
         self.fatal_error: BaseException | None = None
@@ -408,8 +409,7 @@ class ModelWorker:
                     raise RuntimeError(
                         f"model returned {len(results)} results for {len(batch)} requests")
             except Exception as exc:  # the whole batch fails; each caller gets the error
-                translate = getattr(self.model, "translate_error", None)
-                translated = translate(exc) if translate is not None else None
+                translated = self.model.translate_error(exc)
                 if translated is not None:
                     exc = translated
                 elif not isinstance(exc, Mic2eError):

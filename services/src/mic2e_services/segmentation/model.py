@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from mic2e_services import errors
 from mic2e_services.api.segmentation import (
     FEATURE_CACHE_MB,
+    STAGE,
     PromptQuery,
     PromptResult,
     Query,
@@ -54,8 +54,6 @@ __all__ = ["PromptQuery", "PromptResult", "Sam3Segmenter", "Segment", "TextQuery
 # images (200 queries x 12 Mpx x 4 bytes); masks are upsampled in chunks of this many
 # pixels in total.
 _UPSAMPLE_BUDGET_PIXELS = 64 * 1024 * 1024
-
-_STAGE = "segmentation"
 
 
 # --------------------------------------------------------------------------------------
@@ -98,7 +96,7 @@ class Sam3Segmenter(TorchModel):
     ``tracker`` (``Sam3TrackerModel``), ``detector_processor`` and ``tracker_processor``.
     """
 
-    STAGE: ClassVar[str] = _STAGE
+    STAGE: ClassVar[str] = STAGE
     # The transformers layout; the original-format sam3.pt beside it is never read.
     HUB_FILES = ("*.json", "*.txt", "model.safetensors")
     OFFLOAD_REFUSED = ("SAM3 is 1.7 GB in fp16 and fits a 4 GB card resident; moving it on "
@@ -195,12 +193,12 @@ class Sam3Segmenter(TorchModel):
         # The first round pays one-off costs (allocator, kernel selection); the second is timed.
         for _ in range(2):
             self._drop_cached(key)
-            t0 = self._now()
+            t0 = self.clock()
             results = self([text], ctx)
-            t1 = self._now()
+            t1 = self.clock()
             encode_s = self._last_encode_s
             results += self([point], ctx)
-            t2 = self._now()
+            t2 = self.clock()
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
@@ -246,27 +244,21 @@ class Sam3Segmenter(TorchModel):
 
     def run(self, requests: Sequence[Query], contexts: Sequence[Any]) -> list[Any]:
         """A ready batch: text queries, or prompt queries of one tensor shape."""
-        results: list[Any] = [None] * len(requests)
-
-        # 1. Skip cancelled requests before any device work is spent on them.
-        live = self._skip_cancelled(list(range(len(requests))), contexts, results)
-        queries = [requests[i] for i in live]
+        queries = list(requests)
         text = isinstance(queries[0], TextQuery)
         with torch.inference_mode():
-            # 2. Vision features, once per image for both paths; the cache has the rest.
+            # 1. Vision features, once per image for both paths; the cache has the rest.
             features = self._features(queries if text else [], [] if text else queries)
 
-            # 3. Decode: the detector for text, the tracker for clicks.
+            # 2. Decode: the detector for text, the tracker for clicks.
             if text:
                 outs = self._decode_text(queries, features)
             else:
                 outs = self._decode_prompts(queries, self._prompt_shape(queries[0]), features)
 
-        # 4. One result per request, in order, each with its (only) progress step.
-        for i, out in zip(live, outs, strict=True):
-            results[i] = out
-            contexts[i].progress(_STAGE, 1, 1)
-        return results
+        # 3. One result per request, in order, each with its (only) progress step.
+        self.steps(queries[0], 1, contexts)(0)
+        return outs
 
     # ------------------------------------------------------------------ cache
 
@@ -340,9 +332,9 @@ class Sam3Segmenter(TorchModel):
             # The worker's batch is at most max_batch_size: one backbone and neck run each.
             to_encode = [key for key in missing if slot not in entries[key].backbone]
             if to_encode:
-                t0 = self._now()
+                t0 = self.clock()
                 hidden = self._run_backbone(path, [images[key] for key in to_encode])
-                encode_s += self._now() - t0
+                encode_s += self.clock() - t0
                 for row, key in enumerate(to_encode):
                     entries[key].backbone[slot] = hidden[row : row + 1].clone()
             hidden = torch.cat([entries[key].backbone[slot] for key in missing])
@@ -507,27 +499,6 @@ class Sam3Segmenter(TorchModel):
         return results
 
     # ------------------------------------------------------------------ helpers
-
-    @staticmethod
-    def _skip_cancelled(
-        indices: list[int], contexts: Sequence[Any], results: list[Any]
-    ) -> list[int]:
-        """`indices` whose callers still wait; the others get `errors.Cancelled` as result."""
-        kept = []
-        for i in indices:
-            if contexts[i].cancelled():
-                results[i] = errors.Cancelled("cancelled before it ran")
-            else:
-                kept.append(i)
-        if contexts and all(ctx.cancelled() for ctx in contexts):
-            raise errors.Cancelled("every request of the batch was cancelled")
-        return kept
-
-    def _now(self) -> float:
-        # Device time, not launch time: wait for queued kernels before reading the clock.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
