@@ -2,12 +2,12 @@
 target dtype (no download, no CPU copy, no fp32 detour).
 
 Random weights run exactly as fast as real ones (docs/performance.md), so these give the real
-models' speeds. ObjectClear is built from its published configs (`mic2e_services.published`,
+models' speeds. ObjectClear is built from its published configs (`mic2e_dev.published`,
 as make-tiny builds the tiny one); for the others, ``Sam3Config()`` and
 ``FluxTransformer2DModel()`` defaults ARE the full models, and CLIP-L, the FLUX VAE and
 T5-XXL are spelled out below (the facts of docs/models.md).
 
-Tokenizers are the offline tiny ones (`mic2e_services.tiny_tokenizers`): what costs time is
+Tokenizers are the offline tiny ones (`mic2e_dev.tiny_tokenizers`): what costs time is
 the token COUNT, and the pipelines pad to the real lengths (SAM3 32, CLIP 77, T5 256);
 the text encoders keep their real vocabulary sizes, with the tiny tokenizers' special
 token ids.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mic2e_services import tiny_tokenizers
+from mic2e_dev import tiny_tokenizers
 
 #: Real vocabulary sizes (the tiny tokenizers' ids all fall inside them).
 CLIP_VOCAB = 49408
@@ -115,11 +115,11 @@ def sam3_parameters(parts: dict[str, Any]) -> dict[str, int]:
 # -- ObjectClear -------------------------------------------------------------------------------
 def objectclear(device: str | torch.device, dtype: torch.dtype, workdir: Path) -> dict[str, Any]:
     """The components of `ObjectClearPipeline` at full size (its constructor's arguments),
-    built from the published configs (`mic2e_services.published`) as make-tiny builds the
+    built from the published configs (`mic2e_dev.published`) as make-tiny builds the
     tiny ones; the image prompt encoder is the vision tower the pipeline loads."""
     from diffusers import EulerDiscreteScheduler
+    from mic2e_dev.published import published
     from mic2e_services.object_clear import tiny
-    from mic2e_services.published import published
     from transformers import CLIPTokenizer, CLIPVisionModelWithProjection
 
     tokenizers, root = {}, Path(workdir) / "objectclear"

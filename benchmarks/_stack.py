@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mic2e_dev.tiny import TINY_FOLDERS
 from mic2e_services.stack import MODEL_SERVERS, ORCHESTRATOR
-from mic2e_services.tiny import TINY_FOLDERS
 
 from benchmarks._common import quiet_env
 

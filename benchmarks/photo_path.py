@@ -270,7 +270,7 @@ def local_stack(args: argparse.Namespace) -> Iterator[Stack]:
         raise SystemExit(f"unknown op(s) {sorted(unknown)}; choose from {tuple(OP_SERVERS)}")
     needed = [m for m in MODEL_SERVERS if m in {OP_SERVERS[o] for o in ops}]
     with tiny_checkpoints(args.tiny_dir, needed) as root, contextlib.ExitStack() as es:
-        from mic2e_services.tiny import TINY_FOLDERS
+        from mic2e_dev.tiny import TINY_FOLDERS
 
         es.callback(shutil.rmtree, work, ignore_errors=True)
         ports = {name: free_port() for name in (*MODEL_SERVERS, ORCHESTRATOR)}

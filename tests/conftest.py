@@ -46,24 +46,24 @@ def _tiny(root: Path, folder: str, writer_module: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sam3(tiny_root: Path) -> Path:
-    return _tiny(tiny_root, "sam3", "mic2e_services.segmentation.tiny")
+    return _tiny(tiny_root, "sam3", "mic2e_dev.sam3")
 
 
 @pytest.fixture(scope="session")
 def tiny_objectclear(tiny_root: Path) -> Path:
-    return _tiny(tiny_root, "objectclear", "mic2e_services.object_clear.tiny")
+    return _tiny(tiny_root, "objectclear", "mic2e_dev.objectclear")
 
 
 @pytest.fixture(scope="session")
 def tiny_flux(tiny_root: Path) -> Path:
-    return _tiny(tiny_root, "flux", "mic2e_services.flux.tiny")
+    return _tiny(tiny_root, "flux", "mic2e_dev.flux")
 
 
 @pytest.fixture(scope="session")
 def tiny_flux_fill(tiny_root: Path) -> Path:
     path = tiny_root / "flux-fill"
     if not path.exists():
-        from mic2e_services.flux.tiny import write_tiny_fill
+        from mic2e_dev.flux import write_tiny_fill
 
         write_tiny_fill(path, seed=0)
     return path

@@ -226,6 +226,9 @@ def test_tiny_overlay_runs_tiny_checkpoints_on_cpu(out):
         pod = objs[("Deployment", model)]["spec"]["template"]["spec"]
         (init,) = pod["initContainers"]
         assert init["args"] == ["make-tiny", "/models/tiny"]
+        # The servers' image lacks the tiny tooling; the init step's has it.
+        assert init["image"] == "mic2e/models-tiny:dev"
+        assert server_container(objs[("Deployment", model)])["image"] == "mic2e/models:dev"
         variables = env(server_container(objs[("Deployment", model)]))
         assert variables["MIC2E_DEVICE"] == "cpu"
         assert variables["MIC2E_MODEL"].startswith("/models/tiny/")

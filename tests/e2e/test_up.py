@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from mic2e_services.tiny import TINY_FOLDERS
+from mic2e_dev.tiny import TINY_FOLDERS
 
 
 def free_block(count: int = 4) -> int:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mic2e_services import checkpoints, cli, stack, tiny
+from mic2e_dev import tiny
+from mic2e_services import checkpoints, cli, stack
 from mic2e_services.errors import DeadlineExceeded, ResourceExhausted
 from mic2e_services.runtime.server import build_server, serve
 from mic2e_services.runtime.settings import ServerSettings
@@ -178,8 +180,18 @@ def test_up_print_settings_shows_the_four_servers_it_would_start(tiny_root, caps
 # -- tiny checkpoints: written once --------------------------------------------------------
 
 
+def test_without_the_dev_package_tiny_checkpoints_are_one_line_and_exit_2(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mic2e_dev", None)  # as in a server's install
+    assert cli.main(["make-tiny", str(tmp_path)]) == 2
+    assert cli.main(["up", "--tiny-dir", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("mic2e-dev package" in line for line in lines), lines
+    assert "Traceback" not in "".join(lines) and list(tmp_path.iterdir()) == []
+
+
 def test_make_tiny_writes_only_what_is_not_up_to_date(tmp_path, monkeypatch):
-    import mic2e_services.segmentation.tiny as sam3_tiny
+    import mic2e_dev.sam3 as sam3_tiny
 
     written = []
 

@@ -104,7 +104,7 @@ def test_make_tiny_templates_are_the_published_configs(checkpoint):
     from importlib import resources
 
     name, _ = checkpoint
-    package = Path(str(resources.files("mic2e_services.published") / name))
+    package = Path(str(resources.files("mic2e_dev.published") / name))
     ours = {p.relative_to(package).as_posix(): p.read_bytes()
             for p in package.rglob("*.json")}
     assert ours, name
@@ -130,7 +130,7 @@ def test_a_dropped_or_renamed_key_is_caught(tiny_objectclear, tmp_path):
 
 
 def test_shrink_replaces_sizes_and_adds_nothing():
-    from mic2e_services.published import Whole, shrink
+    from mic2e_dev.published import Whole, shrink
 
     config = {"hidden_size": 768, "vision": {"layers": 24, "act": "gelu"}, "ids": {"49406": 1}}
     assert shrink(config, {"vision": {"layers": 2}, "ids": Whole({"1175": 1})}) == {

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import numpy as np  # noqa: E402
+from mic2e_dev.flux import write_tiny  # noqa: E402
 from mic2e_services import errors  # noqa: E402
 from mic2e_services.flux.model import (  # noqa: E402
     MAX_SEQUENCE_LENGTH,
@@ -26,7 +27,6 @@ from mic2e_services.flux.model import (  # noqa: E402
     GenerateOutput,
     GenerateQuery,
 )
-from mic2e_services.flux.tiny import write_tiny  # noqa: E402
 from mic2e_services.runtime.model_api import Model  # noqa: E402
 
 from tests.fakes import Recorder  # noqa: E402

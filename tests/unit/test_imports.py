@@ -66,3 +66,25 @@ def test_the_check_sees_a_wrong_import(tmp_path):
     bad.write_text("def f():\n    from mic2e_services.object_clear.masks import x\n")
     assert sub_packages(imported(bad)) & forbidden("flux") == {"object_clear"}
     assert len(modules()) > 30
+
+
+def test_the_servers_hold_no_tiny_tooling():
+    """Tiny checkpoints are development tooling (dev/, the mic2e-dev package): no file of
+    the servers' package is one, and only `stack.tiny_tooling` imports it, inside the
+    function (`up --tiny-dir`, `make-tiny`: a clear error where it is not installed)."""
+    files = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    assert files and not [f for f in files if "tiny" in f or f.startswith("published/")]
+    importers = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                 if any(n.split(".")[0] == "mic2e_dev" for n in imported(p))}
+    assert importers == {"stack.py"}
+    top_level = {n for node in ast.parse((PACKAGE / "stack.py").read_text()).body
+                 if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for n in imported_names(node)}
+    assert not [n for n in top_level if n.startswith("mic2e_dev")]
+
+
+def imported_names(node: ast.Import | ast.ImportFrom) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    return {node.module or ""}

@@ -18,6 +18,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import numpy as np  # noqa: E402
+from mic2e_dev.objectclear import write_tiny  # noqa: E402
 from mic2e_services import errors, masks  # noqa: E402
 from mic2e_services.object_clear import fusion  # noqa: E402
 from mic2e_services.object_clear.model import (  # noqa: E402
@@ -32,7 +33,6 @@ from mic2e_services.object_clear.pipeline import (  # noqa: E402
     prompt_for,
     working_size,
 )
-from mic2e_services.object_clear.tiny import write_tiny  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.fakes import Recorder  # noqa: E402

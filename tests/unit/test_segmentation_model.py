@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
+from mic2e_dev.sam3 import write_tiny  # noqa: E402
 from mic2e_services import errors  # noqa: E402
 from mic2e_services.segmentation.model import (  # noqa: E402
     PromptQuery,
@@ -28,7 +29,6 @@ from mic2e_services.segmentation.model import (  # noqa: E402
     TextQuery,
     TextResult,
 )
-from mic2e_services.segmentation.tiny import write_tiny  # noqa: E402
 
 WIDTH, HEIGHT = 160, 120  # non-square on purpose: catches width/height swaps
 

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
-from mic2e_services.tiny_tokenizers import (  # noqa: E402
+from mic2e_dev.tiny_tokenizers import (  # noqa: E402
     CLIP_VOCAB_SIZE,
     T5_EXTRA_IDS,
     T5_VOCAB_SIZE,

@@ -122,13 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "make-tiny":
-        from mic2e_services.tiny import make_tiny
+        from mic2e_services.stack import TinyToolingMissing, tiny_tooling
 
         try:
-            written = make_tiny(args.directory, force=args.force, progress=True)
-        except OSError as exc:
+            written = tiny_tooling().make_tiny(args.directory, force=args.force, progress=True)
+        except (OSError, TinyToolingMissing) as exc:
             print(f"mic2e-server make-tiny: error: {exc}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(exc, TinyToolingMissing) else 1
         for name, path in written.items():
             print(f"{name}: {path}")
         return 0

@@ -32,7 +32,6 @@ from mic2e_services.orchestrator.server import (
     SEGMENTATION_SERVICE,
 )
 from mic2e_services.orchestrator.servicer import SERVICE_NAME as EDIT_SERVICE
-from mic2e_services.tiny import TINY_FOLDERS
 
 #: Model servers in start order, and their offset from the base (orchestrator) port.
 PORT_OFFSETS = {"segmentation": 1, "object-clear": 2, "flux": 3}
@@ -40,19 +39,39 @@ MODEL_SERVERS = tuple(PORT_OFFSETS)
 ORCHESTRATOR = "orchestrator"
 
 
+class TinyToolingMissing(RuntimeError):
+    """Tiny checkpoints were asked for where the mic2e-dev package is not installed."""
+
+
+def tiny_tooling() -> Any:
+    """`mic2e_dev.tiny`: development tooling, installed by the repository's set-up but not
+    with the servers (their wheel and image leave it out)."""
+    try:
+        from mic2e_dev import tiny
+    except ImportError:
+        raise TinyToolingMissing(
+            "tiny checkpoints come with the mic2e-dev package, which a server install leaves "
+            "out: run ./scripts/setup.sh in the repository (containers: the models-tiny "
+            "image), or give every server a checkpoint (--model-segmentation, "
+            "--model-object-clear, --model-flux)") from None
+    return tiny
+
+
 def tiny_models(tiny_dir: Path, names: Iterable[str] = MODEL_SERVERS, *, write: bool = True,
                 progress: bool = False) -> dict[str, str]:
     """The tiny checkpoint of each of `names` under `tiny_dir`, written if missing or
     stamped by other code (a folder without a stamp, e.g. a test's, is used as it is);
     `write` False: only the paths. `progress`: say what is written (on stderr)."""
-    from mic2e_services.tiny import fingerprint, make_tiny, needs_writing
-
-    folders = {name: Path(tiny_dir) / TINY_FOLDERS[name] for name in names}
-    stamp = fingerprint() if write else ""
+    names = list(names)
+    if not names:
+        return {}
+    tiny = tiny_tooling()
+    folders = {name: Path(tiny_dir) / tiny.TINY_FOLDERS[name] for name in names}
+    stamp = tiny.fingerprint() if write else ""
     stale = [name for name, folder in folders.items()
-             if write and needs_writing(folder, stamp)]
+             if write and tiny.needs_writing(folder, stamp)]
     if stale:
-        make_tiny(tiny_dir, names=stale, force=True, progress=progress)
+        tiny.make_tiny(tiny_dir, names=stale, force=True, progress=progress)
     return {name: str(folder) for name, folder in folders.items()}
 
 
@@ -299,10 +318,10 @@ def run_stack(args: argparse.Namespace) -> int:
     if args.print_settings:
         from mic2e_services.cli import SettingsError, command_settings
 
-        commands, _ = plan(args, tiny_models(args.tiny_dir, untold, write=False))
         try:
+            commands, _ = plan(args, tiny_models(args.tiny_dir, untold, write=False))
             settings = {n: command_settings(cmd) for n, cmd in commands.items()}
-        except SettingsError as exc:
+        except (SettingsError, TinyToolingMissing) as exc:
             print(f"mic2e-server up: error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(settings, indent=2))
@@ -324,6 +343,9 @@ def run_stack(args: argparse.Namespace) -> int:
         tiny = tiny_models(args.tiny_dir, untold, progress=True)
     except _Stopped:
         return 0
+    except TinyToolingMissing as exc:
+        print(f"mic2e-server up: error: {exc}", file=sys.stderr)
+        return 2
     commands, addresses = plan(args, tiny)
     print(f"starting {', '.join(MODEL_SERVERS)} and the orchestrator; each is reported as "
           "it becomes SERVING (loading the models can take a minute)", flush=True)

@@ -1,4 +1,5 @@
-"""`mic2e-server make-tiny DIR`: tiny random checkpoints with the real architectures.
+"""`mic2e-server make-tiny DIR`: tiny random checkpoints with the real architectures
+(development tooling: the mic2e-dev package, not installed with the servers).
 
 Each writer produces the real folder layout, deterministically from a fixed seed, small
 enough to build in seconds; the servers load them through the same `from_pretrained` code
@@ -30,8 +31,7 @@ EXTRA_TINY_FOLDERS = {"flux-fill": "flux-fill"}
 
 _PACKAGE = Path(__file__).resolve().parent
 #: Everything a tiny checkpoint's bytes follow from, beside the seed.
-_SOURCES = ("tiny_tokenizers.py", "segmentation/tiny.py", "object_clear/tiny.py",
-            "flux/tiny.py")
+_SOURCES = ("tiny_tokenizers.py", "sam3.py", "objectclear.py", "flux.py")
 _LIBRARIES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")
 
 
@@ -39,7 +39,8 @@ def fingerprint(seed: int = 0) -> str:
     """What the stamp of a folder written now holds; read from files, nothing imported."""
     digest = hashlib.sha256(f"seed={seed}\n".encode())
     files = [_PACKAGE / name for name in _SOURCES]
-    files += sorted(p for p in (_PACKAGE / "published").rglob("*")
+    files += sorted(p for folder in ("published", "tokenizer_data")
+                    for p in (_PACKAGE / folder).rglob("*")
                     if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
         digest.update(path.relative_to(_PACKAGE).as_posix().encode())
@@ -105,10 +106,10 @@ def make_tiny(directory: Path, seed: int = 0, names: Iterable[str] | None = None
     from mic2e_services.quiet import quiet_model_libraries
 
     quiet_model_libraries()
-    from mic2e_services.flux.tiny import write_tiny as write_flux
-    from mic2e_services.flux.tiny import write_tiny_fill
-    from mic2e_services.object_clear.tiny import write_tiny as write_objectclear
-    from mic2e_services.segmentation.tiny import write_tiny as write_sam3
+    from mic2e_dev.flux import write_tiny as write_flux
+    from mic2e_dev.flux import write_tiny_fill
+    from mic2e_dev.objectclear import write_tiny as write_objectclear
+    from mic2e_dev.sam3 import write_tiny as write_sam3
 
     writers = {"segmentation": write_sam3, "object-clear": write_objectclear,
                "flux": write_flux, "flux-fill": write_tiny_fill}

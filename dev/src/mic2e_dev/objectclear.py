@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mic2e_services.published import published, save_weights, shrink
+from mic2e_dev.published import published, save_weights, shrink
 
 __all__ = ["TINY_SIZES", "build_components", "write_tiny"]
 
@@ -63,7 +63,7 @@ def write_tiny(path: Path, seed: int = 0) -> None:
     """
     import torch
 
-    from mic2e_services import tiny_tokenizers
+    from mic2e_dev import tiny_tokenizers
 
     root = Path(path)
     with torch.random.fork_rng(devices=[]):
@@ -99,10 +99,9 @@ def build_components(sizes: dict[str, dict] | None = None, seed: int = 0
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from mic2e_services.object_clear.pipeline import PostfuseModule
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
     from transformers import CLIPTextModelWithProjection as CLIPTextWithProjection
-
-    from mic2e_services.object_clear.pipeline import PostfuseModule
 
     sizes = sizes or {}
     configs = {name: shrink(published(_CHECKPOINT, name).data, sizes.get(name, {}))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mic2e_services import tiny_tokenizers
-from mic2e_services.published import Whole, published, save_weights, shrink
+from mic2e_dev import tiny_tokenizers
+from mic2e_dev.published import Whole, published, save_weights, shrink
 
 __all__ = ["TINY_SIZES", "write_tiny"]
 

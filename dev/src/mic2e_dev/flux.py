@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mic2e_services import tiny_tokenizers
-from mic2e_services.published import Whole, published, save_weights, shrink
+from mic2e_dev import tiny_tokenizers
+from mic2e_dev.published import Whole, published, save_weights, shrink
 
 __all__ = ["LATENT_CHANNELS", "TINY_SIZES", "write_tiny", "write_tiny_fill"]
 

@@ -1,0 +1,1 @@
+"""mic2e_dev: tiny random checkpoints in the published layouts (see `tiny`)."""
