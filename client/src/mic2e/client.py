@@ -24,7 +24,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Iterator,
     Sequence,
 )
@@ -34,6 +33,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mic2e import _convert as cv
+from mic2e._requests import (
+    clear_options,
+    generate_request,
+    inpaint_options,
+    prompt_request,
+    remove_request,
+    replace_request,
+    text_request,
+    with_image,
+)
 from mic2e.channel import aio_channel
 from mic2e.errors import Mic2eError, from_rpc_error
 from mic2e.image_refs import ImageReferences
@@ -56,9 +65,7 @@ from mic2e.v1 import (
     flux_pb2_grpc,
     object_clear_pb2,
     object_clear_pb2_grpc,
-    orchestrator_pb2,
     orchestrator_pb2_grpc,
-    segmentation_pb2,
     segmentation_pb2_grpc,
 )
 
@@ -68,128 +75,10 @@ __all__ = ["AsyncClient", "Client", "DEFAULT_ADDRESS"]
 DEFAULT_ADDRESS = "localhost:50051"
 _EDIT_SERVICE = "mic2e.v1.EditService"
 T = TypeVar("T")
-M = TypeVar("M", orchestrator_pb2.RemoveObjectsRequest, orchestrator_pb2.ReplaceObjectsRequest)
 
 
 def _error(exc: grpc.RpcError) -> Mic2eError:
     return from_rpc_error(exc.code(), exc.details() or "", exc.trailing_metadata())
-
-
-# -- request builders shared by both clients -------------------------------------------------
-def _text_request(image: common_pb2.Image, text: str, score_threshold: float | None,
-                  max_instances: int, mask_format: str) -> segmentation_pb2.SegmentByTextRequest:
-    req = segmentation_pb2.SegmentByTextRequest(
-        image=image, text=text, max_instances=max_instances,
-        mask_format=common_pb2.MASK_FORMAT_RLE if mask_format == "rle"
-        else common_pb2.MASK_FORMAT_PNG)
-    if score_threshold is not None:
-        req.score_threshold = score_threshold
-    return req
-
-
-def _prompt_request(image: common_pb2.Image, points: Iterable[Point | tuple], box: BoxT | None,
-                    return_alternatives: bool) -> segmentation_pb2.SegmentByPromptRequest:
-    return segmentation_pb2.SegmentByPromptRequest(
-        image=image, points=cv.points_proto(points), box=cv.box_proto(box),
-        return_alternatives=return_alternatives)
-
-
-def _generate_request(prompt: str, width: int | None, height: int | None, steps: int | None,
-                      seed: int | None, output_format: str) -> flux_pb2.GenerateRequest:
-    req = flux_pb2.GenerateRequest(prompt=prompt, output_format=cv.output_format(output_format))
-    for name, value in (("width", width), ("height", height), ("steps", steps), ("seed", seed)):
-        if value is not None:
-            setattr(req, name, value)
-    return req
-
-
-def _picture_options(options: dict[str, Any], patches: bool) -> dict[str, Any]:
-    """The options every edit takes about its picture: the output format, a patch (when
-    the client applies patches), the repainted mask (`repainted_mask=True`)."""
-    return {"output_format": cv.output_format(options.pop("output_format", None) or "png"),
-            "output_patch": patches,
-            "output_repainted_mask": bool(options.pop("repainted_mask", False))}
-
-
-def _clear_options(options: dict[str, Any], patches: bool = False
-                   ) -> object_clear_pb2.ClearOptions:
-    """Keyword options -> ClearOptions (None means the server default)."""
-    opts = object_clear_pb2.ClearOptions(
-        mask_dilation=options.pop("mask_dilation", 0) or 0,
-        **_picture_options(options, patches))
-    if options.get("strategy") is not None:
-        options["strategy"] = cv.strategy(options["strategy"])
-    for name, value in options.items():
-        if value is not None:
-            setattr(opts, name, value)
-    return opts
-
-
-def _remove_request(image: common_pb2.Image, text: str | None, points: Sequence, box: BoxT | None,
-                    masks: Sequence[cv.MaskInput], min_score: float | None, max_instances: int,
-                    mask_dilation: int | None, label: str, options: dict[str, Any],
-                    patches: bool) -> orchestrator_pb2.RemoveObjectsRequest:
-    req = orchestrator_pb2.RemoveObjectsRequest(
-        image=image, label=label, clear_options=_clear_options(dict(options), patches))
-    _set_target(req, text, points, box, masks, None, min_score, max_instances)
-    if mask_dilation is not None:
-        req.mask_dilation = mask_dilation
-    return req
-
-
-def _inpaint_options(options: dict[str, Any], patches: bool = False
-                     ) -> flux_pb2.InpaintOptions:
-    """Keyword options -> InpaintOptions (None means the server default)."""
-    opts = flux_pb2.InpaintOptions(**_picture_options(options, patches))
-    for name, value in options.items():
-        if value is not None:
-            setattr(opts, name, value)
-    return opts
-
-
-def _replace_request(image: common_pb2.Image, replacement: str, text: str | None,
-                     points: Sequence, box: BoxT | None, masks: Sequence[cv.MaskInput],
-                     fill_box: BoxT | None, min_score: float | None, max_instances: int,
-                     options: dict[str, Any], patches: bool
-                     ) -> orchestrator_pb2.ReplaceObjectsRequest:
-    req = orchestrator_pb2.ReplaceObjectsRequest(
-        image=image, replacement=replacement,
-        inpaint_options=_inpaint_options(dict(options), patches))
-    _set_target(req, text, points, box, masks, fill_box, min_score, max_instances)
-    return req
-
-
-def _with_image(req: M, image: common_pb2.Image) -> M:
-    """`req` (built and checked once: its masks are encoded once) with this attempt's
-    image, the bytes or a reference to them."""
-    req.image.CopyFrom(image)  # type: ignore[attr-defined]
-    return req
-
-
-def _set_target(req: orchestrator_pb2.RemoveObjectsRequest
-                | orchestrator_pb2.ReplaceObjectsRequest, text: str | None, points: Sequence,
-                box: BoxT | None, masks: Sequence[cv.MaskInput], fill_box: BoxT | None,
-                min_score: float | None, max_instances: int) -> None:
-    """The one target of a composed call; `fill_box` only exists for ReplaceObjects."""
-    given = sum(x for x in (text is not None, bool(points) or box is not None, bool(masks),
-                            fill_box is not None))
-    if given != 1:
-        kinds = "text=, points=/box=, masks=" + (" or fill_box=" if hasattr(req, "box")
-                                                  else "")
-        raise ValueError(f"give exactly one target: {kinds}")
-    if text is not None:
-        req.text.text = text
-        req.text.max_instances = max_instances
-        if min_score is not None:
-            req.text.min_score = min_score
-    elif masks:
-        req.masks.masks.extend(cv.mask_proto(m) for m in masks)
-    elif fill_box is not None:
-        req.box.CopyFrom(cv.box_proto(fill_box))  # type: ignore[union-attr]
-    else:
-        req.prompt.points.extend(cv.points_proto(points))
-        if box is not None:
-            req.prompt.box.CopyFrom(cv.box_proto(box))
 
 
 class AsyncClient:
@@ -279,7 +168,7 @@ class AsyncClient:
         stub = self._edit if await self.via_orchestrator() else self._seg
         data = cv.image_bytes(image)
         resp = await self._unary(data, lambda img: stub.SegmentByText(
-            _text_request(img, text, score_threshold, max_instances, mask_format),
+            text_request(img, text, score_threshold, max_instances, mask_format),
             **self._kw(timeout)))
         return cv.text_segmentation(resp)
 
@@ -291,7 +180,7 @@ class AsyncClient:
         stub = self._edit if await self.via_orchestrator() else self._seg
         data = cv.image_bytes(image)
         resp = await self._unary(data, lambda img: stub.SegmentByPrompt(
-            _prompt_request(img, points, box, return_alternatives), **self._kw(timeout)))
+            prompt_request(img, points, box, return_alternatives), **self._kw(timeout)))
         return cv.prompt_segmentation(resp)
 
     async def generate(self, prompt: str, *, width: int | None = None,
@@ -301,7 +190,7 @@ class AsyncClient:
                        ) -> AsyncIterator[Progress | GenerateResult]:
         """Text to image: `Progress` per step, then one `GenerateResult`."""
         stub = self._edit if await self.via_orchestrator() else self._flux
-        req = _generate_request(prompt, width, height, steps, seed, output_format)
+        req = generate_request(prompt, width, height, steps, seed, output_format)
         async for event in self._stream(None, lambda _: stub.Generate(req, **self._kw(timeout)),
                                         cv.generate_event):
             yield event
@@ -312,7 +201,7 @@ class AsyncClient:
         """ObjectClear directly on an object-clear server (see `Client.clear`)."""
         data = cv.image_bytes(image)
         mask_msgs = [cv.mask_proto(m) for m in masks]
-        opts = _clear_options(dict(options), self.image_patches)
+        opts = clear_options(dict(options), self.image_patches)
         async for event in self._stream(data, lambda img: self._clear.Clear(
                 object_clear_pb2.ClearRequest(image=img, masks=mask_msgs, label=label,
                                               options=opts), **self._kw(timeout)),
@@ -329,7 +218,7 @@ class AsyncClient:
         stub = self._edit if await self.via_orchestrator() else self._flux
         data = cv.image_bytes(image)
         mask_msgs = [cv.mask_proto(m) for m in masks]
-        opts = _inpaint_options(dict(options), self.image_patches)
+        opts = inpaint_options(dict(options), self.image_patches)
         async for event in self._stream(data, lambda img: stub.Inpaint(
                 flux_pb2.InpaintRequest(image=img, masks=mask_msgs, prompt=prompt,
                                         options=opts), **self._kw(timeout)),
@@ -348,10 +237,10 @@ class AsyncClient:
         `Progress`, `Segmented` (not for masks / fill_box), per-step `Progress`, then one
         `ReplaceResult`. `options` as `inpaint`'s."""
         data = cv.image_bytes(image)
-        req = _replace_request(common_pb2.Image(), replacement, text, points, box, masks,
+        req = replace_request(common_pb2.Image(), replacement, text, points, box, masks,
                                fill_box, min_score, max_instances, options, self.image_patches)
         async for event in self._stream(data, lambda img: self._edit.ReplaceObjects(
-                _with_image(req, img), **self._kw(timeout)),
+                with_image(req, img), **self._kw(timeout)),
                 lambda m: cv.replace_event(m, data)):
             yield event
 
@@ -377,10 +266,10 @@ class AsyncClient:
         model on a crop around the object; "reference": the reference's picture),
         output_format, repainted_mask."""
         data = cv.image_bytes(image)
-        req = _remove_request(common_pb2.Image(), text, points, box, masks, min_score,
+        req = remove_request(common_pb2.Image(), text, points, box, masks, min_score,
                               max_instances, mask_dilation, label, options, self.image_patches)
         async for event in self._stream(data, lambda img: self._edit.RemoveObjects(
-                _with_image(req, img), **self._kw(timeout)), lambda m: cv.remove_event(m, data)):
+                with_image(req, img), **self._kw(timeout)), lambda m: cv.remove_event(m, data)):
             yield event
 
 

@@ -20,13 +20,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mic2e_services.checkpoints import CheckpointError
-from mic2e_services.runtime.http import (
-    HandlerRecorder,
-    HttpFront,
-    HttpServer,
-    bind_socket,
-    connect_applications,
-)
+from mic2e_services.runtime.http import HttpFront, HttpServer, bind_socket
+from mic2e_services.runtime.http_handlers import HandlerRecorder, connect_applications
 from mic2e_services.runtime.images import ImageStore
 from mic2e_services.runtime.metrics import ServerMetrics
 from mic2e_services.runtime.model_api import Model

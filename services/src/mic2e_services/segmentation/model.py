@@ -18,18 +18,13 @@ far the most expensive part, so:
 
 from __future__ import annotations
 
-import math
-import threading
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 
 from mic2e_services import errors
 from mic2e_services.api.segmentation import (
@@ -45,38 +40,19 @@ from mic2e_services.api.segmentation import (
 )
 from mic2e_services.model_base import TorchModel
 from mic2e_services.runtime.model_api import QuietContext
+from mic2e_services.segmentation.features import (
+    FeatureCache,
+    Features,
+    detector_levels,
+    full_size_segments,
+    same_weights,
+    tracker_embeddings,
+)
 from mic2e_services.torch_device import translate_error
 
 __all__ = ["PromptQuery", "PromptResult", "Sam3Segmenter", "Segment", "TextQuery",
            "TextResult"]
 
-# Upsampling every candidate to full resolution at once can take gigabytes for large
-# images (200 queries x 12 Mpx x 4 bytes); masks are upsampled in chunks of this many
-# pixels in total.
-_UPSAMPLE_BUDGET_PIXELS = 64 * 1024 * 1024
-
-
-# --------------------------------------------------------------------------------------
-# Vision-feature cache.
-
-
-@dataclass
-class _Features:
-    """What is known about one image on the device.
-
-    `backbone` maps a backbone slot ("shared", or "detector" / "tracker" when the two
-    models do not share one) to its output, and is dropped once both paths have their
-    neck features. Neck features are batch-1 tensors, concatenated per call.
-    """
-
-    size: tuple[int, int]  # (width, height): guards against a key reused for another image
-    backbone: dict[str, torch.Tensor] = field(default_factory=dict)
-    detector: list[torch.Tensor] | None = None  # FPN levels for Sam3Model
-    tracker: list[torch.Tensor] | None = None  # image_embeddings for Sam3TrackerModel
-
-    def nbytes(self) -> int:
-        tensors = [*self.backbone.values(), *(self.detector or ()), *(self.tracker or ())]
-        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 # --------------------------------------------------------------------------------------
@@ -109,7 +85,7 @@ class Sam3Segmenter(TorchModel):
         if feature_cache_bytes < 0:
             raise ValueError("feature_cache_bytes must be >= 0")
         super().__init__(model_id, **kwargs)
-        self.feature_cache_bytes = feature_cache_bytes
+        self.features = FeatureCache(feature_cache_bytes)
         #: Images run through the ViT backbone so far (one per image encoded).
         self.vision_encoder_runs = 0
         #: True once load() found equal backbone weights and holds them once.
@@ -120,8 +96,6 @@ class Sam3Segmenter(TorchModel):
         self._det_processor: Any = None
         self._trk_processor: Any = None
         self._shared_pixels = False
-        self._cache: OrderedDict[str, _Features] = OrderedDict()
-        self._lock = threading.Lock()
         # Rough per-part costs for admission control; replaced by warmup() measurements.
         self._encode_s = 0.05
         self._text_decode_s = 0.05
@@ -153,7 +127,7 @@ class Sam3Segmenter(TorchModel):
         detector, tracker = parts["detector"], parts["tracker"]
         self._det_processor = parts["detector_processor"]
         self._trk_processor = parts["tracker_processor"]
-        if _same_weights(detector.vision_encoder.backbone, tracker.vision_encoder.backbone):
+        if same_weights(detector.vision_encoder.backbone, tracker.vision_encoder.backbone):
             tracker.vision_encoder.backbone = detector.vision_encoder.backbone
             self.shares_backbone = True
         # Features are shareable only if both paths also see the same pixels.
@@ -192,7 +166,7 @@ class Sam3Segmenter(TorchModel):
 
         # The first round pays one-off costs (allocator, kernel selection); the second is timed.
         for _ in range(2):
-            self._drop_cached(key)
+            self.features.drop(key)
             t0 = self.clock()
             results = self([text], ctx)
             t1 = self.clock()
@@ -205,7 +179,7 @@ class Sam3Segmenter(TorchModel):
         self._encode_s = encode_s
         self._text_decode_s = max(t1 - t0 - encode_s, 0.0)
         self._prompt_decode_s = t2 - t1
-        self._drop_cached(key)
+        self.features.drop(key)
         if self.compile is not None and self.max_batch_size > 1:
             # Compiled: a batch of two now makes torch's automatic dynamic shapes
             # recompile the ViT for any batch size before SERVING, not on the first
@@ -217,15 +191,13 @@ class Sam3Segmenter(TorchModel):
                 if isinstance(result, BaseException):
                     raise result
             for k in keys:
-                self._drop_cached(k)
+                self.features.drop(k)
 
     def estimate_seconds(self, request: Any) -> float:
         """Decode cost of the request's path, plus the vision encoder unless its image is cached."""
         decode = self._text_decode_s if isinstance(request, TextQuery) else self._prompt_decode_s
         key = getattr(request, "image_key", None)
-        with self._lock:
-            cached = key in self._cache
-        return decode + (0.0 if cached else self._encode_s)
+        return decode + (0.0 if key in self.features else self._encode_s)
 
     def batch_key(self, request: Any) -> Hashable | None:
         """Text queries always batch (fixed 32-token prompts, fixed image size); prompt
@@ -262,60 +234,44 @@ class Sam3Segmenter(TorchModel):
 
     # ------------------------------------------------------------------ cache
 
+    @property
+    def feature_cache_bytes(self) -> int:
+        """The feature cache's budget (settable)."""
+        return self.features.max_bytes
+
+    @feature_cache_bytes.setter
+    def feature_cache_bytes(self, value: int) -> None:
+        self.features.max_bytes = value
+
     def clear_cache(self) -> None:
         """Forget every cached vision feature."""
-        with self._lock:
-            self._cache.clear()
+        self.features.clear()
 
     def cached_image_keys(self) -> list[str]:
         """Image keys with cached features, least recently used first."""
-        with self._lock:
-            return list(self._cache)
+        return self.features.keys()
 
     def cache_bytes(self) -> int:
         """Device bytes the feature cache holds now."""
-        with self._lock:
-            return sum(entry.nbytes() for entry in self._cache.values())
-
-    def _drop_cached(self, key: str) -> None:
-        with self._lock:
-            self._cache.pop(key, None)
-
-    def _lookup(self, query: Query) -> _Features:
-        """The query image's cache entry (fresh if absent or stale), made the most recent."""
-        with self._lock:
-            entry = self._cache.get(query.image_key)
-            if entry is None or entry.size != query.size:
-                entry = _Features(size=query.size)
-                self._cache[query.image_key] = entry
-            self._cache.move_to_end(query.image_key)
-        return entry
-
-    def _trim(self) -> None:
-        """Drop the least recently used features until the cache fits its budget (a call's
-        own entries stay in its hands until it is done with them)."""
-        with self._lock:
-            held = sum(entry.nbytes() for entry in self._cache.values())
-            while held > self.feature_cache_bytes:
-                held -= self._cache.popitem(last=False)[1].nbytes()
+        return self.features.bytes()
 
     # ------------------------------------------------------------------ vision
 
     def _features(
         self, text_queries: list[TextQuery], prompt_queries: list[PromptQuery]
-    ) -> dict[str, _Features]:
+    ) -> dict[str, Features]:
         """Features for every image of the call, computing only what the cache lacks.
 
         Entries are held here for the whole call, so an eviction by a large batch cannot
         take features away from a request still waiting for its decode.
         """
-        entries: dict[str, _Features] = {}
+        entries: dict[str, Features] = {}
         images: dict[str, PIL.Image.Image] = {}
         needs: dict[str, set[str]] = {}
         for path, queries in (("detector", text_queries), ("tracker", prompt_queries)):
             for query in queries:
                 if query.image_key not in entries:
-                    entries[query.image_key] = self._lookup(query)
+                    entries[query.image_key] = self.features.lookup(query.image_key, query.size)
                     image = query.image
                     images[query.image_key] = image if image.mode == "RGB" else image.convert("RGB")
                 needs.setdefault(query.image_key, set()).add(path)
@@ -347,7 +303,7 @@ class Sam3Segmenter(TorchModel):
             # Both necks done: the backbone output is no longer needed.
             if entry.detector is not None and entry.tracker is not None:
                 entry.backbone.clear()
-        self._trim()
+        self.features.trim()
         self._last_encode_s = encode_s
         return entries
 
@@ -361,39 +317,16 @@ class Sam3Segmenter(TorchModel):
         self.vision_encoder_runs += len(images)
         return model.vision_encoder.backbone(pixels).last_hidden_state
 
-    @staticmethod
-    def _spatial(hidden: torch.Tensor) -> torch.Tensor:
-        """(batch, tokens, C) -> (batch, C, h, w), as Sam3VisionModel.forward reshapes it."""
-        side = math.isqrt(hidden.shape[1])  # the image processor always makes square inputs
-        return hidden.view(hidden.shape[0], side, side, -1).permute(0, 3, 1, 2)
-
     def _detector_neck(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        fpn, _ = self._detector.vision_encoder.neck(self._spatial(hidden))
-        return tuple(fpn)
+        return detector_levels(self._detector, hidden)
 
     def _tracker_neck(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        """The tracker's image embeddings (as get_image_embeddings makes them) from the backbone.
-
-        The no-memory embedding goes on the lowest-resolution level the mask decoder
-        reads, as in the original SAM 3 and transformers' Sam3TrackerVideoModel.
-        transformers' Sam3TrackerModel (5.x) adds it to the extra 0.5x neck level and then
-        drops that level, i.e. decodes single images as if the learned embedding were
-        zero; the video model's order is followed here (a test pins it). With a 3-level
-        neck, or a zero embedding, the two agree exactly.
-        """
-        tracker = self._tracker
-        fpn, _ = tracker.vision_encoder.neck(self._spatial(hidden))
-        levels = list(fpn)[: len(tracker.backbone_feature_sizes)]
-        # Pre-projected once per image instead of on every click, as transformers does.
-        levels[0] = tracker.mask_decoder.conv_s0(levels[0])
-        levels[1] = tracker.mask_decoder.conv_s1(levels[1])
-        levels[-1] = levels[-1] + tracker.no_memory_embedding.reshape(1, -1, 1, 1)
-        return levels
+        return tracker_embeddings(self._tracker, hidden)
 
     # ------------------------------------------------------------------ text path
 
     def _decode_text(
-        self, queries: list[TextQuery], features: dict[str, _Features]
+        self, queries: list[TextQuery], features: dict[str, Features]
     ) -> list[TextResult]:
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
@@ -432,7 +365,7 @@ class Sam3Segmenter(TorchModel):
                 order = order[: query.max_instances]
             # Same order as the processor: probabilities are upsampled, then thresholded.
             probs = out.pred_masks[row, order].float().sigmoid()
-            segments = _segments(
+            segments = full_size_segments(
                 probs, scores[row, order], query.size, query.mask_threshold
             )
             # An instance without a single pixel at full size cannot be shown or removed.
@@ -458,7 +391,7 @@ class Sam3Segmenter(TorchModel):
         self,
         queries: list[PromptQuery],
         shape: tuple[int, bool, bool],
-        features: dict[str, _Features],
+        features: dict[str, Features],
     ) -> list[PromptResult]:
         n_points, has_box, multimask = shape
         tracker = self._tracker
@@ -494,60 +427,10 @@ class Sam3Segmenter(TorchModel):
                 order = order[:1]
             logits = out.pred_masks[row, 0, order].float()
             # Mask logits: the object is where the upsampled logit is positive.
-            segments = _segments(logits, iou[row, 0, order], query.size, 0.0)
+            segments = full_size_segments(logits, iou[row, 0, order], query.size, 0.0)
             results.append(PromptResult(best=segments[0], alternatives=segments[1:]))
         return results
 
     # ------------------------------------------------------------------ helpers
 
 
-def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when both modules hold identical tensors under identical names."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
-        for k in sa
-    )
-
-
-def _segments(
-    low_res: torch.Tensor,
-    scores: torch.Tensor,
-    image_size: tuple[int, int],
-    threshold: float,
-) -> list[Segment]:
-    """Low-resolution maps (n, h, w) -> full-size bool masks with tight boxes.
-
-    Upsampling, thresholding and box finding stay on the device; only the bool masks
-    and a few integers cross to the host.
-    """
-    width, height = image_size
-    count = low_res.shape[0]
-    if count == 0:
-        return []
-    per_chunk = max(1, _UPSAMPLE_BUDGET_PIXELS // (width * height))
-    masks, boxes = [], []
-    for start in range(0, count, per_chunk):
-        maps = low_res[start : start + per_chunk]
-        full = F.interpolate(
-            maps[:, None], size=(height, width), mode="bilinear", align_corners=False
-        )[:, 0]
-        binary = full > threshold
-        rows = binary.any(dim=2).to(torch.uint8)  # (n, height)
-        cols = binary.any(dim=1).to(torch.uint8)  # (n, width)
-        # argmax returns the first maximum: the first row / column holding the object.
-        y0 = rows.argmax(dim=1)
-        y1 = height - rows.flip(1).argmax(dim=1)
-        x0 = cols.argmax(dim=1)
-        x1 = width - cols.flip(1).argmax(dim=1)
-        empty = rows.amax(dim=1) == 0
-        box = torch.stack([x0, y0, x1, y1], dim=1).masked_fill(empty[:, None], 0)
-        masks.append(binary.cpu().numpy())
-        boxes.append(box.cpu().tolist())
-    all_masks = np.concatenate(masks)
-    all_boxes = [b for chunk in boxes for b in chunk]
-    all_scores = scores.float().cpu().tolist()
-    return [
-        Segment(mask=all_masks[i], score=float(all_scores[i]), box=tuple(map(int, all_boxes[i])))
-        for i in range(count)
-    ]
