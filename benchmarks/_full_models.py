@@ -118,8 +118,8 @@ def objectclear(device: str | torch.device, dtype: torch.dtype, workdir: Path) -
     built from the published configs (`mic2e_dev.published`) as make-tiny builds the
     tiny ones; the image prompt encoder is the vision tower the pipeline loads."""
     from diffusers import EulerDiscreteScheduler
+    from mic2e_dev import objectclear as tiny
     from mic2e_dev.published import published
-    from mic2e_services.object_clear import tiny
     from transformers import CLIPTokenizer, CLIPVisionModelWithProjection
 
     tokenizers, root = {}, Path(workdir) / "objectclear"
