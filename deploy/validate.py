@@ -6,8 +6,10 @@
    error), for the oldest and the newest Kubernetes minor this project supports; and
    every custom resource (PodMonitor, ScaledObject) against its operator's API schema
    (crd-validation/validate.mjs: validators generated from prometheus-operator and KEDA,
-   pinned in crd-validation/package.json). A missing schema is an error, nothing is
-   skipped.
+   pinned in crd-validation/package.json), and strictly against the operators' own CRDs
+   (crd-validation/crds/, see SOURCES.md): a field the CRD's structural schema does not
+   declare, at any depth, is an error, as the API server's strict field validation makes
+   it. A missing schema is an error, nothing is skipped.
 2. Compose: `docker-compose config` (Compose v2, no engine needed) parses, interpolates
    and checks each compose file against the Compose specification; each service's build
    context, Dockerfile and target stage must exist.
@@ -41,6 +43,8 @@ DEPLOY = Path(__file__).resolve().parent
 TOOLS = DEPLOY / ".tools"
 KUBECTL = TOOLS / "venv" / "bin" / "kubectl"
 CRD_VALIDATOR = DEPLOY / "crd-validation" / "validate.mjs"
+#: The operators' CustomResourceDefinitions, as published (crd-validation/crds/SOURCES.md).
+CRDS = DEPLOY / "crd-validation" / "crds"
 #: API groups whose objects are custom resources (checked by CRD_VALIDATOR).
 CUSTOM_GROUPS = ("monitoring.coreos.com", "keda.sh")
 HADOLINT = TOOLS / "venv" / "bin" / "hadolint"
@@ -104,11 +108,65 @@ def _is_custom(doc: dict) -> bool:
     return str(doc.get("apiVersion", "")).split("/")[0] in CUSTOM_GROUPS
 
 
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> openAPIV3Schema of every version of the CRDs in CRDS."""
+    schemas = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def unknown_fields(value: object, schema: dict, path: str) -> list[str]:
+    """The paths in `value` that `schema` (a structural schema) does not declare, at any
+    depth: what the API server's strict field validation refuses. An object with
+    `properties` takes only those (unless x-kubernetes-preserve-unknown-fields); a map
+    (`additionalProperties`) any key, each value checked; a list, each item."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        properties = schema.get("properties")
+        values = schema.get("additionalProperties")
+        open_ = schema.get("x-kubernetes-preserve-unknown-fields", False)
+        for key, item in value.items():
+            at = f"{path}.{key}" if path else key
+            if properties is not None and key in properties:
+                found += unknown_fields(item, properties[key], at)
+            elif isinstance(values, dict):
+                found += unknown_fields(item, values, at)
+            elif properties is not None and not open_ and values is not True:
+                found.append(at)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def strict_custom_resource_errors(docs: list, label: str) -> list[str]:
+    """Every field of the custom resources among `docs` that their CRD does not declare."""
+    schemas = crd_schemas()
+    errors = []
+    for doc in docs:
+        if not (isinstance(doc, dict) and _is_custom(doc)):
+            continue
+        schema = schemas.get((doc.get("apiVersion"), doc.get("kind")))
+        if schema is None:
+            errors.append(f"{label}: {where(doc)}: no CRD for {doc.get('apiVersion')} "
+                          f"{doc.get('kind')} in {CRDS}")
+            continue
+        errors += [f"{label}: {where(doc)}: unknown field {field}"
+                   for field in unknown_fields(doc, schema, "")]
+    return errors
+
+
 def custom_resource_errors(docs: list, label: str) -> list[str]:
-    """The custom resources among `docs` against their operators' schemas (Node.js)."""
+    """The custom resources among `docs` against their operators' schemas (Node.js), and
+    strictly against their CRDs (`strict_custom_resource_errors`)."""
     custom = [d for d in docs if isinstance(d, dict) and _is_custom(d)]
     if not custom:
         return []
+    strict = strict_custom_resource_errors(custom, label)
     if not (CRD_VALIDATOR.parent / "node_modules").is_dir():
         return [f"{label}: CRD validators missing; run deploy/setup-validate.sh"]
     with tempfile.NamedTemporaryFile("w", suffix=".json") as listing:
@@ -116,9 +174,9 @@ def custom_resource_errors(docs: list, label: str) -> list[str]:
         listing.flush()
         proc = run(["node", CRD_VALIDATOR, listing.name])
     if proc.returncode == 0:
-        return []
+        return strict
     problems = proc.stdout.strip().splitlines() or [proc.stderr.strip()]
-    return [f"{label}: {line}" for line in problems]
+    return [f"{label}: {line}" for line in problems] + strict
 
 
 def render(name: str, path: Path, out: Path) -> tuple[list, list[str]]:
