@@ -195,11 +195,18 @@ def test_weights_are_in_place_before_a_server_starts(out, overlay):
         assert init["command"] == ["hf", "download"]
         repo, *options = init["args"]
         assert repo == env(server)["MIC2E_MODEL"]
-        given = {"--include": [], "--exclude": []}
+        given = {"--include": [], "--exclude": [], "--revision": []}
         for flag, value in zip(options[::2], options[1::2], strict=True):
             given[flag].append(value)
         # Exactly the files the server's own loader reads (model.py: HUB_FILES/_IGNORE).
-        assert given == {"--include": list(cls.HUB_FILES), "--exclude": list(cls.HUB_IGNORE)}
+        assert given == {"--include": list(cls.HUB_FILES), "--exclude": list(cls.HUB_IGNORE),
+                         "--revision": ["$(MIC2E_REVISION)"]}
+        # The revision downloaded is the one the server loads: one ConfigMap key for both.
+        sources = [{e["name"]: e for e in c["env"]}["MIC2E_REVISION"]["valueFrom"]
+                   for c in (init, server)]
+        assert sources[0] == sources[1] == {
+            "configMapKeyRef": {"name": "mic2e-revisions", "key": model}}
+        assert objs[("ConfigMap", "mic2e-revisions")]["data"][model]
         assert env(init)["HF_HOME"] == env(server)["HF_HOME"]
         token = {e["name"]: e for e in init["env"]}["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert token["optional"] is True

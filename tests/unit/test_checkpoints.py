@@ -49,3 +49,39 @@ def test_a_model_is_named_by_its_hub_id_never_a_server_path(tmp_path: Path) -> N
     folder.mkdir(parents=True)
     assert checkpoints.public_name(folder) == "objectclear"
     assert checkpoints.public_name(f"{folder}/") == "objectclear"
+
+
+def test_a_pinned_revision_is_what_the_hub_is_asked_for_and_what_results_report(
+        tiny_sam3: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import huggingface_hub
+    from mic2e_services.segmentation import server as seg_server
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    snapshot = tmp_path / "models--facebook--sam3" / "snapshots" / commit
+    shutil.copytree(tiny_sam3, snapshot)
+    asked = []
+
+    def download(repo_id, **kwargs):
+        asked.append(kwargs["revision"])
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setenv("MIC2E_REVISION", commit)  # as the manifests set it
+    settings = seg_server.Settings(model="facebook/sam3", device="cpu")
+    assert settings.revision == commit
+    model = seg_server.build_model(settings)
+    model.load()
+    assert asked == [commit] and model.revision == commit  # Provenance.revision
+
+
+def test_a_revision_given_with_a_folder_is_refused_not_ignored(tmp_path: Path) -> None:
+    import pytest
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(checkpoints.CheckpointError, match="applies to a hub id"):
+        checkpoints.resolve_checkpoint(tmp_path, "0123456789abcdef0123456789abcdef01234567")
+    # Its own revision (a snapshot's commit, or the folder's) is no mismatch.
+    own = checkpoints.resolve_checkpoint(tmp_path)[1]
+    assert checkpoints.resolve_checkpoint(tmp_path, own)[1] == own

@@ -68,7 +68,13 @@ def resolve_checkpoint(model_id: str | Path, revision: str | None = None, *,
     path = Path(model_id).expanduser()
     if path.is_dir():
         snapshot = _SNAPSHOT.search(path.resolve().as_posix())
-        return path, snapshot.group(1) if snapshot else local_revision(path)
+        found = snapshot.group(1) if snapshot else local_revision(path)
+        if revision and revision != found:
+            # A pinned revision that silently did not apply would defeat the pin.
+            raise CheckpointError(f"{path} is a folder, read as it is (revision {found}); a "
+                                  f"revision ({revision!r}, MIC2E_REVISION / --revision) "
+                                  "applies to a hub id: give the hub id, or no revision")
+        return path, found
     check_source(model_id)
     import huggingface_hub
 

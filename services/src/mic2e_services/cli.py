@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run the {name} model server")
         _add_common(p)
         p.add_argument("--model", help="hub id or local checkpoint folder")
+        p.add_argument("--revision", help="the hub checkpoint's commit (pins it), branch or "
+                                          "tag (default: main)")
         p.add_argument("--model-name", dest="model_name",
                        help="the model's name in responses (default: its hub id)")
         if name == "segmentation":

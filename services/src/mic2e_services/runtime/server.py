@@ -190,7 +190,12 @@ class Server(WorkerCallback):
             raise
         await self._set_health(SERVING)
         self._ready.set()
-        log.info("serving %s on port %d", ", ".join(self.service_names), self.port)
+        if self.worker is None:
+            log.info("serving %s on port %d", ", ".join(self.service_names), self.port)
+        else:  # which files it serves: what an operator pinning revisions checks
+            model = self.worker.model
+            log.info("serving %s on port %d: %s at revision %s", ", ".join(self.service_names),
+                     self.port, model.model_id, model.revision)
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         """Wait until SERVING; raises the load error if loading failed."""

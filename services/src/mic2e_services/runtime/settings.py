@@ -94,6 +94,10 @@ class ModelServerSettings(ServerSettings):
     """What every model server adds: the model, its device and its worker."""
 
     model: str = Field("", description="hub id or local folder of the checkpoint")
+    revision: str | None = Field(None, description="the hub checkpoint's revision: a commit "
+                                 "pins it (every replica loads the same files), a branch or "
+                                 "tag follows it; default: main. Reported in every result's "
+                                 "provenance. A folder is read as it is")
     # Its clients are orchestrators on round-robin channels that only re-resolve DNS when
     # a connection closes: a replica added by the autoscaler gets calls within a minute.
     # (Safe since ageing never cuts an accepted call: max_connection_age_grace_s.)
@@ -152,7 +156,7 @@ class ModelServerSettings(ServerSettings):
         kwargs: dict[str, Any] = dict(device=self.device, dtype=self.dtype,
                                       quantization=self.quantization, offload=self.offload,
                                       compile=self.compile_spec(),
-                                      model_name=self.model_name)
+                                      model_name=self.model_name, revision=self.revision)
         if self.max_batch_size:
             kwargs["max_batch_size"] = self.max_batch_size
         return kwargs
