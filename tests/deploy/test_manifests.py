@@ -219,6 +219,8 @@ def test_weights_are_in_place_before_a_server_starts(out, overlay):
         if overlay == "gpu-rwo":
             claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
             assert claim["accessModes"] == ["ReadWriteOnce"]
+            # Named, never the cluster's default (EKS 1.30+ has none: Pending forever).
+            assert claim["storageClassName"]
         else:
             pvc = objs[("PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])]
             assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
