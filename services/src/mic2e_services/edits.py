@@ -9,7 +9,7 @@ the model follows the edited area, not the photo.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from mic2e import codecs
@@ -83,3 +83,22 @@ class Edit:
         x0, y0, x1, y1 = self.box
         out[y0:y1, x0:x1] = self.changed
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class EditOutput:
+    """What a masked edit's model gives back: the `Edit` of the input, the (dilated) mask it
+    repainted, what it takes to make it again (seed, steps), and the wall seconds of the
+    work around the model (`timings`: "prepare", "composite"). Keyword fields after these
+    belong to each model's output."""
+
+    edit: Edit
+    mask: np.ndarray
+    seed: int
+    steps: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        """The whole picture (built on each access)."""
+        return self.edit.image

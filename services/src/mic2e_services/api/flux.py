@@ -7,12 +7,12 @@ No torch, no protobuf: shared by the model (`model.py`), the servicer's conversi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from mic2e_services.edits import Edit
+from mic2e_services.edits import EditOutput
 from mic2e_services.errors import FieldViolation
 from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
@@ -146,21 +146,11 @@ def inpaint_violations(query: InpaintQuery, *, guided: bool, steps: int
     return bad
 
 
-@dataclass(frozen=True, eq=False)
-class InpaintOutput:
+@dataclass(frozen=True, eq=False, kw_only=True)
+class InpaintOutput(EditOutput):
     """The inpainting as an `Edit` of the input (outside the feathered mask: the input's
-    own pixels; the whole picture: `image`), the mask repainted (dilated), what it took to
-    reproduce it, and the wall seconds of the work around the model (`timings`)."""
+    own pixels; the whole picture: `image`), and whether T5 cut the prompt (and what it
+    kept)."""
 
-    edit: Edit
-    mask: np.ndarray
-    seed: int
-    steps: int
     prompt_truncated: bool
     truncated_prompt: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def image(self) -> Image.Image:
-        """The whole picture (built on each access)."""
-        return self.edit.image

@@ -7,12 +7,12 @@ default or a range and the servicer never imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from mic2e_services.edits import Edit
+from mic2e_services.edits import EditOutput
 from mic2e_services.errors import FieldViolation
 from mic2e_services.masked_image import with_masked_image
 from mic2e_services.schema import Field, Request
@@ -157,19 +157,7 @@ def violations(query: ClearQuery) -> list[FieldViolation]:
 
 
 @dataclass(frozen=True, eq=False)
-class ClearOutput:
-    """The removal as an `Edit` of the input (the picture at the input's size: `image`),
-    the (dilated) mask used, steps, seed, and the wall seconds of the work around the
-    model (`timings`: "prepare" - mask growth, crop and resize to the working size -,
-    "composite")."""
-
-    edit: Edit
-    mask: np.ndarray
-    steps: int
-    seed: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def image(self) -> Image.Image:
-        """The whole picture (built on each access)."""
-        return self.edit.image
+class ClearOutput(EditOutput):
+    """The removal as an `Edit` of the input (the picture at the input's size: `image`);
+    `timings`: "prepare" (mask growth, crop and resize to the working size) and
+    "composite"."""
