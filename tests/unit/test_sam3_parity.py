@@ -19,6 +19,7 @@ Everything else must agree: the same instances, mask IoU 1.0, scores within 1e-5
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,8 +34,15 @@ SCORE_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def seg() -> Sam3Segmenter:
-    model = Sam3Segmenter(str(HERE / "checkpoint"), device="cpu", dtype="float32")
+def seg(tiny_sam3: Path) -> Sam3Segmenter:
+    # The tiny checkpoint is built, not committed: it must be, byte for byte, the one the
+    # reference outputs were recorded on.
+    made = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tiny_sam3.iterdir()) if p.is_file()}
+    assert made == INDEX["checkpoint"]["sha256"], (
+        "the tiny SAM3 checkpoint differs from the recorded one: record again "
+        "(tests/fixtures/parity/sam3/record.py)")
+    model = Sam3Segmenter(str(tiny_sam3), device="cpu", dtype="float32")
     model.load()
     return model
 
