@@ -33,6 +33,7 @@ import json
 import math
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,9 @@ class Config:
     deadline_s: float | None = None  # callers' deadline (None: none)
     max_queue: int = 64
     behavior: Behavior = field(default_factory=Behavior)
+    # The demand signal's replica count from the busy GPUs (the adapter rule / KEDA
+    # query); a parameter so a test can show its bounds would catch another formula.
+    replicas_for: Callable[[float], int] = field(default=lambda busy: math.floor(busy) + 1)
 
 
 @dataclass
@@ -115,10 +119,11 @@ def simulate(cfg: Config, rate_at, duration_s: float, seed: int = 0,
         arrivals = _poisson(rng, rate_at(t) * dt)
         ready = [r for r in replicas if r.ready_at <= t and not r.draining]
         for _ in range(arrivals):
-            demand_total += cfg.service_s
             if not ready:
+                # No server sees it (the orchestrator's call fails), so no counter has it.
                 out.refused += 1
                 continue
+            demand_total += cfg.service_s
             replica = ready[next_rr % len(ready)]
             next_rr += 1
             refused = len(replica.work) >= cfg.max_queue or (
@@ -185,7 +190,7 @@ def _desired(cfg: Config, scraped, t: float, current: int) -> int:
         then_t, then_d, _ = past[-1] if past else scraped[0]
         seconds = max(scraped[-1][0] - then_t, SCRAPE_S)
         busy = (demand_now - then_d) / seconds
-        value = math.floor(busy) + 1  # the external metric; target average value 1
+        value = cfg.replicas_for(busy)  # the external metric; target average value 1
         ratio = value / max(current, 1)
     else:
         window = [s[2] for s in scraped if s[0] > t - RATE_WINDOW_S]

@@ -10,6 +10,7 @@ asserted are replica counts and the seconds of simulated time.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -27,11 +28,11 @@ START_S, BURST_S = 60.0, 300.0
 LOADS = (1.5, 4.5, 9.5)
 
 
-def run(model: str, load: float, signal: str = "demand", behavior=None):
+def run(model: str, load: float, signal: str = "demand", behavior=None, **config):
     service = TIMES[model]["service_s"]
     rate = load / service
     cfg = scaling.Config(service_s=service, signal=signal, max_replicas=16,
-                         behavior=behavior or scaling.Behavior())
+                         behavior=behavior or scaling.Behavior(), **config)
     result = scaling.simulate(cfg, scaling.burst(rate, START_S, BURST_S),
                               duration_s=START_S + BURST_S + 1500,
                               traffic_end_s=START_S + BURST_S, seed=7)
@@ -39,11 +40,31 @@ def run(model: str, load: float, signal: str = "demand", behavior=None):
     return result, needed
 
 
+def within_bounds(peak: int, needed: int) -> bool:
+    """Never more than capacity.py's answer, at most one short of it. One short happens
+    for FLUX only: its p95 target (4 s) is under four service times, where one spare
+    replica is not enough (deploy/README.md, "How scaling works")."""
+    return needed - 1 <= peak <= needed
+
+
 @pytest.mark.parametrize("model", sorted(TIMES))
 @pytest.mark.parametrize("load", LOADS)
 def test_a_burst_asks_for_what_capacity_says_it_needs(model, load):
     result, needed = run(model, load)
-    assert abs(result.peak_desired - needed) <= 1, (result.peak_desired, needed)
+    assert within_bounds(result.peak_desired, needed), (result.peak_desired, needed)
+    if model != "flux":
+        assert result.peak_desired == needed
+
+
+@pytest.mark.parametrize("formula", [lambda busy: math.floor(busy) + 2,
+                                     lambda busy: math.ceil(busy) + 1],
+                         ids=["floor+2", "ceil+1"])
+def test_the_bounds_catch_a_signal_that_asks_for_more(formula):
+    """The assertion above can fail: a signal one replica more generous breaks it."""
+    caught = [(model, load) for model in sorted(TIMES) for load in LOADS
+              if not within_bounds(run(model, load, replicas_for=formula)[0].peak_desired,
+                                   run(model, load)[1])]
+    assert len(caught) >= len(TIMES), caught
 
 
 @pytest.mark.parametrize("model", sorted(TIMES))
@@ -76,4 +97,4 @@ def test_refused_work_counts_so_short_deadlines_still_scale():
                               duration_s=START_S + BURST_S + 60, seed=3)
     assert result.refused > 0
     needed = capacity.plan("flux", TIMES["flux"], rate, P95_S["flux"]).replicas
-    assert abs(result.peak_desired - needed) <= 1
+    assert within_bounds(result.peak_desired, needed)
