@@ -4,12 +4,17 @@
    every rendered object of a built-in kind against the Kubernetes JSON schemas shipped
    in the kubernetes-validate package, in their strict form (an unknown field is an
    error), for the oldest and the newest Kubernetes minor this project supports; and
-   every custom resource (PodMonitor, ScaledObject) against its operator's API schema
-   (crd-validation/validate.mjs: validators generated from prometheus-operator and KEDA,
-   pinned in crd-validation/package.json), and strictly against the operators' own CRDs
-   (crd-validation/crds/, see SOURCES.md): a field the CRD's structural schema does not
-   declare, at any depth, is an error, as the API server's strict field validation makes
-   it. A missing schema is an error, nothing is skipped.
+   every custom resource (PodMonitor, ScaledObject, Karpenter's NodePool and
+   EC2NodeClass) against the operators' own CRDs (crd-validation/crds/, see SOURCES.md):
+   strictly (a field the CRD's structural schema does not declare, at any depth, is an
+   error, as the API server's strict field validation makes it) and by its
+   openAPIV3Schema, defaults applied first as the API server does (types, enums,
+   required fields, patterns, bounds, lengths, item counts; not the CEL rules of
+   x-kubernetes-validations, formats, or the x-kubernetes-* list and map semantics).
+   Those of prometheus-operator and KEDA also against validators generated from their
+   APIs (crd-validation/validate.mjs, pinned in crd-validation/package.json; it has none
+   for Karpenter, whose resources the CRD checks alone cover). A custom resource without
+   a vendored CRD is an error, nothing is skipped.
 2. Compose: `docker-compose config` (Compose v2, no engine needed) parses, interpolates
    and checks each compose file against the Compose specification; each service's build
    context, Dockerfile and target stage must exist.
@@ -27,6 +32,7 @@ No network is used. Exit status 0 only if everything passed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -36,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jsonschema  # kubernetes-validate's, pinned in requirements-validate.txt
 import yaml
 from kubernetes_validate import utils as kv
 
@@ -45,8 +52,9 @@ KUBECTL = TOOLS / "venv" / "bin" / "kubectl"
 CRD_VALIDATOR = DEPLOY / "crd-validation" / "validate.mjs"
 #: The operators' CustomResourceDefinitions, as published (crd-validation/crds/SOURCES.md).
 CRDS = DEPLOY / "crd-validation" / "crds"
-#: API groups whose objects are custom resources (checked by CRD_VALIDATOR).
-CUSTOM_GROUPS = ("monitoring.coreos.com", "keda.sh")
+#: API groups whose objects are custom resources: checked against their CRDs in CRDS and,
+#: for the groups it has validators of, by CRD_VALIDATOR.
+CUSTOM_GROUPS = ("monitoring.coreos.com", "keda.sh", "karpenter.sh", "karpenter.k8s.aws")
 HADOLINT = TOOLS / "venv" / "bin" / "hadolint"
 COMPOSE = TOOLS / "bin" / "docker-compose"
 
@@ -59,6 +67,8 @@ KUSTOMIZATIONS = {
     "gpu": DEPLOY / "k8s" / "overlays" / "gpu",
     "gpu-keda": DEPLOY / "k8s" / "overlays" / "gpu-keda",
     "gpu-rwo": DEPLOY / "k8s" / "overlays" / "gpu-rwo",
+    "gpu-node-cache": DEPLOY / "k8s" / "overlays" / "gpu-node-cache",
+    "eks-karpenter": DEPLOY / "k8s" / "nodes" / "eks-karpenter",
 }
 COMPOSE_FILES = {
     "compose": DEPLOY / "compose" / "compose.yaml",
@@ -108,8 +118,10 @@ def _is_custom(doc: dict) -> bool:
     return str(doc.get("apiVersion", "")).split("/")[0] in CUSTOM_GROUPS
 
 
+@functools.cache
 def crd_schemas() -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> openAPIV3Schema of every version of the CRDs in CRDS."""
+    """(apiVersion, kind) -> openAPIV3Schema of every version of the CRDs in CRDS (read
+    once)."""
     schemas = {}
     for path in sorted(CRDS.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
@@ -143,8 +155,75 @@ def unknown_fields(value: object, schema: dict, path: str) -> list[str]:
     return found
 
 
+def json_schema(schema: dict) -> dict:
+    """A CRD's OpenAPI v3 schema as a JSON Schema (draft 4, whose boolean
+    exclusiveMinimum/exclusiveMaximum OpenAPI 3.0 keeps): `nullable: true` admits null.
+    The x-kubernetes-* extensions are dropped: the CEL rules of x-kubernetes-validations
+    are not evaluated, and neither are list-type/map-type (uniqueness of set items and map
+    keys) nor embedded-resource; x-kubernetes-int-or-string is left to the anyOf of
+    integer and string that comes with it (without one, any value passes). `format` is
+    not checked (no format checker is passed); `default` is applied beforehand
+    (`with_defaults`)."""
+    out: dict = {}
+    for key, value in schema.items():
+        if key.startswith("x-kubernetes-") or key == "nullable":
+            continue
+        if key in ("properties", "patternProperties", "definitions"):
+            out[key] = {name: json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = json_schema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [json_schema(sub) for sub in value]
+        else:
+            out[key] = value
+    if schema.get("nullable"):
+        if isinstance(out.get("type"), str):
+            out["type"] = [out["type"], "null"]
+        if isinstance(out.get("enum"), list) and None not in out["enum"]:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+def with_defaults(value: object, schema: dict) -> object:
+    """A copy of `value` with the schema's defaults filled in, as the API server does
+    before validating: in every object present, a missing property (or a null one, unless
+    nullable) that has a `default` gets it, then each property is defaulted in turn (a
+    default's own properties included); a map's values and a list's items likewise."""
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        out = dict(value)
+        for key, sub in properties.items():
+            missing = key not in out or (out[key] is None and not sub.get("nullable"))
+            if missing and sub.get("default") is not None:
+                out[key] = json.loads(json.dumps(sub["default"]))
+        values = schema.get("additionalProperties")
+        for key, item in out.items():
+            if key in properties:
+                out[key] = with_defaults(item, properties[key])
+            elif isinstance(values, dict):
+                out[key] = with_defaults(item, values)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [with_defaults(item, schema["items"]) for item in value]
+    return value
+
+
+def schema_violations(value: object, schema: dict) -> list[str]:
+    """`value` against the CRD's openAPIV3Schema `schema` (see `json_schema` for what is
+    and is not checked), defaults applied first: "PATH: message" per problem."""
+    validator = jsonschema.Draft4Validator(json_schema(schema))
+    found = []
+    for error in validator.iter_errors(with_defaults(value, schema)):
+        path = ""
+        for step in error.absolute_path:
+            path += f"[{step}]" if isinstance(step, int) else f".{step}" if path else step
+        found.append(f"{path or '(top)'}: {error.message}")
+    return sorted(found)
+
+
 def strict_custom_resource_errors(docs: list, label: str) -> list[str]:
-    """Every field of the custom resources among `docs` that their CRD does not declare."""
+    """Every field of the custom resources among `docs` that their CRD does not declare,
+    and every violation of its openAPIV3Schema (`schema_violations`)."""
     schemas = crd_schemas()
     errors = []
     for doc in docs:
@@ -157,12 +236,15 @@ def strict_custom_resource_errors(docs: list, label: str) -> list[str]:
             continue
         errors += [f"{label}: {where(doc)}: unknown field {field}"
                    for field in unknown_fields(doc, schema, "")]
+        errors += [f"{label}: {where(doc)}: {problem}"
+                   for problem in schema_violations(doc, schema)]
     return errors
 
 
 def custom_resource_errors(docs: list, label: str) -> list[str]:
-    """The custom resources among `docs` against their operators' schemas (Node.js), and
-    strictly against their CRDs (`strict_custom_resource_errors`)."""
+    """The custom resources among `docs` against their CRDs
+    (`strict_custom_resource_errors`), and those of the groups CRD_VALIDATOR has
+    validators of (prometheus-operator, KEDA) against them too (Node.js)."""
     custom = [d for d in docs if isinstance(d, dict) and _is_custom(d)]
     if not custom:
         return []
@@ -257,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         versions = " and ".join(v[:-2] for v in K8S_VERSIONS)
         summary = (f"{count} Kubernetes objects ({', '.join(KUSTOMIZATIONS)}) against the "
                    f"strict schemas of Kubernetes {versions} and, custom resources, of "
-                   f"prometheus-operator and KEDA; {len(COMPOSE_FILES)} compose "
+                   f"prometheus-operator, KEDA and Karpenter; {len(COMPOSE_FILES)} compose "
                    f"files; {len(DOCKERFILES)} Dockerfile; output in {args.out}")
     for error in errors:
         print(f"FAIL {error}", file=sys.stderr)

@@ -35,10 +35,10 @@ MODEL_SERVERS = {
     "flux": (50054, "mic2e.v1.FluxService"),
 }
 ORCHESTRATOR = ("orchestrator", 50051, "mic2e.v1.EditService")
-GPU_OVERLAYS = ("gpu", "gpu-keda", "gpu-rwo")
+GPU_OVERLAYS = ("gpu", "gpu-keda", "gpu-rwo", "gpu-node-cache")
 OVERLAYS = ("tiny-cpu", *GPU_OVERLAYS)
 #: Overlays scaled by HPAs on prometheus-adapter's external metric (the others: KEDA).
-HPA_OVERLAYS = ("tiny-cpu", "gpu", "gpu-rwo")
+HPA_OVERLAYS = ("tiny-cpu", "gpu", "gpu-rwo", "gpu-node-cache")
 METRICS_PORT = 9090
 DEMAND_METRIC = "mic2e_demand_gpu_seconds_total"
 REPLICAS_METRIC = "mic2e_replicas_needed"
@@ -48,6 +48,16 @@ MODEL_CLASSES = {"segmentation": Sam3Segmenter, "object-clear": ObjectClearModel
                  "flux": FluxGenerator}
 #: The card each model needs in its default (quality) profile, in GB (deploy/README.md).
 CARD_GB = {"segmentation": 4, "object-clear": 8, "flux": 40}
+#: The node pool label the placement requires: the card's memory in GB, set on the pool.
+POOL_LABEL = "mic2e.io/gpu-memory-gb"
+#: Labels a node has before it boots - its pool's labels and the cloud's well-known ones -
+#: which is what Karpenter and the cluster autoscaler can provision for from zero.
+PRE_BOOT_LABELS = {POOL_LABEL, "kubernetes.io/arch", "kubernetes.io/os",
+                   "node.kubernetes.io/instance-type", "topology.kubernetes.io/zone",
+                   "cloud.google.com/gke-accelerator", "karpenter.sh/capacity-type"}
+#: Card memory (GB) of the GPUs by Karpenter's label karpenter.k8s.aws/instance-gpu-name.
+KARPENTER_GPU_GB = {"t4": 16, "a10g": 24, "l4": 24, "l40s": 48, "a100": 40, "h100": 80,
+                    "h200": 141}
 
 
 @pytest.fixture(scope="module")
@@ -158,24 +168,89 @@ def test_gpu_overlays_give_each_model_server_one_gpu_of_its_size(out, overlay):
         container = server_container(deployment)
         assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
         assert env(container)["MIC2E_DEVICE"].startswith("cuda")
-        assert pod["nodeSelector"], "scheduled on GPU nodes only"
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-        # A card of the model's size (GFD's label, MiB): its card, not the next smaller.
-        (term,) = pod["affinity"]["nodeAffinity"][
-            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        rules = {e["key"]: e for e in term["matchExpressions"]}
-        memory = rules["nvidia.com/gpu.memory"]
-        assert memory["operator"] == "Gt"
-        floor_mib = int(memory["values"][0])
-        assert 0.9 * CARD_GB[model] * 1024 <= floor_mib < CARD_GB[model] * 1024, model
-        # The image's CUDA 13 needs driver 580+: an older node is never chosen.
-        driver = rules["nvidia.com/cuda.driver.major"]
-        assert (driver["operator"], driver["values"]) == ("Gt", ["579"])
+        # A pool whose card is the model's size or larger, on a label that exists before
+        # the node boots; nothing else is required (GFD's labels come after boot).
+        affinity = pod["affinity"]["nodeAffinity"]
+        (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"]
+        assert "nodeSelector" not in pod
+        assert {e["key"] for e in term["matchExpressions"]} <= PRE_BOOT_LABELS
+        (card,) = [e for e in term["matchExpressions"] if e["key"] == POOL_LABEL]
+        assert (card["operator"], card["values"]) == ("Gt", [str(CARD_GB[model] - 1)])
+        # GFD refines: a node whose driver runs the image's CUDA 13 (580+) is preferred.
+        (driver,) = [e for p in affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+                     for e in p["preference"]["matchExpressions"]]
+        assert (driver["key"], driver["operator"], driver["values"]) == (
+            "nvidia.com/cuda.driver.major", "Gt", ["579"])
         (spread,) = pod["topologySpreadConstraints"]
         assert spread["topologyKey"] == "kubernetes.io/hostname"
         assert selects(spread["labelSelector"], pod_labels(deployment))
-    orchestrator = server_container(objs[("Deployment", "orchestrator")])
-    assert "nvidia.com/gpu" not in orchestrator["resources"].get("limits", {})
+    orchestrator = objs[("Deployment", "orchestrator")]
+    assert "nvidia.com/gpu" not in server_container(orchestrator)["resources"].get("limits", {})
+    # Kept off the GPU pools where other nodes exist; never tolerating their taint.
+    (away,) = orchestrator["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert away["preference"]["matchExpressions"] == [
+        {"key": POOL_LABEL, "operator": "DoesNotExist"}]
+    assert "tolerations" not in orchestrator["spec"]["template"]["spec"]
+
+
+def matches(expression: dict, labels: dict[str, str]) -> bool:
+    """A node selector requirement against a node's labels (Kubernetes' semantics)."""
+    key, op, values = expression["key"], expression["operator"], expression.get("values")
+    if op == "DoesNotExist":
+        return key not in labels
+    if key not in labels:
+        return False
+    return {"Exists": lambda: True, "In": lambda: labels[key] in values,
+            "NotIn": lambda: labels[key] not in values,
+            "Gt": lambda: int(labels[key]) > int(values[0]),
+            "Lt": lambda: int(labels[key]) < int(values[0])}[op]()
+
+
+def tolerated(taint: dict, tolerations: list[dict]) -> bool:
+    return any(t.get("key") == taint["key"] and t.get("effect") in (None, taint["effect"])
+               and (t.get("operator") == "Exists" or t.get("value") == taint.get("value"))
+               for t in tolerations)
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_karpenter_has_a_node_pool_for_every_model_server_and_none_for_the_rest(
+        out, overlay):
+    """deploy/k8s/nodes/eks-karpenter: a pending model server pod matches a NodePool on
+    the labels that pool gives its nodes (so Karpenter launches one from zero), and the
+    orchestrator matches none (the pools' taint)."""
+    pools = [d for d in objects(out, "eks-karpenter").values() if d["kind"] == "NodePool"]
+    objs = objects(out, overlay)
+    for name in (*MODEL_SERVERS, "orchestrator"):
+        pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
+        required = pod.get("affinity", {}).get("nodeAffinity", {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": [{}]})
+        fits = [pool["metadata"]["name"] for pool in pools
+                if any(all(matches(e, pool["spec"]["template"]["metadata"]["labels"])
+                           for e in term.get("matchExpressions", []))
+                       for term in required["nodeSelectorTerms"])
+                and all(tolerated(taint, pod.get("tolerations", []))
+                        for taint in pool["spec"]["template"]["spec"]["taints"])]
+        assert bool(fits) == (name in MODEL_SERVERS), (name, fits)
+
+
+def test_each_node_pool_labels_the_smallest_card_it_launches(out):
+    objs = objects(out, "eks-karpenter")
+    pools = [d for d in objs.values() if d["kind"] == "NodePool"]
+    assert len(pools) == 2
+    for pool in pools:
+        spec = pool["spec"]["template"]["spec"]
+        requirements = {r["key"]: r for r in spec["requirements"]}
+        names = requirements["karpenter.k8s.aws/instance-gpu-name"]["values"]
+        label = int(pool["spec"]["template"]["metadata"]["labels"][POOL_LABEL])
+        assert label == min(KARPENTER_GPU_GB[n] for n in names), pool["metadata"]["name"]
+        # One GPU per node (one per model server replica), amd64 images.
+        assert requirements["karpenter.k8s.aws/instance-gpu-count"]["values"] == ["1"]
+        assert requirements["kubernetes.io/arch"]["values"] == ["amd64"]
+        assert ("EC2NodeClass", spec["nodeClassRef"]["name"]) in objs
+        assert pool["spec"]["limits"]["nvidia.com/gpu"]
 
 
 def test_the_readme_names_the_card_each_model_needs():
@@ -191,7 +266,9 @@ def test_weights_are_in_place_before_a_server_starts(out, overlay):
         deployment = objs[("Deployment", model)]
         pod = deployment["spec"]["template"]["spec"]
         server = server_container(deployment)
-        (init,) = pod["initContainers"]
+        *before, init = pod["initContainers"]
+        assert [c["name"] for c in before] == (
+            ["cache-owner"] if overlay == "gpu-node-cache" else [])
         assert init["command"] == ["hf", "download"]
         repo, *options = init["args"]
         assert repo == env(server)["MIC2E_MODEL"]
@@ -216,7 +293,10 @@ def test_weights_are_in_place_before_a_server_starts(out, overlay):
         # uid 10001 may write the volume.
         assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
         cache = {v["name"]: v for v in pod["volumes"]}["model-cache"]
-        if overlay == "gpu-rwo":
+        if overlay == "gpu-node-cache":
+            assert cache["hostPath"] == {"path": "/var/lib/mic2e/models-cache",
+                                         "type": "DirectoryOrCreate"}
+        elif overlay == "gpu-rwo":
             claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
             assert claim["accessModes"] == ["ReadWriteOnce"]
             # Named, never the cluster's default (EKS 1.30+ has none: Pending forever).
@@ -446,6 +526,8 @@ def test_pods_run_unprivileged_on_a_read_only_root(out, overlay):
         assert pod["securityContext"]["runAsUser"] != 0
         volumes = {v["name"]: v for v in pod["volumes"]}
         for container in pod["containers"] + pod.get("initContainers", []):
+            if overlay == "gpu-node-cache" and container["name"] == "cache-owner":
+                continue  # root, to chown the node's directory: test_weights_once_per_node
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True, (name, container["name"])
             assert security["allowPrivilegeEscalation"] is False
@@ -457,6 +539,32 @@ def test_pods_run_unprivileged_on_a_read_only_root(out, overlay):
             container = server_container(deployment)
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert env(container)["HF_HOME"] in mounts, "the model cache is a volume"
+
+
+def test_weights_once_per_node_relaxes_only_what_a_node_directory_needs(out):
+    """overlays/gpu-node-cache: the model cache is a node directory; the namespace admits
+    it (privileged) but warns and audits on everything else "restricted" forbids; the one
+    root container only hands the directory to the servers' user."""
+    objs = objects(out, "gpu-node-cache")
+    labels = objs[("Namespace", "mic2e")]["metadata"]["labels"]
+    assert labels == {"pod-security.kubernetes.io/enforce": "privileged",
+                      "pod-security.kubernetes.io/warn": "restricted",
+                      "pod-security.kubernetes.io/audit": "restricted"}
+    for model in MODEL_SERVERS:
+        pod = objs[("Deployment", model)]["spec"]["template"]["spec"]
+        owner = pod["initContainers"][0]
+        assert owner["command"] == ["chown", "10001:10001", "/models-cache"]
+        assert pod["securityContext"]["runAsUser"] == 10001
+        security = owner["securityContext"]
+        assert security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"]: m["name"] for m in owner["volumeMounts"]}
+        assert mounts["/models-cache"] == "model-cache"
+    # The other overlays keep enforcing "restricted".
+    for overlay in ("gpu", "gpu-keda", "gpu-rwo"):
+        labels = objects(out, overlay)[("Namespace", "mic2e")]["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", overlay
 
 
 # --- compose ---------------------------------------------------------------------------
