@@ -55,6 +55,15 @@ POOL_LABEL = "mic2e.io/gpu-memory-gb"
 PRE_BOOT_LABELS = {POOL_LABEL, "kubernetes.io/arch", "kubernetes.io/os",
                    "node.kubernetes.io/instance-type", "topology.kubernetes.io/zone",
                    "cloud.google.com/gke-accelerator", "karpenter.sh/capacity-type"}
+#: benchmarks/host_memory.py's recorded run: each model server's host memory at load.
+HOST_MEMORY = ROOT / "benchmarks" / "results" / "2026-12-06-cpu-host_memory.json"
+#: Host memory a CUDA context adds (driver, kernels, cuBLAS/cuDNN handles): an allowance,
+#: not measured (no GPU here); measure it on a GPU node.
+CUDA_CONTEXT_GIB = 2.0
+#: What a model server may ask of a 4-vCPU, 16 GiB single-GPU node (g4dn/g5/g6.xlarge,
+#: g2-standard-4, NC4as_T4_v3): ~3.5 CPUs and ~13 GiB allocatable after the kubelet's
+#: reservations, less the GPU node's daemons (device plugin, GFD, kube-proxy, CNI).
+SMALL_NODE = {"cpu": 3.5 - 0.3, "memory_gib": 13.0 - 0.5}
 #: Card memory (GB) of the GPUs by Karpenter's label karpenter.k8s.aws/instance-gpu-name.
 KARPENTER_GPU_GB = {"t4": 16, "a10g": 24, "l4": 24, "l40s": 48, "a100": 40, "h100": 80,
                     "h200": 141}
@@ -251,6 +260,30 @@ def test_each_node_pool_labels_the_smallest_card_it_launches(out):
         assert requirements["kubernetes.io/arch"]["values"] == ["amd64"]
         assert ("EC2NodeClass", spec["nodeClassRef"]["name"]) in objs
         assert pool["spec"]["limits"]["nvidia.com/gpu"]
+
+
+def gib(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return float(quantity[:-2]) * units[quantity[-2:]] / 2**30
+
+
+def test_host_requests_cover_the_measured_peak_and_fit_a_small_gpu_node(out):
+    """Host memory and CPU per model server, from benchmarks/host_memory.py's recorded
+    run: the memory limit covers the load's own-memory peak plus the CUDA context's
+    allowance; SAM3 and ObjectClear fit a 4-vCPU, 16 GiB single-GPU node."""
+    recorded = json.loads(HOST_MEMORY.read_text())["models"].values()
+    anon_peak = {m["server"]: m["predicted"]["anon_peak"] / 2**30 for m in recorded}
+    assert anon_peak.keys() == MODEL_SERVERS.keys()
+    objs = objects(out, "gpu")
+    for model in MODEL_SERVERS:
+        resources = server_container(objs[("Deployment", model)])["resources"]
+        memory = gib(resources["requests"]["memory"])
+        assert resources["limits"]["memory"] == resources["requests"]["memory"], model
+        assert "cpu" not in resources["limits"], "a CPU limit only throttles"
+        assert memory >= anon_peak[model] + CUDA_CONTEXT_GIB, (model, memory)
+        if CARD_GB[model] <= 16:
+            assert float(resources["requests"]["cpu"]) <= SMALL_NODE["cpu"], model
+            assert memory <= SMALL_NODE["memory_gib"], model
 
 
 def test_the_readme_names_the_card_each_model_needs():
