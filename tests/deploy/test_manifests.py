@@ -286,6 +286,36 @@ def test_host_requests_cover_the_measured_peak_and_fit_a_small_gpu_node(out):
             assert memory <= SMALL_NODE["memory_gib"], model
 
 
+def test_the_readme_walkthrough_gives_every_model_a_node_pool_on_each_cloud(out):
+    """deploy/README's step 1: on EKS (the NodePools it applies), GKE and AKS (the pools
+    its commands create), every model server's placement matches some pool's label, and
+    the node check it gives lists the nodes by that label."""
+    text = (DEPLOY / "README.md").read_text()
+    step = text[text.index("**1. GPU nodes.**"):text.index("**2. Images.**")]
+    eks, gke, aks = (step[step.index(f"- **{cloud}"):] for cloud in ("EKS", "GKE", "AKS"))
+    pools = [d for d in objects(out, "eks-karpenter").values() if d["kind"] == "NodePool"]
+    (checked,) = re.findall(r"kubectl get nodepools ([\w -]+?) +#", eks)
+    assert set(checked.split()) == {p["metadata"]["name"] for p in pools}
+    labels = {
+        "EKS": [int(p["spec"]["template"]["metadata"]["labels"][POOL_LABEL]) for p in pools],
+        "GKE": [int(v) for v in re.findall(rf"--node-labels {POOL_LABEL}=(\d+)",
+                                           gke[:gke.index("- **AKS")])],
+        "AKS": [int(v) for v in re.findall(rf"--labels {POOL_LABEL}=(\d+)", aks)],
+    }
+    objs = objects(out, "gpu")
+    for cloud, values in labels.items():
+        assert len(values) == 2, cloud
+        for model in MODEL_SERVERS:
+            pod = objs[("Deployment", model)]["spec"]["template"]["spec"]
+            (term,) = pod["affinity"]["nodeAffinity"][
+                "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            fits = [v for v in values
+                    if all(matches(e, {POOL_LABEL: str(v)}) for e in term["matchExpressions"])]
+            # SAM3 and ObjectClear on the small pool, not only on FLUX's large cards.
+            assert fits and (CARD_GB[model] > 16 or min(values) in fits), (cloud, model)
+    assert f"kubectl get nodes -l {POOL_LABEL} " in step
+
+
 def test_the_readme_names_the_card_each_model_needs():
     text = (DEPLOY / "README.md").read_text()
     for model, gb in CARD_GB.items():
