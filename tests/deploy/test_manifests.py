@@ -61,7 +61,7 @@ HOST_MEMORY = ROOT / "benchmarks" / "results" / "2026-12-06-cpu-host_memory.json
 #: not measured (no GPU here); measure it on a GPU node.
 CUDA_CONTEXT_GIB = 2.0
 #: What a model server may ask of a 4-vCPU, 16 GiB single-GPU node (g4dn/g5/g6.xlarge,
-#: g2-standard-4, NC4as_T4_v3): ~3.5 CPUs and ~13 GiB allocatable after the kubelet's
+#: g2-standard-4): ~3.5 CPUs and ~13 GiB allocatable after the kubelet's
 #: reservations, less the GPU node's daemons (device plugin, GFD, kube-proxy, CNI).
 SMALL_NODE = {"cpu": 3.5 - 0.3, "memory_gib": 13.0 - 0.5}
 #: Card memory (GB) of the GPUs by Karpenter's label karpenter.k8s.aws/instance-gpu-name.
@@ -191,7 +191,7 @@ def test_gpu_overlays_give_each_model_server_one_gpu_of_its_size(out, overlay):
         (driver,) = [e for p in affinity["preferredDuringSchedulingIgnoredDuringExecution"]
                      for e in p["preference"]["matchExpressions"]]
         assert (driver["key"], driver["operator"], driver["values"]) == (
-            "nvidia.com/cuda.driver.major", "Gt", ["579"])
+            "nvidia.com/cuda.driver-version.major", "Gt", ["579"])
         (spread,) = pod["topologySpreadConstraints"]
         assert spread["topologyKey"] == "kubernetes.io/hostname"
         assert selects(spread["labelSelector"], pod_labels(deployment))
@@ -332,6 +332,8 @@ def test_weights_are_in_place_before_a_server_starts(out, overlay):
         *before, init = pod["initContainers"]
         assert [c["name"] for c in before] == (
             ["cache-owner"] if overlay == "gpu-node-cache" else [])
+        # Init containers get no GPU, even where the runtime reads the image's variable.
+        assert all(env(c)["NVIDIA_VISIBLE_DEVICES"] == "void" for c in pod["initContainers"])
         assert init["command"] == ["hf", "download"]
         repo, *options = init["args"]
         assert repo == env(server)["MIC2E_MODEL"]
