@@ -23,6 +23,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The benchmarks' model names and the server each is served by (`mic2e-server <server>`).
+SERVER_OF = {"sam3": "segmentation", "objectclear": "object-clear", "flux": "flux"}
 
 
 # -- quiet libraries -------------------------------------------------------------------------
@@ -222,16 +224,27 @@ def environment(program: str, argv: Sequence[str] | None, started: str | None = 
 
 
 # -- resident memory -------------------------------------------------------------------------
-def rss_bytes(pid: int | str = "self") -> int | None:
-    """Resident set size of a process from /proc/<pid>/status (VmRSS), or None if gone."""
+#: The memory lines of /proc/<pid>/status that proc_status reads.
+STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int] | None:
+    """VmHWM, VmRSS, RssAnon, RssFile, RssShmem of a process in bytes, or None if gone."""
+    out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                key, _, value = line.partition(":")
+                if key in STATUS_KEYS:
+                    out[key] = int(value.split()[0]) * 1024
     except (OSError, ValueError):
         return None
-    return None
+    return out
+
+
+def rss_bytes(pid: int | str = "self") -> int | None:
+    """Resident set size of a process (VmRSS), or None if gone."""
+    return (proc_status(pid) or {}).get("VmRSS")
 
 
 # -- output ----------------------------------------------------------------------------------

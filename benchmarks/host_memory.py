@@ -66,6 +66,8 @@ from typing import Any
 
 from benchmarks._common import (
     REPO,
+    SERVER_OF,
+    STATUS_KEYS,
     add_output_args,
     box_mask,
     environment,
@@ -75,6 +77,7 @@ from benchmarks._common import (
     parse_size,
     pick_models,
     picture,
+    proc_status,
     quiet,
     quiet_env,
     ratio,
@@ -83,10 +86,7 @@ from benchmarks._common import (
 
 NAME = "host_memory"
 MODELS = ("sam3", "objectclear", "flux")
-#: Model name -> the server that serves it (`mic2e-server <server>`).
-SERVER = {"sam3": "segmentation", "objectclear": "object-clear", "flux": "flux"}
 MIB = 2**20
-STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")
 
 #: The dtype of each published checkpoint's weights, per component ("*": all), and how
 #: that is known. None: not established here, counted as converted (the worst case).
@@ -126,20 +126,6 @@ NOTES = [
 
 
 # -- /proc ---------------------------------------------------------------------------------
-def proc_status(pid: int | str = "self") -> dict[str, int] | None:
-    """VmHWM, VmRSS, RssAnon, RssFile, RssShmem of a process in bytes, or None if gone."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in STATUS_KEYS:
-                    out[key] = int(value.split()[0]) * 1024
-    except (OSError, ValueError):
-        return None
-    return out
-
-
 def _children() -> list[int]:
     """Child process ids of this process (every thread's children)."""
     pids: list[int] = []
@@ -286,28 +272,28 @@ def measure_baseline(models: Sequence[str], tiny_dir: Path | None, requests: int
 
     from benchmarks import _stack
 
-    servers = [SERVER[m] for m in models]
+    servers = [SERVER_OF[m] for m in models]
     out: dict[str, Any] = {}
     with Sampler(interval) as sampler:
         t0 = time.monotonic()
         with _stack.subprocesses(models=servers, orchestrator=False,
                                  tiny_dir=tiny_dir) as endpoints:
             ready_s = time.monotonic() - t0
-            serving = {m: proc_status(endpoints.pids[SERVER[m]]) for m in models}
+            serving = {m: proc_status(endpoints.pids[SERVER_OF[m]]) for m in models}
             calls: dict[str, float] = {}
             for m in models:
-                with sync_channel(endpoints.address(SERVER[m])) as channel:
+                with sync_channel(endpoints.address(SERVER_OF[m])) as channel:
                     t = time.monotonic()
                     for k in range(requests):
                         send_request(m, channel, 100 + k, image_size)
                     calls[m] = time.monotonic() - t
-            after = {m: proc_status(endpoints.pids[SERVER[m]]) for m in models}
+            after = {m: proc_status(endpoints.pids[SERVER_OF[m]]) for m in models}
             sampler.sample()
             for m in models:
-                pid = endpoints.pids[SERVER[m]]
+                pid = endpoints.pids[SERVER_OF[m]]
                 at_serving, at_end = serving[m] or {}, after[m] or {}
                 out[m] = {
-                    "server": SERVER[m],
+                    "server": SERVER_OF[m],
                     "checkpoint": "tiny (mic2e-server make-tiny), CPU, float32",
                     "serving": at_serving,
                     "after_requests": at_end,
@@ -717,7 +703,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         for m in models:
             weights = count_weights(m, work)
-            out["models"][m] = {"server": SERVER[m], "baseline": baselines.get(m),
+            out["models"][m] = {"server": SERVER_OF[m], "baseline": baselines.get(m),
                                 "weights": weights,
                                 "predicted": predict(weights, baselines.get(m))}
         out["timings_s"]["count"] = round(time.perf_counter() - t0, 1)

@@ -44,6 +44,7 @@ from typing import Any
 
 from benchmarks._common import (
     REPO,
+    SERVER_OF,
     add_output_args,
     box_mask,
     environment,
@@ -376,9 +377,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile == "tiny":
             from benchmarks._stack import tiny_checkpoints
 
-            names = {"sam3": "segmentation", "objectclear": "object-clear", "flux": "flux"}
             tiny_dir = stack.enter_context(tiny_checkpoints(args.tiny_dir,
-                                                            [names[m] for m in models]))
+                                                            [SERVER_OF[m] for m in models]))
         for name in models:
             results[name] = []
             outputs = []

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    SERVER_OF,
     add_output_args,
     box_mask,
     environment,
@@ -733,8 +734,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile == "tiny":
             from benchmarks._stack import tiny_checkpoints
 
-            names = {"sam3": "segmentation", "objectclear": "object-clear", "flux": "flux"}
-            tiny = tiny_checkpoints(args.tiny_dir, [names[m] for m in models])
+            tiny = tiny_checkpoints(args.tiny_dir, [SERVER_OF[m] for m in models])
         with tiny as tiny_dir:
             from benchmarks._common import silence_loaded_libraries
 
