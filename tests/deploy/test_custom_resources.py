@@ -81,21 +81,15 @@ spec:
   limits: {nvidia.com/gpu: 8, cpu: "256"}
   weight: 10
 """),
-    "EC2NodeClass": yaml.safe_load("""
-apiVersion: karpenter.k8s.aws/v1
-kind: EC2NodeClass
-metadata: {name: gpu}
-spec:
-  role: KarpenterNodeRole-mic2e
-  amiSelectorTerms: [{alias: bottlerocket@latest}]
-  subnetSelectorTerms: [{tags: {karpenter.sh/discovery: mic2e}}]
-  securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: mic2e}}]
-  blockDeviceMappings:
-    - deviceName: /dev/xvdb
-      ebs: {volumeSize: 200Gi, volumeType: gp3, encrypted: true}
-  metadataOptions: {httpTokens: required, httpPutResponseHopLimit: 2}
-  tags: {project: mic2e}
-"""),
+    # The minimal one, and:
+    "EC2NodeClass": {**MINIMAL["EC2NodeClass"], "spec": {
+        **MINIMAL["EC2NodeClass"]["spec"], **yaml.safe_load("""
+blockDeviceMappings:
+  - deviceName: /dev/xvdb
+    ebs: {volumeSize: 200Gi, volumeType: gp3, encrypted: true}
+metadataOptions: {httpTokens: required, httpPutResponseHopLimit: 2}
+tags: {project: mic2e}
+""")}},
 }
 #: Typos at several depths of each kind, and the field path each one must be named by.
 TYPOS = {
